@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1.
+# Starts them when they are installed but stopped; says what is missing otherwise.
+set -u
+
+PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {  # port, name: up to 30 s
+    for _ in $(seq 1 60); do listening "$1" && return 0; sleep 0.5; done
+    echo "error: $2 did not start listening on 127.0.0.1:$1 within 30 s." >&2
+    return 1
+}
+
+status=0
+
+if ! listening "$PG_PORT"; then
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+        echo "Starting PostgreSQL..."
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+        wait_for "$PG_PORT" PostgreSQL || status=1
+    else
+        echo "error: PostgreSQL is not running on $PG_HOST:$PG_PORT and is not installed here." >&2
+        echo "       Install PostgreSQL 15 (Debian: apt-get install postgresql), or point DATABASE_URL" >&2
+        echo "       at a server whose user may create databases." >&2
+        status=1
+    fi
+fi
+
+if ! listening "$REDIS_PORT"; then
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "Starting Redis..."
+        mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+        wait_for "$REDIS_PORT" Redis || status=1
+    else
+        echo "error: Redis is not running on 127.0.0.1:$REDIS_PORT and is not installed here." >&2
+        echo "       Install Redis 7 (Debian: apt-get install redis-server), or point REDIS_URL at one." >&2
+        status=1
+    fi
+fi
+
+exit $status

@@ -1,0 +1,34 @@
+"""`/healthz`: answers 200 when the database and the broker answer, 503 otherwise."""
+
+import logging
+
+import dramatiq
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Return the state of the database and the broker as JSON."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as e:  # any failure means "not healthy", and the reason is reported
+        logger.warning("Health check: database unavailable: %s", e)
+        checks["database"] = f"error: {e}"
+    broker = dramatiq.get_broker()
+    client = getattr(broker, "client", None)
+    try:
+        if client is not None:
+            client.ping()
+        checks["broker"] = "ok"
+    except Exception as e:  # any failure means "not healthy", and the reason is reported
+        logger.warning("Health check: broker unavailable: %s", e)
+        checks["broker"] = f"error: {e}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503)
