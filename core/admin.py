@@ -1,0 +1,143 @@
+"""Admin for business users. Business rules live in core.services; the admin only adapts."""
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, StreamingHttpResponse
+
+from core import services
+from core.models import Customer, Order, OrderLine, Product, StockReceipt
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@admin.action(description="Export selected as CSV", permissions=["view"])
+def export_csv(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]
+) -> StreamingHttpResponse:
+    """Stream the selected rows as CSV, one column per concrete field."""
+    model: type[Model] = modeladmin.model
+    fields = [f.attname for f in model._meta.concrete_fields]
+    writer = csv.writer(_Echo())
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow(fields)
+        for row in queryset.order_by("pk").values_list(*fields).iterator(chunk_size=2000):
+            yield writer.writerow(row)
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{model._meta.model_name}s.csv"'
+    return response
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin[Customer]):
+    list_display = ["name", "email", "created_at"]
+    search_fields = ["name", "email"]
+    actions = [export_csv]
+    show_full_result_count = False
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin[Product]):
+    list_display = ["sku", "name", "price", "stock"]
+    search_fields = ["sku", "name"]
+    readonly_fields = ["stock"]
+    actions = [export_csv]
+    show_full_result_count = False
+
+
+class OrderLineFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        kept = [
+            form
+            for form in self.forms
+            if form.has_changed() or form.instance.pk
+            if not getattr(form, "cleaned_data", {}).get("DELETE", False)
+        ]
+        services.order_lines_check(status=self.instance.status, line_count=len(kept))
+
+
+class OrderLineInline(admin.TabularInline[OrderLine, Order]):
+    model = OrderLine
+    formset = OrderLineFormSet
+    autocomplete_fields = ["product"]
+    extra = 3
+
+
+class OrderForm(forms.ModelForm[Order]):
+    class Meta:
+        model = Order
+        fields = ["customer", "status"]
+
+    def clean_status(self) -> str:
+        new = self.cleaned_data["status"]
+        current = self.initial.get("status", Order.Status.DRAFT) if self.instance.pk else Order.Status.DRAFT
+        services.order_transition_check(current=current, new=new)
+        return new
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin[Order]):
+    form = OrderForm
+    inlines = [OrderLineInline]
+    list_display = ["__str__", "customer", "status", "created_at", "placed_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["=id", "customer__name", "customer__email"]
+    autocomplete_fields = ["customer"]
+    readonly_fields = ["created_at", "updated_at", "placed_at", "closed_at"]
+    list_select_related = ["customer"]
+    date_hierarchy = "created_at"
+    actions = [export_csv, "place_orders", "cancel_orders"]
+    show_full_result_count = False
+
+    def save_model(self, request: HttpRequest, obj: Order, form: forms.ModelForm[Order], change: bool) -> None:
+        previous = form.initial.get("status") if change else Order.Status.DRAFT
+        services.order_status_stamp(order=obj, previous=previous)
+        super().save_model(request, obj, form, change)
+
+    def _set_status(self, request: HttpRequest, queryset: QuerySet[Order], status: str) -> None:
+        done = 0
+        for order in queryset:
+            try:
+                services.order_set_status(order=order, status=status)
+                done += 1
+            except ValidationError as e:
+                self.message_user(request, f"{order}: {' '.join(e.messages)}", messages.ERROR)
+        if done:
+            self.message_user(request, f"{done} order(s) now {Order.Status(status).label.lower()}.", messages.SUCCESS)
+
+    @admin.action(description="Place selected orders", permissions=["change"])
+    def place_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        self._set_status(request, queryset, Order.Status.PLACED)
+
+    @admin.action(description="Cancel selected orders", permissions=["change"])
+    def cancel_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        self._set_status(request, queryset, Order.Status.CANCELLED)
+
+
+@admin.register(StockReceipt)
+class StockReceiptAdmin(admin.ModelAdmin[StockReceipt]):
+    """Receipts are a ledger: added, never edited. A correction is a new receipt."""
+
+    list_display = ["__str__", "product", "quantity", "note", "created_at"]
+    list_filter = ["created_at"]
+    search_fields = ["product__sku", "product__name", "note"]
+    autocomplete_fields = ["product"]
+    actions = [export_csv]
+    show_full_result_count = False
+
+    def has_change_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
+        return False

@@ -1,0 +1,23 @@
+"""Errors raised by the business services. Each message says what to do about it."""
+
+from django.core.exceptions import ValidationError
+
+
+class CoreError(ValidationError):
+    """Base class: a business rule refused a change. A ValidationError, so forms show it."""
+
+
+class UnknownProductError(CoreError):
+    """An order line names a SKU that no product has."""
+
+
+class EmptyOrderError(CoreError):
+    """An order with no lines cannot be placed."""
+
+
+class InvalidTransitionError(CoreError):
+    """An order cannot move from its status to the one asked for."""
+
+
+class InvalidQuantityError(CoreError):
+    """A quantity is zero or negative."""

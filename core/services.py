@@ -1,0 +1,163 @@
+"""Business writes. Admin, commands and tests call these; they own their transactions.
+
+A service only changes records; the events that its saves write tell consumers what happened.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import EmptyOrderError, InvalidQuantityError, InvalidTransitionError, UnknownProductError
+from core.models import Customer, Order, OrderLine, Product, StockReceipt
+
+Status = Order.Status
+
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.DRAFT: frozenset({Status.PLACED, Status.CANCELLED}),
+    Status.PLACED: frozenset({Status.CANCELLED, Status.FULFILLED}),
+    Status.CANCELLED: frozenset(),
+    Status.FULFILLED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class LineRequest:
+    """One line of an order to create: a product by SKU and a quantity."""
+
+    sku: str
+    quantity: int
+
+
+def quantity_check(*, quantity: int) -> None:
+    """Raise InvalidQuantityError unless the quantity is a whole number above zero."""
+    if quantity <= 0:
+        raise InvalidQuantityError(
+            f"Quantity must be at least 1 (got {quantity}). Remove the line instead of ordering zero.",
+            code="quantity",
+        )
+
+
+def order_transition_check(*, current: str, new: str) -> None:
+    """Raise InvalidTransitionError unless an order may move from `current` to `new`."""
+    if current != new and new not in ALLOWED_TRANSITIONS[current]:
+        allowed = ", ".join(sorted(ALLOWED_TRANSITIONS[current])) or "nothing: it is closed"
+        raise InvalidTransitionError(
+            f"An order that is {Status(current).label.lower()} cannot become "
+            f"{Status(new).label.lower()}. From here it can become: {allowed}.",
+            code="transition",
+        )
+
+
+def order_lines_check(*, status: str, line_count: int) -> None:
+    """Raise EmptyOrderError if an order in `status` may not have `line_count` lines."""
+    if status in (Status.PLACED, Status.FULFILLED) and line_count == 0:
+        raise EmptyOrderError(
+            "An order needs at least one line before it is placed. Add a line, or save it as a draft.",
+            code="empty_order",
+        )
+
+
+def order_status_stamp(*, order: Order, previous: str | None) -> None:
+    """Set the order's placed/closed timestamps for a status change (does not save)."""
+    if order.status == previous:
+        return
+    now = timezone.now()
+    if order.status == Status.PLACED:
+        order.placed_at = now
+    elif order.status in (Status.CANCELLED, Status.FULFILLED):
+        order.closed_at = now
+
+
+def products_by_sku(*, skus: Sequence[str]) -> dict[str, Product]:
+    """Return the products with these SKUs; raise UnknownProductError naming any that is missing."""
+    found = {p.sku: p for p in Product.objects.filter(sku__in=set(skus))}
+    missing = sorted(set(skus) - set(found))
+    if missing:
+        raise UnknownProductError(
+            f"No product has SKU {', '.join(repr(s) for s in missing)}. Check the SKU, or create the product first.",
+            code="unknown_sku",
+        )
+    return found
+
+
+@transaction.atomic
+def order_create(*, customer: Customer, lines: Sequence[LineRequest], place: bool = False) -> Order:
+    """Create an order with its lines at the products' current prices, placed if `place`."""
+    for line in lines:
+        quantity_check(quantity=line.quantity)
+    status = Status.PLACED if place else Status.DRAFT
+    order_transition_check(current=Status.DRAFT, new=status)
+    order_lines_check(status=status, line_count=len(lines))
+    products = products_by_sku(skus=[line.sku for line in lines])
+    order = Order(customer=customer, status=status)
+    order_status_stamp(order=order, previous=Status.DRAFT)
+    order.save()
+    OrderLine.objects.bulk_create(
+        [
+            OrderLine(
+                order=order, product=products[line.sku], quantity=line.quantity, unit_price=products[line.sku].price
+            )
+            for line in lines
+        ]
+    )
+    return order
+
+
+@transaction.atomic
+def order_set_status(*, order: Order, status: str) -> Order:
+    """Move the order to `status` (place, cancel, fulfil), enforcing the allowed transitions."""
+    order = Order.objects.select_for_update().get(pk=order.pk)
+    order_transition_check(current=order.status, new=status)
+    order_lines_check(status=status, line_count=order.lines.count())
+    previous = order.status
+    order.status = status
+    order_status_stamp(order=order, previous=previous)
+    order.save(update_fields=["status", "placed_at", "closed_at", "updated_at"])
+    return order
+
+
+@transaction.atomic
+def order_line_add(*, order: Order, sku: str, quantity: int) -> OrderLine:
+    """Add a line to a draft or placed order at the product's current price."""
+    quantity_check(quantity=quantity)
+    if order.status not in (Status.DRAFT, Status.PLACED):
+        raise InvalidTransitionError(
+            f"Order #{order.pk} is {order.get_status_display().lower()}; lines can only be added to "
+            "draft or placed orders.",
+            code="closed_order",
+        )
+    product = products_by_sku(skus=[sku])[sku]
+    line = OrderLine(order=order, product=product, quantity=quantity, unit_price=product.price)
+    line.save()
+    return line
+
+
+@transaction.atomic
+def stock_receive(*, sku: str, quantity: int, note: str = "") -> StockReceipt:
+    """Record goods received for the product with this SKU."""
+    quantity_check(quantity=quantity)
+    product = products_by_sku(skus=[sku])[sku]
+    receipt = StockReceipt(product=product, quantity=quantity, note=note)
+    receipt.save()
+    return receipt
+
+
+@transaction.atomic
+def product_create(*, sku: str, name: str, price: Decimal) -> Product:
+    """Create a product with no stock."""
+    product = Product(sku=sku, name=name, price=price)
+    product.full_clean()
+    product.save()
+    return product
+
+
+@transaction.atomic
+def customer_create(*, name: str, email: str) -> Customer:
+    """Register a customer."""
+    customer = Customer(name=name, email=email)
+    customer.full_clean()
+    customer.save()
+    return customer
