@@ -1,0 +1,27 @@
+"""System checks for the outbox's configuration."""
+
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+
+from outbox import registry
+from outbox.emitting import EmittingModel
+
+
+@checks.register()
+def check_emitting_models_registered(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every EmittingModel must declare its events, or its saves would fail at run time."""
+    registered = {spec.model for spec in registry.specs()}
+    errors: list[checks.CheckMessage] = []
+    for model in apps.get_models():
+        if issubclass(model, EmittingModel) and model not in registered:
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label} inherits EmittingModel but declares no events.",
+                    hint="Declare them with outbox.registry.register() in the app's events module.",
+                    obj=model,
+                    id="outbox.E001",
+                )
+            )
+    return errors

@@ -1,0 +1,214 @@
+"""Insert events in the transaction of the change they describe.
+
+On PostgreSQL with the outbox's database backend (`outbox.backends.postgresql`), a transaction's
+events are held on the connection and written by one statement sent in the same round trip as
+its COMMIT: the change and its events still commit together or not at all, and a save pays no
+extra round trip. Elsewhere (SQLite, or Django's own PostgreSQL backend) each save writes its
+events at once.
+
+One statement numbers each aggregate's versions (an upsert on `outbox_aggregate`, which locks the
+aggregate's row until commit) and inserts the events; a trigger (migration 0002) notifies the
+relay, and PostgreSQL delivers the notification on commit.
+"""
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+
+from outbox import conf
+from outbox.context import current
+from outbox.errors import NotInTransactionError
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be written."""
+
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    # None lets the database generate it (gen_random_uuid() on PostgreSQL).
+    event_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    """An event with the context it was emitted in, serialized when it was emitted.
+
+    Serializing at emission makes a payload that cannot be encoded fail the save that made it,
+    inside its atomic block, rather than the COMMIT.
+    """
+
+    event: NewEvent
+    actor: str
+    correlation_id: str
+    source: str
+    payload: str  # the payload's JSON
+    doc: str  # the whole event's JSON, payload included
+
+
+# The whole batch travels as one JSON array and PostgreSQL unpacks it: one parameter to send,
+# instead of an array per column that the client would have to encode element by element.
+_PG_INSERT = """
+WITH b AS (
+    SELECT *, count(*) OVER (PARTITION BY aggregatetype, aggregateid ORDER BY seq DESC) - 1 AS from_end
+    FROM ROWS FROM (
+        jsonb_to_recordset(%s::jsonb) AS (
+            event_id uuid, type text, aggregatetype text, aggregateid text, payload jsonb, actor text,
+            correlation_id text, source text)
+    ) WITH ORDINALITY AS b(event_id, type, aggregatetype, aggregateid, payload, actor, correlation_id, source, seq)
+), v AS (
+    INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version)
+    SELECT aggregatetype, aggregateid, count(*) FROM b GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = a.version + EXCLUDED.version
+    RETURNING aggregatetype, aggregateid, version
+)
+INSERT INTO outbox_event
+    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
+SELECT coalesce(b.event_id, gen_random_uuid()), b.type, b.aggregatetype, b.aggregateid,
+       v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source
+FROM b JOIN v USING (aggregatetype, aggregateid)
+ORDER BY b.seq
+"""
+
+_PORTABLE_VERSION = """
+INSERT INTO outbox_aggregate (aggregatetype, aggregateid, version) VALUES (%s, %s, %s)
+ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = version + excluded.version
+RETURNING version
+"""
+
+_PORTABLE_EVENT = """
+INSERT INTO outbox_event
+    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"))
+
+
+def _row(event: NewEvent, actor: str, correlation_id: str, source: str) -> _Row:
+    payload = _dumps(event.payload)
+    head = {
+        "type": event.event_type,
+        "aggregatetype": event.aggregate_type,
+        "aggregateid": event.aggregate_id,
+        "actor": actor,
+        "correlation_id": correlation_id,
+        "source": source,
+    }
+    if event.event_id is not None:
+        head["event_id"] = event.event_id.hex
+    # The payload is spliced in as already-encoded JSON, so it is encoded once for both uses.
+    doc = _dumps(head)[:-1] + ',"payload":' + payload + "}"
+    return _Row(event, actor, correlation_id, source, payload, doc)
+
+
+def require_atomic(using: str) -> None:
+    """Raise NotInTransactionError unless the connection is inside an atomic block."""
+    if not connections[using].in_atomic_block:
+        raise NotInTransactionError(
+            "Outbox events must be written inside the transaction of the change they describe. "
+            "Wrap the change in django.db.transaction.atomic()."
+        )
+
+
+def events_write(events: Sequence[NewEvent], *, using: str = "default") -> None:
+    """Write the events in the current transaction, numbering each aggregate's versions.
+
+    Raises NotInTransactionError outside an atomic block: there the event could commit without
+    the change it describes, or the change without its event.
+    """
+    require_atomic(using)
+    if not events:
+        return
+    ctx = current()
+    actor = ctx.resolved_actor()
+    rows = [_row(e, actor, ctx.correlation_id, ctx.source) for e in events]
+    connection = connections[using]
+    pending = getattr(connection, "outbox_pending", None)
+    if pending is not None:
+        pending.extend(rows)
+    elif connection.vendor == "postgresql":
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            pg_insert(connection.connection, rows)
+    else:
+        _portable_insert(connection, rows)
+
+
+def events_flush(*, using: str = "default") -> None:
+    """Write the events held for the current transaction now, instead of at its commit.
+
+    Only needed to read a transaction's own events before it commits.
+    """
+    connection = connections[using]
+    pending = getattr(connection, "outbox_pending", None)
+    if pending:
+        rows = list(pending)
+        pending.clear()
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            pg_insert(connection.connection, rows)
+
+
+def pg_batch(rows: Sequence[_Row]) -> str:
+    """Return the rows as the JSON array that the insert statement unpacks."""
+    return "[" + ",".join(r.doc for r in rows) + "]"
+
+
+def pg_insert(pg_connection: psycopg.Connection[Any], rows: Sequence[_Row]) -> None:
+    """Insert the rows with one statement on a psycopg connection (errors are psycopg's)."""
+    # A plain psycopg cursor binds on the server and can prepare; Django's binds on the client.
+    with psycopg.Cursor(pg_connection) as cursor:
+        cursor.execute(_PG_INSERT, (pg_batch(rows),), prepare=conf.prepared_statements() or None)
+
+
+PG_PREPARE_NAME = "outbox_event_insert"
+PG_PREPARE = f"PREPARE {PG_PREPARE_NAME} (jsonb) AS {_PG_INSERT.replace('%s::jsonb', '$1')}"
+
+
+def pg_prepare(pg_connection: psycopg.Connection[Any]) -> None:
+    """Prepare the insert statement on this session (prepared statements outlive a rollback)."""
+    with psycopg.Cursor(pg_connection) as cursor:
+        cursor.execute(PG_PREPARE.encode())
+
+
+def pg_insert_and_commit(pg_connection: psycopg.Connection[Any], rows: Sequence[_Row]) -> None:
+    """Insert the rows and COMMIT in a single round trip (errors are psycopg's).
+
+    Needs pg_prepare() once per session. Each commit then sends `EXECUTE …; COMMIT` as one simple
+    query, the batch inlined as a literal escaped by libpq. If the insert fails, PostgreSQL skips
+    the COMMIT and the transaction stays aborted for the caller to roll back.
+    """
+    literal = psycopg.pq.Escaping(pg_connection.pgconn).escape_literal(pg_batch(rows).encode())
+    with psycopg.Cursor(pg_connection) as cursor:
+        cursor.execute(b"EXECUTE " + PG_PREPARE_NAME.encode() + b"(" + literal + b"); COMMIT")
+
+
+def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
+    counts = Counter((r.event.aggregate_type, r.event.aggregate_id) for r in rows)
+    next_version: dict[tuple[str, str], int] = {}
+    with connection.cursor() as cursor:
+        for key, n in counts.items():
+            cursor.execute(_PORTABLE_VERSION, (*key, n))
+            next_version[key] = cursor.fetchone()[0] - n + 1
+        values = []
+        for r in rows:
+            e = r.event
+            key = (e.aggregate_type, e.aggregate_id)
+            event_id = (e.event_id or uuid.uuid4()).hex
+            values.append(
+                (event_id, e.event_type, *key, next_version[key], r.payload, r.actor, r.correlation_id, r.source)
+            )
+            next_version[key] += 1
+        cursor.executemany(_PORTABLE_EVENT, values)
