@@ -1,0 +1,36 @@
+"""Shared fixtures: business records made through the services, and logged-in admin clients."""
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from core import services
+from core.models import Customer, Product
+
+
+@pytest.fixture
+def customer(db: None) -> Customer:
+    return services.customer_create(name="Ada Lovelace", email="ada@example.com")
+
+
+@pytest.fixture
+def products(db: None) -> list[Product]:
+    return [
+        services.product_create(sku="KB-001", name="Keyboard", price=Decimal("89.00")),
+        services.product_create(sku="MS-002", name="Mouse", price=Decimal("29.50")),
+        services.product_create(sku="MN-003", name="Monitor", price=Decimal("249.00")),
+    ]
+
+
+@pytest.fixture
+def staff_user(db: None) -> User:
+    return User.objects.create_superuser("alice", "alice@example.com", "pw")
+
+
+@pytest.fixture
+def admin_client(staff_user: User) -> Client:
+    client = Client()
+    client.force_login(staff_user)
+    return client

@@ -1,0 +1,63 @@
+"""Helpers for outbox tests: look at the database the way another process would."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from django.db import connection
+from django.db.models import QuerySet
+
+from outbox.models import Event
+from outbox.writer import events_flush
+
+
+def conninfo() -> str:
+    """Return a libpq connection string for the test database."""
+    s = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        host=s["HOST"] or "127.0.0.1", port=str(s["PORT"] or 5432), user=s["USER"], dbname=s["NAME"]
+    )
+
+
+def committed_count(table: str) -> int:
+    """Count the committed rows of a table, from a separate connection."""
+    with psycopg.connect(conninfo(), autocommit=True) as other:
+        row = other.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - test-chosen names
+        assert row is not None
+        return int(row[0])
+
+
+@contextmanager
+def failing_insert(table: str) -> Iterator[None]:
+    """Make every insert into `table` fail inside PostgreSQL for the duration of the block."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_fail_insert() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'insert refused by test trigger'; END $$"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER test_fail_insert BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION test_fail_insert()"
+        )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS test_fail_insert ON {table}")
+            cursor.execute("DROP FUNCTION IF EXISTS test_fail_insert()")
+
+
+def events() -> QuerySet[Event]:
+    """Return all events, the current transaction's included.
+
+    Tests that run inside a transaction never commit it, so the events it holds for its commit
+    are written first.
+    """
+    events_flush()
+    return Event.objects.all()
+
+
+def aggregate_events(aggregate_type: str, aggregate_id: object) -> list[Event]:
+    """Return an aggregate's events in version order, the current transaction's included."""
+    return list(
+        events().filter(aggregate_type=aggregate_type, aggregate_id=str(aggregate_id)).order_by("aggregate_version")
+    )

@@ -1,0 +1,59 @@
+"""Who made a change: the admin user over HTTP, or the command that ran."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from core.models import Customer, Order, Product
+from tests.core.test_admin import ADD_URL, order_form
+from tests.outbox.helpers import events
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.django_db
+def test_admin_change_records_the_user_and_the_request_id(
+    admin_client: Client, customer: Customer, products: list[Product]
+) -> None:
+    """Events from an admin submit carry the logged-in user, source admin, and the request id."""
+    response = admin_client.post(ADD_URL, order_form(customer, [(products[0].pk, 1)]), HTTP_X_REQUEST_ID="req-42")
+    assert response.status_code == 302
+    assert response["X-Request-ID"] == "req-42"
+    order = Order.objects.get()
+    rows = set(
+        events()
+        .filter(aggregate_type="order", aggregate_id=str(order.pk))
+        .values_list("actor", "source", "correlation_id")
+    )
+    assert rows == {("user:alice", "admin", "req-42")}
+
+
+@pytest.mark.django_db
+def test_unusable_request_id_is_replaced(admin_client: Client, customer: Customer, products: list[Product]) -> None:
+    """A request id with spaces or markup is not trusted: a fresh one is generated and echoed."""
+    response = admin_client.post(ADD_URL, order_form(customer, [(products[0].pk, 1)]), HTTP_X_REQUEST_ID="<script> x")
+    generated = response["X-Request-ID"]
+    assert generated != "<script> x"
+    assert len(generated) == 32
+    assert set(events().values_list("correlation_id", flat=True).filter(source="admin")) == {generated}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_management_command_changes_are_made_by_the_system_actor() -> None:
+    """A change made from `manage.py shell` is stamped actor=system, source=command:shell."""
+    s = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "settings.test",
+        "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+    }
+    code = "from core import services; services.customer_create(name='Cmd', email='cmd@example.com')"
+    subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env, check=True, timeout=60)
+    event = events().get(event_type="customer.registered")
+    assert (event.actor, event.source) == ("system", "command:shell")
+    assert len(event.correlation_id) == 32

@@ -1,0 +1,213 @@
+"""Smoke test of the embedded default (SQLite, stub broker): the `make run` path, end to end, in subprocesses.
+
+This is the only place SQLite is used; everything else runs on PostgreSQL and Redis.
+"""
+
+import http.client
+import http.cookiejar
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # seconds for any one manage.py run
+SERVER_START_TIMEOUT = 30.0  # seconds for runserver to answer
+SERVER_STOP_TIMEOUT = 10.0  # seconds for runserver to exit after SIGTERM
+POLL_INTERVAL = 0.25
+HTTP_TIMEOUT = 10.0
+# Variables that select a deployment: removed so that the child falls back to the embedded default.
+SELECTING_VARS = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG", "SQLITE_PATH")
+
+COUNT_SCRIPT = """
+from core.models import Order
+from outbox.models import Event
+print("EVENTS=" + str(Event.objects.count()))
+print("ORDER_PLACED_EVENTS=" + str(Event.objects.filter(event_type="order.placed").count()))
+print("ORDERS=" + str(Order.objects.count()))
+"""
+
+
+@dataclass(frozen=True)
+class Embedded:
+    env: dict[str, str]
+    first_demo_data_output: str
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+
+
+def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    return result
+
+
+def _counts(env: dict[str, str]) -> dict[str, int]:
+    result = _manage("shell", "-c", COUNT_SCRIPT, env=env)
+    lines = [line for line in result.stdout.splitlines() if "=" in line]
+    return {key: int(value) for key, value in (line.split("=", 1) for line in lines)}
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """A urllib opener that keeps cookies, as a browser would for the admin session."""
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+
+def _open(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    *,
+    form: dict[str, str] | None = None,
+    timeout: float = HTTP_TIMEOUT,
+) -> http.client.HTTPResponse:
+    """Open a URL on the local test server only (GET, or POST when a form is given)."""
+    assert url.startswith("http://127.0.0.1:"), url
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Referer": url})  # noqa: S310 - http to 127.0.0.1 only
+    response: http.client.HTTPResponse = opener.open(request, timeout=timeout)
+    return response
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until_answering(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    max_attempts = int(SERVER_START_TIMEOUT / POLL_INTERVAL) + 1
+    for _ in range(max_attempts):
+        if server.poll() is not None:
+            pytest.fail(f"runserver exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            with _open(_opener(), url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_INTERVAL)
+    pytest.fail(f"runserver did not answer {url} with 200 within {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Embedded:
+    """A migrated SQLite database in a temporary directory, with `demo_data` run once."""
+    directory = tmp_path_factory.mktemp("embedded")
+    env = {key: value for key, value in os.environ.items() if key not in SELECTING_VARS}
+    env["SQLITE_PATH"] = str(directory / "db.sqlite3")
+    _manage("migrate", "--noinput", env=env)
+    first = _manage("demo_data", env=env)
+    return Embedded(env=env, first_demo_data_output=first.stdout)
+
+
+@pytest.fixture(scope="module")
+def server(embedded: Embedded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`manage.py runserver` on a free port, serving the embedded database; stopped afterwards."""
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("runserver") / "runserver.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+            cwd=ROOT,
+            env=embedded.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_answering(f"{base_url}/admin/login/", process, log)
+            yield Server(base_url=base_url)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=SERVER_STOP_TIMEOUT)
+
+
+def test_demo_data_creates_the_admin_superuser_products_and_an_order(embedded: Embedded) -> None:
+    """The first `demo_data` on the embedded default creates admin/admin, the products and Ada's order."""
+    output = embedded.first_demo_data_output
+
+    assert "Created superuser admin / admin." in output, output
+    assert "Created product KB-001" in output, output
+    assert "Created a placed order for Ada Lovelace." in output, output
+
+
+def test_demo_data_run_again_changes_nothing(embedded: Embedded) -> None:
+    """A second `demo_data` reports the data already present and creates no records or events."""
+    before = _counts(embedded.env)
+
+    output = _manage("demo_data", env=embedded.env).stdout
+
+    assert "Demo data already present." in output, output
+    assert "Created" not in output, output
+    assert _counts(embedded.env) == before
+
+
+def test_demo_data_writes_outbox_events_including_order_placed(embedded: Embedded) -> None:
+    """The demo records are written through the outbox: there are events, among them an `order.placed`."""
+    counts = _counts(embedded.env)
+
+    assert counts["EVENTS"] > 0
+    assert counts["ORDER_PLACED_EVENTS"] >= 1
+    assert counts["ORDERS"] == 1
+
+
+def test_admin_login_as_demo_superuser_shows_ada_lovelaces_order(server: Server) -> None:
+    """Logging in through the real admin form as admin/admin lists the demo order for Ada Lovelace."""
+    opener = _opener()
+    login_url = f"{server.base_url}/admin/login/"
+    with _open(opener, login_url) as response:
+        login_page = response.read().decode()
+    match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page)
+    assert match, "no CSRF token on the login page"
+    form = {"username": "admin", "password": "admin", "csrfmiddlewaretoken": match.group(1), "next": "/admin/"}
+
+    with _open(opener, login_url, form=form) as response:
+        assert urllib.parse.urlparse(response.geturl()).path == "/admin/", "login did not redirect to the admin"
+    with _open(opener, f"{server.base_url}/admin/core/order/") as response:
+        status, final_url, page = response.status, response.geturl(), response.read().decode()
+
+    assert status == 200
+    # Not logged in, the admin redirects to the login page, which also answers 200.
+    assert urllib.parse.urlparse(final_url).path == "/admin/core/order/", final_url
+    assert "Ada Lovelace" in page
+
+
+def test_healthz_reports_ok_on_the_embedded_default(server: Server) -> None:
+    """/healthz answers 200 with status ok when SQLite and the stub broker are in use."""
+    with _open(_opener(), f"{server.base_url}/healthz") as response:
+        status, body = response.status, json.loads(response.read())
+
+    assert status == 200
+    assert body == {"status": "ok", "database": "ok", "broker": "ok"}

@@ -1,0 +1,101 @@
+"""The settings modules, as `manage.py` loads them in a fresh process with a controlled environment."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # seconds for any one manage.py run
+# Variables that select a deployment: removed from every child's environment, then set per test.
+SELECTING_VARS = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG", "SQLITE_PATH")
+REAL_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+REAL_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+# Prints one KEY=value line per fact; other shell output (auto-import notices) is ignored.
+REPORT_SCRIPT = """
+import dramatiq
+from django.conf import settings
+from django.db import connection
+
+with connection.cursor() as cursor:
+    cursor.execute("PRAGMA journal_mode" if connection.vendor == "sqlite" else "SELECT 'n/a'")
+    journal_mode = cursor.fetchone()[0]
+print("ENGINE=" + settings.DATABASES["default"]["ENGINE"])
+print("JOURNAL_MODE=" + str(journal_mode).lower())
+print("BROKER=" + type(dramatiq.get_broker()).__name__)
+"""
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in SELECTING_VARS}
+    env.update(values)
+    return env
+
+
+def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def _report(env: dict[str, str]) -> dict[str, str]:
+    result = _manage("shell", "-c", REPORT_SCRIPT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "=" in line]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_production_settings_pass_deploy_checks_with_a_real_secret_key() -> None:
+    """`check --deploy` on settings.production reports no issues, warnings included, given a real secret."""
+    env = _env(SECRET_KEY=secrets.token_urlsafe(50), DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "System check identified no issues" in output, output
+
+
+def test_production_settings_refuse_to_start_without_secret_key() -> None:
+    """settings.production exits non-zero without SECRET_KEY, naming it and saying how to make one."""
+    env = _env(DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is not set" in output, output
+    assert "secrets.token_urlsafe(50)" in output, output
+    assert "set it in the environment" in output, output
+
+
+def test_embedded_default_uses_sqlite_in_wal_mode_and_the_stub_broker(tmp_path: Path) -> None:
+    """With no DATABASE_URL or REDIS_URL, settings.local runs on SQLite in WAL mode with Dramatiq's stub broker."""
+    sqlite_path = tmp_path / "embedded.sqlite3"
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(sqlite_path))
+
+    report = _report(env)
+
+    assert report["ENGINE"] == "django.db.backends.sqlite3"
+    # A new SQLite file starts in "delete" mode; only the connection's init_command makes it WAL.
+    assert report["JOURNAL_MODE"] == "wal"
+    assert report["BROKER"] == "StubBroker"
+    assert sqlite_path.exists(), "the database was not created at SQLITE_PATH"
+
+
+def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
+    """With DATABASE_URL and REDIS_URL set, settings.local runs on PostgreSQL with Dramatiq's Redis broker."""
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    report = _report(env)
+
+    assert report["ENGINE"] == "outbox.backends.postgresql"  # Django's backend, events written with COMMIT
+    assert report["BROKER"] == "RedisBroker"
