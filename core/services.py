@@ -95,14 +95,9 @@ def order_create(*, customer: Customer, lines: Sequence[LineRequest], place: boo
     order = Order(customer=customer, status=status)
     order_status_stamp(order=order, previous=Status.DRAFT)
     order.save()
-    OrderLine.objects.bulk_create(
-        [
-            OrderLine(
-                order=order, product=products[line.sku], quantity=line.quantity, unit_price=products[line.sku].price
-            )
-            for line in lines
-        ]
-    )
+    for line in lines:
+        product = products[line.sku]
+        OrderLine(order=order, product=product, quantity=line.quantity, unit_price=product.price).save()
     return order
 
 

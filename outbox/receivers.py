@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models.signals import post_delete, post_save
 
 from outbox import registry
@@ -11,7 +11,7 @@ from outbox.context import emission_enabled
 from outbox.errors import BulkWriteError
 from outbox.registry import Change, ChangeKind, EventSpec
 from outbox.serialization import changes, payload, remember, state
-from outbox.writer import NewEvent, events_write, require_atomic
+from outbox.writer import NewEvent, require_atomic, write
 
 
 def _event(
@@ -45,11 +45,12 @@ def on_save(
     """Write the event of a saved row in the save's transaction."""
     if raw or not emission_enabled():
         return
-    require_atomic(using)
+    connection = connections[using]
+    require_atomic(connection)
     kind = ChangeKind.CREATED if created else ChangeKind.UPDATED
     event, current = _event(registry.spec_for(sender), instance, kind, update_fields)
     if event is not None:
-        events_write([event], using=using)
+        write(connection, [event])
     remember(instance, current)
 
 
@@ -57,10 +58,11 @@ def on_delete(sender: type[models.Model], instance: models.Model, using: str, **
     """Write the event of a deleted row in the delete's transaction."""
     if not emission_enabled():
         return
-    require_atomic(using)
+    connection = connections[using]
+    require_atomic(connection)
     event, _ = _event(registry.spec_for(sender), instance, ChangeKind.DELETED, None)
     if event is not None:
-        events_write([event], using=using)
+        write(connection, [event])
 
 
 def emit_created(instances: Iterable[models.Model], *, using: str) -> None:
@@ -70,7 +72,8 @@ def emit_created(instances: Iterable[models.Model], *, using: str) -> None:
     instances = list(instances)
     if not instances:
         return
-    require_atomic(using)
+    connection = connections[using]
+    require_atomic(connection)
     spec = registry.spec_for(type(instances[0]))
     events = []
     for instance in instances:
@@ -83,7 +86,7 @@ def emit_created(instances: Iterable[models.Model], *, using: str) -> None:
         if event is not None:
             events.append(event)
         remember(instance, current)
-    events_write(events, using=using)
+    write(connection, events)
 
 
 def connect(model: type[models.Model]) -> None:

@@ -24,7 +24,7 @@ class ChangeKind(str, enum.Enum):
     DELETED = "deleted"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Change:
     """One saved or deleted row, as a spec's event-type function sees it."""
 

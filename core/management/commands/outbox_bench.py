@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.bench import bench_run
 
@@ -16,14 +16,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
-        parser.add_argument("--orders", type=int, default=200, help="Orders per timed block (default 200).")
-        parser.add_argument("--rounds", type=int, default=15, help="Alternating on/off rounds (default 15).")
+        parser.add_argument(
+            "--samples", type=int, default=1500, help="Saves timed with the outbox on, and as many off (default 1500)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["orders"] < 1 or options["rounds"] < 1:
-            self.stderr.write("--orders and --rounds must be at least 1.")
-            raise SystemExit(2)
-        result = bench_run(orders_per_block=options["orders"], rounds=options["rounds"])
+        if options["samples"] < 1:
+            raise CommandError(f"--samples must be at least 1 (got {options['samples']}).")
+        result = bench_run(samples=options["samples"])
         if options["json"]:
             self.stdout.write(json.dumps(result, indent=2))
             return

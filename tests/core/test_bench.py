@@ -1,0 +1,58 @@
+"""The benchmark command runs end to end and reports every figure (short form; no timing asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[2]
+
+FIGURES = [
+    "save_overhead_ratio",
+    "save_ms_outbox_on",
+    "save_ms_outbox_off",
+    "bulk_save_overhead_ratio",
+    "bulk_save_ms_outbox_on",
+    "bulk_save_ms_outbox_off",
+]
+
+
+def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None:
+    """`outbox_bench --json` prints each figure as a positive number, with the machine's facts."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "outbox_bench", "--json", "--samples", "20"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for figure in FIGURES:
+        assert isinstance(result[figure], float), figure
+        assert result[figure] > 0, figure
+    assert result["machine"]["database"].startswith("PostgreSQL")
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
+    assert not [name for name in names if name.endswith("_bench")]
+
+
+def test_outbox_bench_rejects_a_sample_count_below_one() -> None:
+    """A bad --samples value is refused with a message naming the flag."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "outbox_bench", "--samples", "0"],
+        cwd=REPO,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "--samples must be at least 1" in done.stderr
