@@ -25,3 +25,29 @@ def check_emitting_models_registered(app_configs: Any = None, **kwargs: Any) -> 
                 )
             )
     return errors
+
+
+@checks.register()
+def check_routes_name_existing_actors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every consumer named by OUTBOX_ROUTES must be a Dramatiq actor that the worker defines."""
+    import dramatiq
+    from dramatiq.errors import ActorNotFound
+
+    from outbox import routing
+
+    routing.load_actors()
+    broker = dramatiq.get_broker()
+    errors: list[checks.CheckMessage] = []
+    for name in sorted(routing.route_names()):
+        try:
+            broker.get_actor(name)
+        except ActorNotFound:
+            known = ", ".join(sorted(broker.get_declared_actors())) or "none"
+            errors.append(
+                checks.Error(
+                    f"OUTBOX_ROUTES sends events to {name!r}, but no Dramatiq actor has that name.",
+                    hint=f"Fix the name in settings/routes.py or define the actor. Known actors: {known}.",
+                    id="outbox.E002",
+                )
+            )
+    return errors

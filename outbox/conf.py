@@ -12,6 +12,31 @@ def prepared_statements() -> bool:
     return bool(getattr(settings, "OUTBOX_PREPARED_STATEMENTS", True))
 
 
-def notify_channel() -> str:
-    """The PostgreSQL LISTEN/NOTIFY channel that an event insert notifies on commit."""
-    return "outbox_event"
+def routes() -> dict[str, list[str]]:
+    """Event type (or "*" for all) → the consumers (Dramatiq actor names) that receive it."""
+    return dict(getattr(settings, "OUTBOX_ROUTES", {}))
+
+
+def batch_size() -> int:
+    """How many events a relay claims at a time."""
+    return int(getattr(settings, "OUTBOX_RELAY_BATCH_SIZE", 500))
+
+
+def lease_seconds() -> float:
+    """How long a claim lasts before another relay may take the events over."""
+    return float(getattr(settings, "OUTBOX_RELAY_LEASE_SECONDS", 30.0))
+
+
+def poll_seconds() -> float:
+    """How long an idle relay waits for a notification before it looks anyway."""
+    return float(getattr(settings, "OUTBOX_RELAY_POLL_SECONDS", 1.0))
+
+
+def redelivery_seconds() -> float:
+    """How long a published delivery may stay unfinished before the sweeper publishes it again."""
+    return float(getattr(settings, "OUTBOX_REDELIVERY_SECONDS", 60.0))
+
+
+def actor_modules() -> list[str]:
+    """The module names (per app) in which the worker finds its Dramatiq actors."""
+    return list(getattr(settings, "DRAMATIQ_AUTODISCOVER_MODULES", ["tasks"]))

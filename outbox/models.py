@@ -59,3 +59,77 @@ class AggregateVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.aggregate_type}:{self.aggregate_id} v{self.version}"
+
+
+class Pending(models.Model):
+    """An event not yet handed to the broker: the relay's work queue.
+
+    The insert of an event adds its row here in the same statement; the relay deletes it once the
+    event's messages are published. The table holds only the backlog, so claiming costs the same
+    with five million settled events as with none. A claim is a lease: rows whose lease has run
+    out (a relay died) are claimable again.
+    """
+
+    event = models.OneToOneField(
+        Event, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    claimed_by = models.CharField(max_length=200, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    # How many times the event was claimed: above 1, an earlier claim may have published it.
+    claims = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "outbox_pending"
+
+    def __str__(self) -> str:
+        return f"pending event {self.event_id}"
+
+
+class Delivery(models.Model):
+    """The state of one event's delivery to one consumer.
+
+    Written by the relay when it publishes (published), and by the consumer when it has applied the
+    event (done, in the same transaction as the effect: this row is the consumer's tracking record)
+    or given up on it (failed, then dead).
+    """
+
+    class Status(models.TextChoices):
+        PUBLISHED = "published", "Published"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        DEAD = "dead", "Dead"
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(Event, on_delete=models.DO_NOTHING, db_constraint=False, related_name="deliveries")
+    consumer = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    # Times the relay (or the sweeper) handed it to the broker: above 1 means sent more than once.
+    publications = models.PositiveIntegerField(default=0)
+    # Times the consumer ran it.
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    published_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "outbox_delivery"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "consumer"], name="outbox_delivery_event_consumer_uniq"),
+        ]
+        indexes = [
+            # The sweeper's lookup: published, not done, oldest first. Only in-flight rows are in it.
+            models.Index(
+                fields=["published_at"],
+                name="outbox_delivery_inflight_idx",
+                condition=models.Q(status="published"),
+            ),
+            models.Index(
+                fields=["consumer", "status", "updated_at"],
+                name="outbox_delivery_unsettled_idx",
+                condition=models.Q(status__in=["failed", "dead"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.consumer}: {self.status}"

@@ -7,8 +7,9 @@ extra round trip. Elsewhere (SQLite, or Django's own PostgreSQL backend) each sa
 events at once.
 
 One statement numbers each aggregate's versions (an upsert on `outbox_aggregate`, which locks the
-aggregate's row until commit) and inserts the events; a trigger (migration 0002) notifies the
-relay, and PostgreSQL delivers the notification on commit.
+aggregate's row until commit), inserts the events and queues them for the relay
+(`outbox_pending`); a trigger (migration 0002) notifies the relay, and PostgreSQL delivers the
+notification on commit.
 """
 
 import uuid
@@ -73,19 +74,26 @@ WITH b AS (
     SELECT aggregatetype, aggregateid, count(*) FROM b GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = a.version + EXCLUDED.version
     RETURNING aggregatetype, aggregateid, version
+), e AS (
+    INSERT INTO outbox_event
+        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
+    SELECT coalesce(b.event_id, gen_random_uuid()), b.type, b.aggregatetype, b.aggregateid,
+           v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source
+    FROM b JOIN v USING (aggregatetype, aggregateid)
+    ORDER BY b.seq
+    RETURNING id
 )
-INSERT INTO outbox_event
-    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
-SELECT coalesce(b.event_id, gen_random_uuid()), b.type, b.aggregatetype, b.aggregateid,
-       v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source
-FROM b JOIN v USING (aggregatetype, aggregateid)
-ORDER BY b.seq
+INSERT INTO outbox_pending (event_id, claimed_by, claims) SELECT id, '', 0 FROM e
 """
 
 _PORTABLE_VERSION = """
 INSERT INTO outbox_aggregate (aggregatetype, aggregateid, version) VALUES (%s, %s, %s)
 ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = version + excluded.version
 RETURNING version
+"""
+
+_PORTABLE_PENDING = """
+INSERT INTO outbox_pending (event_id, claimed_by, claims) SELECT id, '', 0 FROM outbox_event WHERE event_id IN ({})
 """
 
 _PORTABLE_EVENT = """
@@ -239,3 +247,5 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
             )
             next_version[key] += 1
         cursor.executemany(_PORTABLE_EVENT, values)
+        ids = [v[0] for v in values]
+        cursor.execute(_PORTABLE_PENDING.format(", ".join(["%s"] * len(ids))), ids)

@@ -135,6 +135,16 @@ DRAMATIQ_BROKER = {
 DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 
+# --- Outbox ------------------------------------------------------------------------------------
+from settings.routes import OUTBOX_ROUTES  # noqa: E402, F401
+
+# The relay's batch size, claim lease and idle poll; the sweeper's deadline for a published
+# delivery that no consumer finished (see docs/operations.md).
+OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=500)
+OUTBOX_RELAY_LEASE_SECONDS = env.float("OUTBOX_RELAY_LEASE_SECONDS", default=30.0)
+OUTBOX_RELAY_POLL_SECONDS = env.float("OUTBOX_RELAY_POLL_SECONDS", default=1.0)
+OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
+
 # --- E-mail (Django's own setting names) ----------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")

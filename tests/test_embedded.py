@@ -211,3 +211,24 @@ def test_healthz_reports_ok_on_the_embedded_default(server: Server) -> None:
 
     assert status == 200
     assert body == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+DELIVERY_SCRIPT = """
+from outbox.models import Delivery, Event, Pending
+print("PENDING=" + str(Pending.objects.count()))
+print("DONE=" + str(Delivery.objects.filter(status="done").count()))
+print("EVENTS=" + str(Event.objects.count()))
+"""
+
+
+def test_relay_runs_the_consumers_in_process_on_the_embedded_default(embedded: Embedded) -> None:
+    """With the in-process broker, `outbox_relay --once` publishes every event and its own worker
+    writes the audit line of each, exactly once."""
+    relayed = _manage("outbox_relay", "--once", env=embedded.env)
+    assert "Relayed" in relayed.stdout
+    report = _manage("shell", "-c", DELIVERY_SCRIPT, env=embedded.env).stdout
+    counts = dict(line.split("=") for line in report.splitlines() if "=" in line)
+    assert counts["PENDING"] == "0"
+    assert counts["DONE"] == counts["EVENTS"] != "0"
+    audit_lines = [line for line in relayed.stderr.splitlines() if " INFO audit {" in line]
+    assert len(audit_lines) == int(counts["EVENTS"])

@@ -1,29 +1,49 @@
-"""`python manage.py outbox_relay`: publish committed outbox events to Dramatiq.
+"""`python manage.py outbox_relay`: publish committed outbox events to Dramatiq."""
 
-Not yet implemented: this command waits so that `make run` and compose have a process to run.
-"""
-
-import logging
-import signal
-import threading
 from typing import Any
 
-from django.core.management.base import BaseCommand
+import dramatiq
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from dramatiq.brokers.stub import StubBroker
 
-logger = logging.getLogger(__name__)
+from outbox.relay import Relay
 
 
 class Command(BaseCommand):
-    help = "Publish committed outbox events to Dramatiq (placeholder: not yet implemented)."
+    help = (
+        "Publish committed outbox events to Dramatiq. Run as many as you like, on any machines. "
+        "On the embedded default (in-process broker) it also runs the consumers."
+    )
 
-    def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--once", action="store_true", help="Exit immediately instead of waiting.")
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--batch-size", type=int, help="Events claimed at a time (OUTBOX_RELAY_BATCH_SIZE).")
+        parser.add_argument("--once", action="store_true", help="Exit when the backlog is empty.")
+        parser.add_argument("--name", help="This relay's name in claims (default: host:pid).")
 
-    def handle(self, *args: Any, once: bool = False, **options: Any) -> None:
-        logger.warning("The outbox relay is not implemented yet: events stay in the outbox table.")
-        if once:
-            return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        stop.wait()
+    def handle(self, *args: Any, batch_size: int | None, once: bool, name: str | None, **options: Any) -> None:
+        relay = Relay()
+        if batch_size is not None:
+            if batch_size < 1:
+                raise CommandError(f"--batch-size must be at least 1 (got {batch_size}).")
+            relay.batch_size = batch_size
+        if name:
+            relay.name = name
+        relay.install_signal_handlers()
+        broker = dramatiq.get_broker()
+        worker = None
+        if isinstance(broker, StubBroker):
+            # The in-process broker's messages exist only in this process: run the consumers here.
+            from outbox.routing import load_actors
+
+            load_actors()
+            worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+            worker.start()
+        try:
+            stats = relay.run(once=once)
+        finally:
+            if worker is not None:
+                if once:
+                    for queue in broker.get_declared_queues():
+                        broker.join(queue, timeout=60_000)
+                worker.stop()
+        self.stdout.write(f"Relayed {stats.published} events in {stats.batches} batches.")

@@ -1,0 +1,46 @@
+"""The consumers' side of delivery tracking.
+
+`delivery_begin()` runs inside the consumer's transaction, before the effect: it marks the
+delivery done and says whether it already was. The done row and the effect commit together, so a
+duplicate message, a replay or a redelivery finds the row and skips the effect: exactly-once
+effect for everything the consumer writes to this database.
+"""
+
+from django.db import connection
+
+from outbox.writer import require_atomic
+
+_BEGIN = """
+INSERT INTO outbox_delivery
+    (event_id, consumer, status, publications, attempts, last_error, published_at, done_at, updated_at)
+VALUES (%s, %s, 'done', 0, 1, '', NULL, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
+ON CONFLICT (event_id, consumer) DO UPDATE
+    SET status = 'done', attempts = outbox_delivery.attempts + 1, done_at = CURRENT_TIMESTAMP,
+        updated_at = CURRENT_TIMESTAMP
+    WHERE outbox_delivery.status <> 'done'
+RETURNING id
+"""
+
+_FAIL = """
+INSERT INTO outbox_delivery
+    (event_id, consumer, status, publications, attempts, last_error, published_at, done_at, updated_at)
+VALUES (%s, %s, %s, 0, 1, %s, NULL, NULL, CURRENT_TIMESTAMP)
+ON CONFLICT (event_id, consumer) DO UPDATE
+    SET status = EXCLUDED.status, attempts = outbox_delivery.attempts + 1, last_error = EXCLUDED.last_error,
+        updated_at = CURRENT_TIMESTAMP
+    WHERE outbox_delivery.status <> 'done'
+"""
+
+
+def delivery_begin(*, event_id: int, consumer: str) -> bool:
+    """Mark the delivery done in the current transaction; return False if it already was done."""
+    require_atomic(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(_BEGIN, [event_id, consumer])
+        return cursor.fetchone() is not None
+
+
+def delivery_fail(*, event_id: int, consumer: str, error: str, final: bool) -> None:
+    """Record a failed attempt (`final`: no retry is left, the delivery is dead)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FAIL, [event_id, consumer, "dead" if final else "failed", error[:4000]])

@@ -1,0 +1,212 @@
+"""The relay: publish committed outbox events to Dramatiq, from any number of processes.
+
+Loop: claim a batch (a short transaction with a lease), publish one message per consumer carrying
+the batch's event ids (no transaction open), mark the batch published (another short
+transaction). Between batches an idle relay waits on PostgreSQL's LISTEN for the insert trigger's
+notification, or polls where there is none. A broker outage releases the batch uncounted and
+backs off with jitter; a database outage does the same on the database side.
+"""
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import dramatiq
+import psycopg
+import redis
+from django.db import DatabaseError, close_old_connections, connection
+
+from outbox import claims, conf, routing, sweeper
+
+logger = logging.getLogger(__name__)
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramatiq.errors.ConnectionError, OSError)
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 10.0
+
+
+def default_name() -> str:
+    """Return a name that tells relays apart across machines: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Outage:
+    """Backoff with jitter for one dependency, logging once per change of state."""
+
+    what: str
+    failures: int = 0
+
+    def failed(self, error: BaseException) -> float:
+        """Record a failure; return how long to wait before trying again."""
+        if self.failures == 0:
+            logger.warning("%s unavailable, backing off and retrying: %s", self.what, error)
+        self.failures += 1
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self.failures, 10))
+        return delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not security
+
+    def succeeded(self) -> None:
+        """Record a success, logging the recovery after an outage."""
+        if self.failures:
+            logger.warning("%s available again after %d failed attempts", self.what, self.failures)
+            self.failures = 0
+
+
+@dataclass
+class RelayStats:
+    """What a relay did, for its log line on exit and for tests."""
+
+    published: int = 0
+    batches: int = 0
+    republished: int = 0
+
+
+@dataclass
+class Relay:
+    """One relay process's loop."""
+
+    name: str = field(default_factory=default_name)
+    batch_size: int = field(default_factory=conf.batch_size)
+    lease: float = field(default_factory=conf.lease_seconds)
+    poll: float = field(default_factory=conf.poll_seconds)
+    redelivery: float = field(default_factory=conf.redelivery_seconds)
+    stats: RelayStats = field(default_factory=RelayStats)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    broker: Outage = field(default_factory=lambda: Outage("Broker"))
+    database: Outage = field(default_factory=lambda: Outage("Database"))
+    _listener: psycopg.Connection[Any] | None = None
+    _next_sweep: float = 0.0
+
+    # --- one batch ----------------------------------------------------------------------------
+
+    def relay_batch(self) -> int:
+        """Claim, publish and mark one batch; return how many events it published."""
+        batch = claims.claim(relay=self.name, limit=self.batch_size, lease=self.lease)
+        if not batch:
+            return 0
+        ids = [event_id for event_id, _ in batch]
+        published_any = False
+        try:
+            for message in routing.messages(batch):
+                dramatiq.get_broker().enqueue(message)
+                published_any = True
+        except BROKER_ERRORS as e:
+            claims.release(relay=self.name, event_ids=ids, published_any=published_any)
+            self.stopping.wait(self.broker.failed(e))
+            return 0
+        self.broker.succeeded()
+        claims.mark_published(relay=self.name, event_ids=ids)
+        self.stats.published += len(ids)
+        self.stats.batches += 1
+        return len(ids)
+
+    def sweep(self) -> int:
+        """Publish again the deliveries overdue for the redelivery deadline; return how many."""
+        overdue = sweeper.take_overdue(deadline=self.redelivery, limit=self.batch_size)
+        if not overdue:
+            return 0
+        try:
+            for consumer, event_ids in sweeper.by_consumer(overdue).items():
+                dramatiq.get_broker().enqueue(routing.message(consumer, event_ids))
+        except BROKER_ERRORS as e:
+            sweeper.give_back(deadline=self.redelivery, overdue=overdue)
+            self.stopping.wait(self.broker.failed(e))
+            return 0
+        logger.warning("Republished %d deliveries not done within %.0f s", len(overdue), self.redelivery)
+        self.stats.republished += len(overdue)
+        return len(overdue)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> RelayStats:
+        """Relay until stopped (or, with `once`, until the backlog is empty); return the stats."""
+        routing.load_actors()
+        logger.info("Relay %s started (batch %d, lease %.0f s)", self.name, self.batch_size, self.lease)
+        named = False
+        while not self.stopping.is_set():
+            try:
+                if not named:
+                    self._name_session()
+                    named = True
+                moved = self.relay_batch()
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + max(1.0, self.redelivery / 4)
+                    moved += self.sweep()
+                self.database.succeeded()
+            except DatabaseError as e:
+                named = False
+                self._drop_connections()
+                self.stopping.wait(self.database.failed(e))
+                continue
+            if moved:
+                continue
+            if once:
+                break
+            self.wait_for_events()
+        self._close_listener()
+        logger.info(
+            "Relay %s stopped: %d events in %d batches, %d republished",
+            self.name,
+            self.stats.published,
+            self.stats.batches,
+            self.stats.republished,
+        )
+        return self.stats
+
+    def stop(self, *_: object) -> None:
+        """Finish the batch in hand, then leave the loop."""
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop on SIGTERM and SIGINT (after the batch in hand)."""
+        handler: Callable[[int, FrameType | None], None] = lambda signum, frame: self.stop()  # noqa: E731
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # --- waiting ------------------------------------------------------------------------------
+
+    def wait_for_events(self) -> None:
+        """Sleep until an insert is notified (PostgreSQL) or the poll interval passes."""
+        if connection.vendor != "postgresql":
+            self.stopping.wait(self.poll)
+            return
+        try:
+            listener = self._listen()
+            for _ in listener.notifies(timeout=self.poll, stop_after=1):
+                pass
+        except psycopg.Error as e:
+            self._close_listener()
+            self.stopping.wait(self.database.failed(e))
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener.closed:
+            params = connection.get_connection_params()
+            params.pop("cursor_factory", None)
+            params.pop("context", None)
+            self._listener = psycopg.connect(**params, autocommit=True)
+            self._listener.execute("LISTEN outbox_event")
+        return self._listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _name_session(self) -> None:
+        """Show the relay's name in pg_stat_activity, for operators (and fault tests)."""
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('application_name', %s, false)", [f"outbox_relay {self.name}"[:63]])
+
+    def _drop_connections(self) -> None:
+        close_old_connections()
+        connection.close()
+        self._close_listener()

@@ -1,0 +1,83 @@
+"""The redelivery sweeper: publish again what was published but never finished.
+
+Dramatiq's Redis broker gives a killed worker's message back only when the worker's heartbeat is
+stale and another worker happens to run maintenance (not at all on an idle queue), and Redis
+without persistence loses what it held. PostgreSQL knows better: a delivery still `published`
+after the deadline was lost or is stuck, and the sweeper publishes it again. Consumers are
+idempotent, so a delivery that was only slow costs a duplicate message and nothing else.
+"""
+
+from collections import defaultdict
+from datetime import timedelta
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from outbox.models import Delivery
+
+Overdue = list[tuple[int, int, str]]  # (delivery id, event id, consumer)
+
+_PG_TAKE = """
+WITH s AS (
+    SELECT id FROM outbox_delivery
+    WHERE status = 'published' AND published_at < now() - make_interval(secs => %s)
+    ORDER BY published_at LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_delivery d
+SET published_at = now(), publications = d.publications + 1, updated_at = now()
+FROM s WHERE d.id = s.id
+RETURNING d.id, d.event_id, d.consumer
+"""
+
+_PG_GIVE_BACK = """
+UPDATE outbox_delivery
+SET published_at = now() - make_interval(secs => %s), publications = publications - 1
+WHERE id = ANY(%s) AND status = 'published'
+"""
+
+
+def take_overdue(*, deadline: float, limit: int) -> Overdue:
+    """Take up to `limit` deliveries published more than `deadline` seconds ago and not done.
+
+    Taking one restarts its deadline and counts a publication, so that two relays sweeping at
+    once do not both publish it.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_TAKE, [deadline, limit])
+            return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Delivery.objects.filter(
+                status=Delivery.Status.PUBLISHED, published_at__lt=now - timedelta(seconds=deadline)
+            )
+            .order_by("published_at")
+            .values_list("id", "event_id", "consumer")[:limit]
+        )
+        Delivery.objects.filter(id__in=[r[0] for r in rows]).update(
+            published_at=now, publications=F("publications") + 1, updated_at=now
+        )
+    return rows
+
+
+def give_back(*, deadline: float, overdue: Overdue) -> None:
+    """Undo take_overdue() for deliveries that could not be published: due again, not counted."""
+    ids = [row[0] for row in overdue]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_GIVE_BACK, [deadline + 1, ids])
+        return
+    Delivery.objects.filter(id__in=ids, status=Delivery.Status.PUBLISHED).update(
+        published_at=timezone.now() - timedelta(seconds=deadline + 1), publications=F("publications") - 1
+    )
+
+
+def by_consumer(overdue: Overdue) -> dict[str, list[int]]:
+    """Group overdue deliveries into {consumer: [event ids]}, one message each."""
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for _, event_id, consumer in overdue:
+        grouped[consumer].append(event_id)
+    return dict(grouped)

@@ -1,0 +1,208 @@
+"""The relay, as real processes against PostgreSQL and Redis (invariants 2, 4 and 5)."""
+
+import json
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from django.db import connection, transaction
+
+from core import services
+from core.models import Customer
+from outbox.models import Delivery, Pending
+from outbox.writer import events_flush
+from tests.outbox.helpers import committed_count, conninfo
+from tests.processes import private_redis, processes, redis_stop, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_DB_URL = "redis://127.0.0.1:6379/15"
+FAST = {"OUTBOX_RELAY_POLL_SECONDS": "0.2", "REDIS_URL": REDIS_DB_URL}
+
+
+@pytest.fixture(autouse=True)
+def empty_queues() -> None:
+    redis.Redis.from_url(REDIS_DB_URL).flushdb()
+
+
+def make_events(n: int) -> list[int]:
+    """Commit `n` customer registrations; return their event ids."""
+    for i in range(n):
+        services.customer_create(name=f"C{i}", email=f"c{i}-{id(object())}@example.com")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM outbox_event ORDER BY id")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def queued_event_ids(url: str = REDIS_DB_URL, queue: str = "audit") -> Counter[int]:
+    """Count, per event id, the messages waiting in a Dramatiq Redis queue."""
+    client = redis.Redis.from_url(url)
+    counts: Counter[int] = Counter()
+    for raw in client.hvals(f"dramatiq:{queue}.msgs"):
+        message = json.loads(raw)
+        assert message["actor_name"] == "audit_log"
+        counts.update(message["args"][0])
+    return counts
+
+
+def test_relay_publishes_every_committed_event_once_and_records_it(tmp_path: Path) -> None:
+    """`outbox_relay --once` empties the backlog: one message per event and consumer, deliveries recorded."""
+    ids = make_events(30)
+    with processes(tmp_path, **FAST) as procs:
+        relay = procs.relay("r1", "--once", "--batch-size", "7")
+        assert relay.popen.wait(timeout=60) == 0, relay.output()
+    assert "Relayed 30 events in 5 batches." in relay.output()
+    assert committed_count("outbox_pending") == 0
+    assert queued_event_ids() == Counter(dict.fromkeys(ids, 1))
+    rows = list(Delivery.objects.values_list("event_id", "consumer", "status", "publications"))
+    assert sorted(rows) == [(i, "audit_log", "published", 1) for i in ids]
+
+
+def test_four_relays_share_one_backlog_without_duplicates(tmp_path: Path) -> None:
+    """Four relays woken by one commit of 3000 events drain it together: each event published
+    once, and every relay did a share."""
+    with processes(tmp_path, **FAST) as procs:
+        relays = [procs.relay(f"r{n}", "--batch-size", "10") for n in range(4)]
+        for r in relays:
+            wait_until(lambda r=r: "started" in r.output(), timeout=60, what="the relays to start")
+        Customer.objects.bulk_create(Customer(name=f"C{i}", email=f"bulk{i}@example.com") for i in range(3000))
+        wait_until(lambda: committed_count("outbox_pending") == 0, timeout=120, what="the backlog to drain")
+        codes = [r.stop(signal.SIGTERM) for r in relays]
+    assert codes == [0, 0, 0, 0], [r.output()[-2000:] for r in relays]
+    counts = [int(r.output().rsplit("Relayed ", 1)[1].split(" ")[0]) for r in relays]
+    assert sum(counts) == 3000
+    assert min(counts) > 0, counts
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM outbox_event")
+        ids = [row[0] for row in cursor.fetchall()]
+    assert queued_event_ids() == Counter(dict.fromkeys(ids, 1))
+    assert set(Delivery.objects.values_list("publications", flat=True)) == {1}
+
+
+def test_event_committed_late_with_a_lower_id_is_still_published(tmp_path: Path) -> None:
+    """A transaction that took its event id first but commits last is not skipped."""
+    holding = threading.Event()
+    release = threading.Event()
+    low_id: list[int] = []
+
+    def slow_transaction() -> None:
+        try:
+            with transaction.atomic():
+                services.customer_create(name="Slow", email="slow@example.com")
+                events_flush()  # the event row, and its id, exist now; the commit comes later
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT max(id) FROM outbox_event")
+                    low_id.append(cursor.fetchone()[0])
+                holding.set()
+                release.wait(timeout=60)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=slow_transaction)
+    thread.start()
+    assert holding.wait(timeout=30)
+    later = make_events(5)
+    with processes(tmp_path, **FAST) as procs:
+        relay = procs.relay("r1")
+        wait_until(lambda: len(queued_event_ids()) == 5, timeout=60, what="the later events")
+        release.set()
+        thread.join(timeout=30)
+        wait_until(lambda: low_id[0] in queued_event_ids(), timeout=60, what="the late low-id event")
+        assert relay.stop() == 0
+    assert low_id[0] < min(later)
+    assert queued_event_ids() == Counter(dict.fromkeys([low_id[0], *later], 1))
+
+
+def test_relay_killed_after_publishing_before_marking_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL between publish and mark: the lease runs out, another relay publishes again, and
+    the delivery records that it was published twice."""
+    ids = make_events(10)
+    env = {**FAST, "OUTBOX_RELAY_LEASE_SECONDS": "2"}
+    with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
+        # Hold the delivery table so that the relay's mark step waits after it has published.
+        blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+        first = procs.relay("first", "--batch-size", "100")
+        wait_until(lambda: len(queued_event_ids()) == 10, timeout=60, what="the first publication")
+        first.stop(signal.SIGKILL)
+        with psycopg.connect(conninfo(), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                ["outbox_relay first%"],
+            )
+        blocker.rollback()
+        second = procs.relay("second")
+        wait_until(lambda: committed_count("outbox_pending") == 0, timeout=60, what="the second relay")
+        assert second.stop() == 0
+    assert queued_event_ids() == Counter(dict.fromkeys(ids, 2))
+    assert sorted(Delivery.objects.values_list("event_id", "publications")) == [(i, 2) for i in ids]
+
+
+def test_relay_killed_before_publishing_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL while the broker holds the publish: the claim lapses and another relay publishes."""
+    ids = make_events(10)
+    env = {**FAST, "OUTBOX_RELAY_LEASE_SECONDS": "2"}
+    client = redis.Redis.from_url(REDIS_DB_URL)
+    with processes(tmp_path, **env) as procs:
+        client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+        try:
+            first = procs.relay("first", "--batch-size", "100")
+            wait_until(lambda: Pending.objects.filter(claimed_by="first").count() == 10, timeout=60, what="the claim")
+            first.stop(signal.SIGKILL)
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+        assert queued_event_ids() == Counter()
+        second = procs.relay("second")
+        wait_until(lambda: committed_count("outbox_pending") == 0, timeout=60, what="the second relay")
+        assert second.stop() == 0
+    assert queued_event_ids() == Counter(dict.fromkeys(ids, 1))
+    # Two claims: the delivery says it may have gone out twice, though it went out once.
+    assert set(Delivery.objects.values_list("publications", flat=True)) == {2}
+
+
+def test_redis_outage_burns_no_attempt_and_the_backlog_drains(tmp_path: Path) -> None:
+    """With Redis down the relay backs off, logs once, counts no claim; when it returns, all drain."""
+    port = 6391
+    url = f"redis://127.0.0.1:{port}/0"
+    with (
+        private_redis(port, tmp_path) as start_redis,
+        processes(tmp_path, OUTBOX_RELAY_POLL_SECONDS="0.2", REDIS_URL=url) as procs,
+    ):
+        redis_stop(port)
+        ids = make_events(50)
+        relay = procs.relay("r1", "--batch-size", "10")
+        wait_until(lambda: "Broker unavailable" in relay.output(), timeout=60, what="the outage to be noticed")
+        assert committed_count("outbox_pending") == 50
+        assert set(Pending.objects.values_list("claims", flat=True)) == {0}
+        start_redis()
+        wait_until(lambda: committed_count("outbox_pending") == 0, timeout=60, what="the backlog to drain")
+        assert relay.stop() == 0
+        log = relay.output()
+        assert log.count("Broker unavailable") == 1
+        assert log.count("Broker available again") == 1
+        assert queued_event_ids(url) == Counter(dict.fromkeys(ids, 1))
+    assert set(Delivery.objects.values_list("publications", flat=True)) == {1}
+
+
+def test_sweeper_republishes_a_lost_delivery_and_the_worker_applies_it_once(tmp_path: Path) -> None:
+    """A published message that vanished (Redis lost it) is published again after the deadline;
+    a real worker then applies it exactly once."""
+    ids = make_events(5)
+    env = {**FAST, "OUTBOX_REDELIVERY_SECONDS": "2"}
+    with processes(tmp_path, **env) as procs:
+        relay = procs.relay("r1")
+        wait_until(lambda: len(queued_event_ids()) == 5, timeout=60, what="the publication")
+        redis.Redis.from_url(REDIS_DB_URL).flushdb()  # as if Redis restarted without persistence
+        wait_until(lambda: len(queued_event_ids()) == 5, timeout=60, what="the sweeper's republication")
+        worker = procs.worker()
+        wait_until(lambda: Delivery.objects.filter(status="done").count() == 5, timeout=90, what="the worker to finish")
+        assert relay.stop() == 0
+        assert worker.stop() == 0
+        log = worker.output()
+    assert "Republished 5 deliveries" in relay.output()
+    for event_id in ids:
+        assert log.count(f'"id": {event_id},') == 1, f"audit line for event {event_id}"
+    assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))

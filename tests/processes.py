@@ -1,0 +1,164 @@
+"""Real processes for fault tests: relays, workers and a private Redis, all on loopback.
+
+Every wait is bounded in time; every process is stopped when its test ends.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from django.db import connection
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """The test database's URL, for processes started by a test."""
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to a log file."""
+
+    args: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes] = field(repr=False)
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send `sig` and wait for the exit code (SIGKILL after `timeout`)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+
+@dataclass
+class Processes:
+    """Starts manage.py commands against the test database; stops them all at the end."""
+
+    tmp: Path
+    env: dict[str, str]
+    started: list[Process] = field(default_factory=list)
+
+    def manage(self, *args: str, name: str, env: dict[str, str] | None = None) -> Process:
+        log_path = self.tmp / f"{name}.log"
+        log = log_path.open("wb")
+        full = [sys.executable, "manage.py", *args]
+        popen = subprocess.Popen(full, cwd=REPO, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        process = Process(full, log_path, popen, log)
+        self.started.append(process)
+        return process
+
+    def relay(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Process:
+        return self.manage("outbox_relay", "--name", name, *extra, name=name, env=env)
+
+    def worker(self, name: str = "worker", env: dict[str, str] | None = None) -> Process:
+        return self.manage("rundramatiq", "--processes", "1", "--threads", "2", name=name, env=env)
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.stop(signal.SIGKILL, timeout=10)
+            process.log.close()
+
+
+@contextmanager
+def processes(tmp: Path, **env: str) -> Iterator[Processes]:
+    """Yield a process starter whose children use the test database and the given settings."""
+    base = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "settings.test",
+        "DATABASE_URL": database_url(),
+        "PYTHONUNBUFFERED": "1",
+        "dramatiq_worker_timeout": "100",
+        **env,
+    }
+    started = Processes(tmp, base)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+@contextmanager
+def private_redis(port: int, tmp: Path) -> Iterator[Callable[[], None]]:
+    """Run a throwaway Redis on 127.0.0.1:`port`; yield a function that starts it again after a stop."""
+
+    def start() -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(tmp),
+                "--logfile",
+                str(tmp / f"redis-{port}.log"),
+            ],
+            check=True,
+            timeout=30,
+        )
+        wait_until(lambda: redis_ping(port), timeout=15, what=f"Redis on port {port}")
+
+    start()
+    try:
+        yield start
+    finally:
+        redis_stop(port)
+
+
+def redis_ping(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def redis_stop(port: int) -> None:
+    """Stop the Redis on `port` without saving (its data is lost, as in a crash)."""
+    import redis
+
+    # SHUTDOWN closes the connection it arrived on, which the client reports as an error.
+    with suppress(redis.RedisError):
+        redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).shutdown(nosave=True)
+    wait_until(lambda: not redis_ping(port), timeout=15, what=f"Redis on port {port} to stop")
