@@ -67,8 +67,7 @@ def test_four_relays_share_one_backlog_without_duplicates(tmp_path: Path) -> Non
     once, and every relay did a share."""
     with processes(tmp_path, **FAST) as procs:
         relays = [procs.relay(f"r{n}", "--batch-size", "10") for n in range(4)]
-        for r in relays:
-            wait_until(lambda r=r: "started" in r.output(), timeout=60, what="the relays to start")
+        wait_until(lambda: all("started" in r.output() for r in relays), timeout=60, what="the relays to start")
         Customer.objects.bulk_create(Customer(name=f"C{i}", email=f"bulk{i}@example.com") for i in range(3000))
         wait_until(lambda: committed_count("outbox_pending") == 0, timeout=120, what="the backlog to drain")
         codes = [r.stop(signal.SIGTERM) for r in relays]
