@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 from decimal import Decimal
 from typing import Any
 
+import dramatiq
 from django.db import connection, transaction
 
 from core import services
@@ -49,6 +50,7 @@ def machine_facts() -> dict[str, Any]:
             cursor.execute("SELECT sqlite_version()")
             db_version = f"SQLite {cursor.fetchone()[0]}"
     return {
+        "broker": type(dramatiq.get_broker()).__name__,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
@@ -119,11 +121,32 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-def bench_run(*, samples: int, verbosity: int = 0) -> dict[str, Any]:
+def bench_run(
+    *,
+    samples: int,
+    backlog: int,
+    history: int,
+    rss_backlog: int,
+    batch_size: int,
+    latency_seconds: float,
+    verbosity: int = 0,
+) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
+    from core.bench_relay import e2e_latency, relay_figures
+
     with scratch_database(verbosity=verbosity):
         result: dict[str, Any] = {}
         result.update(save_overhead(samples=samples))
+        result.update(relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size))
+        result.update(e2e_latency(rate=100, seconds=latency_seconds))
         result["machine"] = machine_facts()
-        result["parameters"] = {"samples": samples}
+        result["parameters"] = {
+            "samples": samples,
+            "backlog": backlog,
+            "history": history,
+            "rss_backlog": rss_backlog,
+            "batch_size": batch_size,
+            "latency_rate_per_s": 100,
+            "latency_seconds": latency_seconds,
+        }
     return result

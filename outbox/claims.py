@@ -12,7 +12,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from outbox import routing
-from outbox.models import Delivery, Event, Pending
+from outbox.models import Delivery, Pending
 
 Claimed = list[tuple[int, str]]  # (event id, event type), in id order
 
@@ -26,25 +26,23 @@ WITH c AS (
     UPDATE outbox_pending p
     SET claimed_by = %s, claimed_until = now() + make_interval(secs => %s), claims = p.claims + 1
     FROM c WHERE p.event_id = c.event_id
-    RETURNING p.event_id
+    RETURNING p.event_id, p.type
 )
-SELECT u.event_id, e.type FROM u JOIN outbox_event e ON e.id = u.event_id ORDER BY u.event_id
+SELECT event_id, type FROM u ORDER BY event_id
 """
 
 # Deletes the claim and records a published delivery per routed consumer, unless the claim was
 # lost (its lease ran out and another relay took it: that relay records its own publication).
-# A consumer that finished first keeps its done row.
+# A consumer that finished first keeps its done row. The routes arrive as (type, consumer)
+# pairs, each once, for exactly the types in the batch.
 _PG_MARK = """
 WITH d AS (
-    DELETE FROM outbox_pending WHERE event_id = ANY(%s) AND claimed_by = %s RETURNING event_id, claims
+    DELETE FROM outbox_pending WHERE event_id = ANY(%s) AND claimed_by = %s RETURNING event_id, type, claims
 )
 INSERT INTO outbox_delivery
     (event_id, consumer, status, publications, attempts, last_error, published_at, updated_at)
 SELECT d.event_id, r.consumer, 'published', d.claims, 0, '', now(), now()
-FROM d
-JOIN outbox_event e ON e.id = d.event_id
-JOIN unnest(%s::text[], %s::text[]) AS r(type, consumer) ON r.type = e.type OR r.type = '*'
-GROUP BY d.event_id, r.consumer, d.claims
+FROM d JOIN unnest(%s::text[], %s::text[]) AS r(type, consumer) ON r.type = d.type
 ON CONFLICT (event_id, consumer) DO UPDATE
     SET publications = outbox_delivery.publications + EXCLUDED.publications,
         published_at = EXCLUDED.published_at, updated_at = EXCLUDED.updated_at
@@ -74,23 +72,27 @@ def claim(*, relay: str, limit: int, lease: float) -> Claimed:
         Pending.objects.filter(event_id__in=ids).update(
             claimed_by=relay, claimed_until=now + timedelta(seconds=lease), claims=F("claims") + 1
         )
-        return list(Event.objects.filter(id__in=ids).order_by("id").values_list("id", "event_type"))
+        return list(Pending.objects.filter(event_id__in=ids).order_by("event_id").values_list("event_id", "event_type"))
 
 
-def mark_published(*, relay: str, event_ids: list[int]) -> None:
+def mark_published(*, relay: str, batch: Claimed) -> None:
     """Record the events' deliveries as published and drop them from the backlog."""
+    event_ids = [event_id for event_id, _ in batch]
     if connection.vendor == "postgresql":
-        types, consumers = routing.route_pairs()
+        types, consumers = routing.route_pairs({event_type for _, event_type in batch})
         with connection.cursor() as cursor:
             cursor.execute(_PG_MARK, [event_ids, relay, types, consumers])
         return
     now = timezone.now()
     with transaction.atomic():
-        claims = dict(
-            Pending.objects.filter(event_id__in=event_ids, claimed_by=relay).values_list("event_id", "claims")
+        claimed = list(
+            Pending.objects.filter(event_id__in=event_ids, claimed_by=relay).values_list(
+                "event_id", "event_type", "claims"
+            )
         )
+        claims = {event_id: count for event_id, _, count in claimed}
         Pending.objects.filter(event_id__in=list(claims)).delete()
-        for event_id, event_type in Event.objects.filter(id__in=list(claims)).values_list("id", "event_type"):
+        for event_id, event_type, _ in claimed:
             for consumer in routing.consumers_for(event_type):
                 delivery, created = Delivery.objects.get_or_create(
                     event_id=event_id,

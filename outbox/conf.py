@@ -19,7 +19,7 @@ def routes() -> dict[str, list[str]]:
 
 def batch_size() -> int:
     """How many events a relay claims at a time."""
-    return int(getattr(settings, "OUTBOX_RELAY_BATCH_SIZE", 500))
+    return int(getattr(settings, "OUTBOX_RELAY_BATCH_SIZE", 1000))
 
 
 def lease_seconds() -> float:

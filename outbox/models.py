@@ -73,6 +73,8 @@ class Pending(models.Model):
     event = models.OneToOneField(
         Event, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
+    # A copy of the event's type, so that claiming and routing never read the event table.
+    event_type = models.CharField(max_length=100, db_column="type")
     claimed_by = models.CharField(max_length=200, blank=True, default="")
     claimed_until = models.DateTimeField(null=True, blank=True)
     # How many times the event was claimed: above 1, an earlier claim may have published it.

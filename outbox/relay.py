@@ -103,7 +103,7 @@ class Relay:
             self.stopping.wait(self.broker.failed(e))
             return 0
         self.broker.succeeded()
-        claims.mark_published(relay=self.name, event_ids=ids)
+        claims.mark_published(relay=self.name, batch=batch)
         self.stats.published += len(ids)
         self.stats.batches += 1
         return len(ids)

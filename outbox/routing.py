@@ -36,12 +36,13 @@ def route_names() -> set[str]:
     return {name for names in conf.routes().values() for name in names}
 
 
-def route_pairs() -> tuple[list[str], list[str]]:
-    """Return the routes as two parallel lists, (event types, consumers), "*" included."""
+def route_pairs(event_types: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Return the routes of these event types as parallel lists (types, consumers), each pair once."""
+    table = conf.routes()
     types: list[str] = []
     consumers: list[str] = []
-    for event_type, names in conf.routes().items():
-        for name in dict.fromkeys(names):
+    for event_type in event_types:
+        for name in consumers_for(event_type, table):
             types.append(event_type)
             consumers.append(name)
     return types, consumers

@@ -81,9 +81,9 @@ WITH b AS (
            v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source
     FROM b JOIN v USING (aggregatetype, aggregateid)
     ORDER BY b.seq
-    RETURNING id
+    RETURNING id, type
 )
-INSERT INTO outbox_pending (event_id, claimed_by, claims) SELECT id, '', 0 FROM e
+INSERT INTO outbox_pending (event_id, type, claimed_by, claims) SELECT id, type, '', 0 FROM e
 """
 
 _PORTABLE_VERSION = """
@@ -93,7 +93,8 @@ RETURNING version
 """
 
 _PORTABLE_PENDING = """
-INSERT INTO outbox_pending (event_id, claimed_by, claims) SELECT id, '', 0 FROM outbox_event WHERE event_id IN ({})
+INSERT INTO outbox_pending (event_id, type, claimed_by, claims)
+SELECT id, type, '', 0 FROM outbox_event WHERE event_id IN ({})
 """
 
 _PORTABLE_EVENT = """

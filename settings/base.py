@@ -140,7 +140,7 @@ from settings.routes import OUTBOX_ROUTES  # noqa: E402, F401
 
 # The relay's batch size, claim lease and idle poll; the sweeper's deadline for a published
 # delivery that no consumer finished (see docs/operations.md).
-OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=500)
+OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=1000)
 OUTBOX_RELAY_LEASE_SECONDS = env.float("OUTBOX_RELAY_LEASE_SECONDS", default=30.0)
 OUTBOX_RELAY_POLL_SECONDS = env.float("OUTBOX_RELAY_POLL_SECONDS", default=1.0)
 OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)

@@ -19,11 +19,35 @@ class Command(BaseCommand):
         parser.add_argument(
             "--samples", type=int, default=1500, help="Saves timed with the outbox on, and as many off (default 1500)."
         )
+        parser.add_argument("--backlog", type=int, default=100_000, help="Events the relay drains (default 100000).")
+        parser.add_argument(
+            "--history", type=int, default=5_000_000, help="Settled events added for the slowdown (default 5000000)."
+        )
+        parser.add_argument(
+            "--rss-backlog", type=int, default=1_000_000, help="Backlog for the memory figure (default 1000000)."
+        )
+        parser.add_argument("--batch-size", type=int, default=2000, help="The relay's batch size (default 2000).")
+        parser.add_argument(
+            "--latency-seconds",
+            type=float,
+            default=10.0,
+            help="Seconds of traffic at 100 events/s for the end-to-end latency (default 10).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["samples"] < 1:
-            raise CommandError(f"--samples must be at least 1 (got {options['samples']}).")
-        result = bench_run(samples=options["samples"])
+        for flag in ("samples", "backlog", "rss_backlog", "batch_size", "latency_seconds"):
+            if options[flag] < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be at least 1 (got {options[flag]}).")
+        if options["history"] < 0:
+            raise CommandError(f"--history cannot be negative (got {options['history']}).")
+        result = bench_run(
+            samples=options["samples"],
+            backlog=options["backlog"],
+            history=options["history"],
+            rss_backlog=options["rss_backlog"],
+            batch_size=options["batch_size"],
+            latency_seconds=options["latency_seconds"],
+        )
         if options["json"]:
             self.stdout.write(json.dumps(result, indent=2))
             return

@@ -1,0 +1,251 @@
+"""Relay figures for `outbox_bench`: throughput, cost of history, memory.
+
+The backlog and the history are written with set-based SQL (generate_series), not through saves:
+what is measured is the relay, not the setup. Events are routed to three bench consumers whose
+messages go to Redis and are dropped after each run.
+"""
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+from django.conf import settings as django_settings
+from django.db import connection
+from django.test.utils import override_settings
+
+from outbox.relay import Relay
+
+BENCH_QUEUE = "outbox_bench"
+BENCH_CONSUMERS = ["bench_inventory", "bench_email", "bench_audit"]
+
+
+def _discard(event_ids: list[int]) -> None:
+    """The bench consumers' body: their messages are never consumed, only counted by the relay."""
+
+
+def _declare_actors() -> None:
+    declared = set(dramatiq.get_broker().get_declared_actors())
+    for name in BENCH_CONSUMERS:
+        if name not in declared:
+            dramatiq.actor(actor_name=name, queue_name=BENCH_QUEUE)(_discard)
+
+
+# Inserts n events named <prefix><g>; the statements below append what to do with their ids.
+_EVENTS = """
+WITH e AS (
+    INSERT INTO outbox_event
+        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
+    SELECT gen_random_uuid(), 'order_line.added', 'order', %(prefix)s || g, 1,
+           jsonb_build_object('state', jsonb_build_object('id', g, 'order_id', g, 'product_id', 1, 'quantity', 1,
+                                                          'unit_price', '9.90')),
+           'system', 'bench', 'command:outbox_bench'
+    FROM generate_series(1, %(n)s) AS g
+    RETURNING id, type
+)
+"""
+
+# Both are constants built from constants: nothing from outside reaches the SQL text.
+_BACKLOG = _EVENTS + "INSERT INTO outbox_pending (event_id, type, claimed_by, claims) SELECT id, type, '', 0 FROM e"  # noqa: S608
+_HISTORY = (
+    _EVENTS
+    + """
+INSERT INTO outbox_delivery
+    (event_id, consumer, status, publications, attempts, last_error, published_at, done_at, updated_at)
+SELECT e.id, c, 'done', 1, 1, '', now(), now(), now() FROM e, unnest(%(consumers)s::text[]) AS c
+"""
+)
+
+
+def backlog_create(*, n: int, prefix: str) -> None:
+    """Add `n` committed, unpublished events (with their claimable backlog rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_BACKLOG, {"n": n, "prefix": prefix})
+
+
+def history_create(*, n: int, chunk: int = 250_000) -> None:
+    """Add `n` settled events: published and done by each of the three consumers."""
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        with connection.cursor() as cursor:
+            cursor.execute(_HISTORY, {"n": size, "prefix": f"history-{start}-", "consumers": BENCH_CONSUMERS})
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_event")
+        cursor.execute("ANALYZE outbox_delivery")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def _peak_rss() -> Iterator[list[float]]:
+    """Sample this process's resident memory every 50 ms; yield a list that ends holding the peak."""
+    peak = [_rss_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], _rss_mb())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        peak[0] = max(peak[0], _rss_mb())
+
+
+def relay_drain(*, batch_size: int) -> tuple[int, float, float]:
+    """Drain the backlog with one relay; return (events, seconds, peak RSS in MB)."""
+    # No sweeping: nothing consumes the bench's messages, and redelivering them is not measured here.
+    relay = Relay(batch_size=batch_size, name="bench", redelivery=float(10**9))
+    with _peak_rss() as peak:
+        start = time.perf_counter()
+        stats = relay.run(once=True)
+        seconds = time.perf_counter() - start
+    dramatiq.get_broker().flush(BENCH_QUEUE)
+    return stats.published, seconds, peak[0]
+
+
+def relay_figures(*, backlog: int, history: int, rss_backlog: int, batch_size: int) -> dict[str, Any]:
+    """Measure relay_events_per_s, relay_slowdown_with_history and relay_rss_mb."""
+    _declare_actors()
+    with override_settings(OUTBOX_ROUTES={"*": BENCH_CONSUMERS}):
+        rates = []
+        for run in range(2):
+            backlog_create(n=backlog, prefix=f"empty-{run}-")
+            events, seconds, _ = relay_drain(batch_size=batch_size)
+            rates.append(events / seconds)
+        empty_rate = statistics.median(rates)
+        history_create(n=history)
+        rates = []
+        for run in range(2):
+            backlog_create(n=backlog, prefix=f"full-{run}-")
+            events, seconds, _ = relay_drain(batch_size=batch_size)
+            rates.append(events / seconds)
+        history_rate = statistics.median(rates)
+        backlog_create(n=rss_backlog, prefix="rss-")
+        _, _, peak = relay_drain(batch_size=batch_size)
+    return {
+        "relay_events_per_s": round(empty_rate),
+        "relay_events_per_s_with_history": round(history_rate),
+        "relay_slowdown_with_history": round(history_rate / empty_rate, 3),
+        "relay_rss_mb": round(peak, 1),
+    }
+
+
+_LATENCY = """
+SELECT extract(epoch FROM d.done_at - e.created_at) * 1000
+FROM outbox_delivery d JOIN outbox_event e ON e.id = d.event_id
+WHERE d.consumer = %s AND d.status = 'done' AND e.id > %s
+"""
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
+    """Commit events at `rate` per second while a relay and a worker run as their own processes;
+    return the p50/p99 milliseconds from commit to the consumer's start.
+
+    Both ends are the database clock: the event's `created_at` is stamped in the commit's round
+    trip, and the audit consumer's `done_at` is the start of the transaction it opens as it begins
+    (its first statement follows one query for the event row).
+    """
+    from core import services
+    from core.models import Customer
+
+    settings_dict = connection.settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "settings.local"),
+        "DATABASE_URL": (
+            f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
+            f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+        ),
+        "REDIS_URL": django_settings.REDIS_URL,
+        # Dramatiq's own (lower-case) name; 100 ms as in compose.yaml.
+        "dramatiq_worker_timeout": os.environ.get("dramatiq_worker_timeout", "100"),  # noqa: SIM112
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
+        first_id = cursor.fetchone()[0]
+    customer = services.customer_create(name="Latency", email="latency@example.com")
+    manage = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py")]
+    children = [
+        subprocess.Popen([*manage, "outbox_relay"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # noqa: S603
+        subprocess.Popen(  # noqa: S603
+            [*manage, "rundramatiq", "--processes", "1", "--threads", "4"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        _wait_for(lambda: _done_after(first_id) >= 1, timeout=60)  # both are up and the path works
+        start_id = _max_event_id()
+        count = int(rate * seconds)
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        for i in range(count):
+            next_at += interval
+            customer.name = f"Latency {i}"
+            customer.save(update_fields=["name"])
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        _wait_for(lambda: _done_after(start_id) >= count, timeout=60 + seconds)
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=10)
+    with connection.cursor() as cursor:
+        cursor.execute(_LATENCY, ["audit_log", start_id])
+        latencies = [float(row[0]) for row in cursor.fetchall()]
+    Customer.objects.filter(pk=customer.pk).delete()
+    return {
+        "e2e_latency_ms_p50": round(_percentile(latencies, 0.50), 2),
+        "e2e_latency_ms_p99": round(_percentile(latencies, 0.99), 2),
+    }
+
+
+def _max_event_id() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
+        return int(cursor.fetchone()[0])
+
+
+def _done_after(event_id: int) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM outbox_delivery WHERE consumer = 'audit_log' AND status = 'done' AND event_id > %s",
+            [event_id],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _wait_for(predicate: Callable[[], bool], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the relay and worker did not finish within {timeout:.0f} s")
+        time.sleep(0.1)
