@@ -67,8 +67,21 @@ class OrderLineFormSet(forms.BaseInlineFormSet):
         services.order_lines_check(status=self.instance.status, line_count=len(kept))
 
 
+class OrderLineForm(forms.ModelForm[OrderLine]):
+    class Meta:
+        model = OrderLine
+        fields = ["product", "quantity", "unit_price"]
+        error_messages = {
+            "product": {
+                "invalid_choice": "Unknown product: it may have been deleted. Pick one from the list "
+                "(search by SKU or name), or create it first."
+            }
+        }
+
+
 class OrderLineInline(admin.TabularInline[OrderLine, Order]):
     model = OrderLine
+    form = OrderLineForm
     formset = OrderLineFormSet
     autocomplete_fields = ["product"]
     extra = 3

@@ -121,6 +121,9 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
+GROUPS = ("save", "relay", "latency")
+
+
 def bench_run(
     *,
     samples: int,
@@ -129,6 +132,7 @@ def bench_run(
     rss_backlog: int,
     batch_size: int,
     latency_seconds: float,
+    groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
@@ -136,9 +140,15 @@ def bench_run(
 
     with scratch_database(verbosity=verbosity):
         result: dict[str, Any] = {}
-        result.update(save_overhead(samples=samples))
-        result.update(relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size))
-        result.update(e2e_latency(rate=100, seconds=latency_seconds))
+        run = set(groups or GROUPS)
+        if "save" in run:
+            result.update(save_overhead(samples=samples))
+        if "relay" in run:
+            result.update(
+                relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size)
+            )
+        if "latency" in run:
+            result.update(e2e_latency(rate=100, seconds=latency_seconds))
         result["machine"] = machine_facts()
         result["parameters"] = {
             "samples": samples,

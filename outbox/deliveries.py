@@ -6,17 +6,21 @@ duplicate message, a replay or a redelivery finds the row and skips the effect: 
 effect for everything the consumer writes to this database.
 """
 
+import contextvars
+from datetime import datetime
+
 from django.db import connection
+from django.utils import timezone
 
 from outbox.writer import require_atomic
 
 _BEGIN = """
 INSERT INTO outbox_delivery
-    (event_id, consumer, status, publications, attempts, last_error, published_at, done_at, updated_at)
-VALUES (%s, %s, 'done', 0, 1, '', NULL, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
+    (event_id, consumer, status, publications, attempts, last_error, published_at, started_at, done_at, updated_at)
+VALUES (%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
 ON CONFLICT (event_id, consumer) DO UPDATE
-    SET status = 'done', attempts = outbox_delivery.attempts + 1, done_at = CURRENT_TIMESTAMP,
-        updated_at = CURRENT_TIMESTAMP
+    SET status = 'done', attempts = outbox_delivery.attempts + 1, started_at = EXCLUDED.started_at,
+        done_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP
     WHERE outbox_delivery.status <> 'done'
 RETURNING id
 """
@@ -32,11 +36,22 @@ ON CONFLICT (event_id, consumer) DO UPDATE
 """
 
 
+_attempt_started: contextvars.ContextVar[datetime | None] = contextvars.ContextVar(
+    "outbox_attempt_started", default=None
+)
+
+
+def attempt_started(at: datetime | None) -> None:
+    """Record when the worker started the message being processed (None when it ends)."""
+    _attempt_started.set(at)
+
+
 def delivery_begin(*, event_id: int, consumer: str) -> bool:
     """Mark the delivery done in the current transaction; return False if it already was done."""
     require_atomic(connection)
+    started = _attempt_started.get() or timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(_BEGIN, [event_id, consumer])
+        cursor.execute(_BEGIN, [event_id, consumer, started])
         return cursor.fetchone() is not None
 
 

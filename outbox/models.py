@@ -111,6 +111,8 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     published_at = models.DateTimeField(null=True, blank=True)
+    # When the consumer's worker started the attempt that finished it (the worker's clock).
+    started_at = models.DateTimeField(null=True, blank=True)
     done_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())
 

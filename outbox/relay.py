@@ -89,9 +89,11 @@ class Relay:
 
     def relay_batch(self) -> int:
         """Claim, publish and mark one batch; return how many events it published."""
+        started = time.perf_counter()
         batch = claims.claim(relay=self.name, limit=self.batch_size, lease=self.lease)
         if not batch:
             return 0
+        claimed = time.perf_counter()
         ids = [event_id for event_id, _ in batch]
         published_any = False
         try:
@@ -103,7 +105,15 @@ class Relay:
             self.stopping.wait(self.broker.failed(e))
             return 0
         self.broker.succeeded()
+        published = time.perf_counter()
         claims.mark_published(relay=self.name, batch=batch)
+        logger.debug(
+            "Batch of %d: claimed in %.1f ms, published in %.1f ms, marked in %.1f ms",
+            len(ids),
+            (claimed - started) * 1000,
+            (published - claimed) * 1000,
+            (time.perf_counter() - published) * 1000,
+        )
         self.stats.published += len(ids)
         self.stats.batches += 1
         return len(ids)
@@ -113,6 +123,14 @@ class Relay:
         overdue = sweeper.take_overdue(deadline=self.redelivery, limit=self.batch_size)
         if not overdue:
             return 0
+        known = set(dramatiq.get_broker().get_declared_actors())
+        orphans = [row for row in overdue if row[2] not in known]
+        if orphans:
+            names = sorted({row[2] for row in orphans})
+            reason = f"Consumer {', '.join(names)} is no longer defined; restore it and replay, or leave it dead."
+            logger.error("Marking %d deliveries dead: %s", len(orphans), reason)
+            sweeper.abandon(overdue=orphans, reason=reason)
+            overdue = [row for row in overdue if row[2] in known]
         try:
             for consumer, event_ids in sweeper.by_consumer(overdue).items():
                 dramatiq.get_broker().enqueue(routing.message(consumer, event_ids))
@@ -201,10 +219,18 @@ class Relay:
             self._listener = None
 
     def _name_session(self) -> None:
-        """Show the relay's name in pg_stat_activity, for operators (and fault tests)."""
+        """Prepare the relay's PostgreSQL session.
+
+        Its name shows in pg_stat_activity, for operators (and fault tests). Its commits do not
+        wait for the WAL flush (`synchronous_commit = off`): the relay writes only bookkeeping
+        (claims, published deliveries), and a crash that loses the last of it makes the relay
+        publish those events again, which the consumers absorb. It saves a disk flush per claim
+        and per mark: the better part of a batch's latency.
+        """
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('application_name', %s, false)", [f"outbox_relay {self.name}"[:63]])
+                cursor.execute("SET synchronous_commit = off")
 
     def _drop_connections(self) -> None:
         close_old_connections()

@@ -75,6 +75,13 @@ def give_back(*, deadline: float, overdue: Overdue) -> None:
     )
 
 
+def abandon(*, overdue: Overdue, reason: str) -> None:
+    """Mark deliveries dead that cannot be published again (their consumer no longer exists)."""
+    Delivery.objects.filter(id__in=[row[0] for row in overdue], status=Delivery.Status.PUBLISHED).update(
+        status=Delivery.Status.DEAD, last_error=reason[:4000], updated_at=timezone.now()
+    )
+
+
 def by_consumer(overdue: Overdue) -> dict[str, list[int]]:
     """Group overdue deliveries into {consumer: [event ids]}, one message each."""
     grouped: dict[str, list[int]] = defaultdict(list)

@@ -122,7 +122,8 @@ REDIS_URL = env.str("REDIS_URL", default="")
 # Middleware is listed explicitly: django-dramatiq's default list names a Prometheus middleware
 # path that Dramatiq 2 no longer has, and its AdminMiddleware writes a row per message.
 DRAMATIQ_BROKER = {
-    "BROKER": ("dramatiq.brokers.redis.RedisBroker" if REDIS_URL else "dramatiq.brokers.stub.StubBroker"),
+    # Dramatiq's Redis broker, plus idle workers woken on enqueue (outbox/broker.py).
+    "BROKER": "outbox.broker.WakingRedisBroker" if REDIS_URL else "dramatiq.brokers.stub.StubBroker",
     "OPTIONS": {"url": REDIS_URL} if REDIS_URL else {},
     "MIDDLEWARE": [
         "dramatiq.middleware.AgeLimit",
@@ -130,6 +131,7 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.Callbacks",
         "dramatiq.middleware.Retries",
         "django_dramatiq.middleware.DbConnectionsMiddleware",
+        "outbox.worker.AttemptClock",
     ],
 }
 DRAMATIQ_TASKS_DATABASE = "default"

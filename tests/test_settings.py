@@ -98,4 +98,4 @@ def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
     report = _report(env)
 
     assert report["ENGINE"] == "outbox.backends.postgresql"  # Django's backend, events written with COMMIT
-    assert report["BROKER"] == "RedisBroker"
+    assert report["BROKER"] == "WakingRedisBroker"  # Dramatiq's RedisBroker, waking idle workers on enqueue

@@ -49,7 +49,7 @@ def test_staff_user_adds_an_order_with_three_lines_in_one_submit(
     [
         ([(0, 0)], "Ensure this value is greater than or equal to 1."),
         ([(0, -2)], "Ensure this value is greater than or equal to 0."),
-        ([(999999, 1)], "Select a valid choice."),
+        ([(999999, 1)], "Unknown product: it may have been deleted."),
         ([], "An order needs at least one line before it is placed."),
     ],
     ids=["zero-quantity", "negative-quantity", "unknown-product", "empty-placed-order"],

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from core.bench import bench_run
+from core.bench import GROUPS, bench_run
 
 
 class Command(BaseCommand):
@@ -16,6 +16,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print the figures as one JSON object.")
+        parser.add_argument(
+            "--only",
+            default=",".join(GROUPS),
+            help=f"Comma-separated groups of figures to run, of {', '.join(GROUPS)} (default: all).",
+        )
         parser.add_argument(
             "--samples", type=int, default=1500, help="Saves timed with the outbox on, and as many off (default 1500)."
         )
@@ -38,6 +43,10 @@ class Command(BaseCommand):
         for flag in ("samples", "backlog", "rss_backlog", "batch_size", "latency_seconds"):
             if options[flag] < 1:
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1 (got {options[flag]}).")
+        groups = [g.strip() for g in options["only"].split(",") if g.strip()]
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown or not groups:
+            raise CommandError(f"--only takes groups among {', '.join(GROUPS)} (got {options['only']!r}).")
         if options["history"] < 0:
             raise CommandError(f"--history cannot be negative (got {options['history']}).")
         result = bench_run(
@@ -47,6 +56,7 @@ class Command(BaseCommand):
             rss_backlog=options["rss_backlog"],
             batch_size=options["batch_size"],
             latency_seconds=options["latency_seconds"],
+            groups=groups,
         )
         if options["json"]:
             self.stdout.write(json.dumps(result, indent=2))
