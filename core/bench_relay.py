@@ -77,9 +77,10 @@ def history_create(*, n: int, chunk: int = 250_000) -> None:
         size = min(chunk, n - start)
         with connection.cursor() as cursor:
             cursor.execute(_HISTORY, {"n": size, "prefix": f"history-{start}-", "consumers": BENCH_CONSUMERS})
+    # A table that old has been vacuumed: do it now rather than let autovacuum do it mid-measurement.
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE outbox_event")
-        cursor.execute("ANALYZE outbox_delivery")
+        for table in ("outbox_event", "outbox_delivery", "outbox_pending", "outbox_aggregate"):
+            cursor.execute(f"VACUUM (ANALYZE) {table}")
 
 
 def _rss_mb() -> float:
@@ -140,9 +141,6 @@ def relay_figures(*, backlog: int, history: int, rss_backlog: int, batch_size: i
         history_rate = statistics.median(rates)
         backlog_create(n=rss_backlog, prefix="rss-")
         _, _, peak = relay_drain(batch_size=batch_size)
-    with connection.cursor() as cursor:
-        # The bench consumers exist only in this process: leave no deliveries waiting for them.
-        cursor.execute("DELETE FROM outbox_delivery WHERE consumer = ANY(%s)", [BENCH_CONSUMERS])
     return {
         "relay_events_per_s": round(empty_rate),
         "relay_events_per_s_with_history": round(history_rate),

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import redis
 from django.db import connection, transaction
+from django.utils import timezone
 
 from core import services
 from core.models import Customer
@@ -202,6 +203,30 @@ def test_sweeper_republishes_a_lost_delivery_and_the_worker_applies_it_once(tmp_
         assert worker.stop() == 0
         log = worker.output()
     assert "Republished 5 deliveries" in relay.output()
+    # Each records when the worker started it: the commit-to-consumer latency.
+    assert Delivery.objects.filter(status="done", started_at__isnull=False).count() == 5
     for event_id in ids:
         assert log.count(f'"id": {event_id},') == 1, f"audit line for event {event_id}"
     assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))
+
+
+def test_sweeper_marks_dead_a_delivery_whose_consumer_no_longer_exists(tmp_path: Path) -> None:
+    """An overdue delivery to a consumer that was removed is marked dead with the reason; the relay
+    keeps running."""
+    ids = make_events(1)
+    Delivery.objects.create(
+        event_id=ids[0], consumer="retired_consumer", status="published", publications=1, published_at=timezone.now()
+    )
+    Pending.objects.all().delete()
+    env = {**FAST, "OUTBOX_REDELIVERY_SECONDS": "1"}
+    with processes(tmp_path, **env) as procs:
+        relay = procs.relay("r1")
+        wait_until(
+            lambda: Delivery.objects.filter(consumer="retired_consumer", status="dead").exists(),
+            timeout=60,
+            what="the orphan delivery to be marked dead",
+        )
+        assert relay.stop() == 0
+    delivery = Delivery.objects.get(consumer="retired_consumer")
+    assert "retired_consumer is no longer defined" in delivery.last_error
+    assert "Marking 1 deliveries dead" in relay.output()
