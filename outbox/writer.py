@@ -55,8 +55,7 @@ class _Row:
     actor: str
     correlation_id: str
     source: str
-    payload: bytes  # the payload's JSON
-    doc: bytes  # the whole event's JSON, payload included
+    doc: bytes  # JSON: the whole event on PostgreSQL, the payload elsewhere (see _row)
 
 
 # The whole batch travels as one JSON array and PostgreSQL unpacks it: one parameter to send,
@@ -118,21 +117,23 @@ def _dumps(data: Any) -> bytes:
     return orjson.dumps(data, default=_default)
 
 
-def _row(event: NewEvent, actor: str, correlation_id: str, source: str) -> _Row:
-    payload = _dumps(event.payload)
-    head = {
+def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole: bool) -> _Row:
+    """Return the event as a row to write: `doc` is the whole event's JSON when `whole` (for the
+    PostgreSQL statement, which unpacks it), else only the payload's (for the portable insert)."""
+    if not whole:
+        return _Row(event, actor, correlation_id, source, _dumps(event.payload))
+    doc: dict[str, Any] = {
         "type": event.event_type,
         "aggregatetype": event.aggregate_type,
         "aggregateid": event.aggregate_id,
         "actor": actor,
         "correlation_id": correlation_id,
         "source": source,
+        "payload": event.payload,
     }
     if event.event_id is not None:
-        head["event_id"] = event.event_id.hex
-    # The payload is spliced in as already-encoded JSON, so it is encoded once for both uses.
-    doc = _dumps(head)[:-1] + b',"payload":' + payload + b"}"
-    return _Row(event, actor, correlation_id, source, payload, doc)
+        doc["event_id"] = event.event_id.hex
+    return _Row(event, actor, correlation_id, source, _dumps(doc))
 
 
 def require_atomic(connection: BaseDatabaseWrapper) -> None:
@@ -161,7 +162,8 @@ def write(connection: BaseDatabaseWrapper, events: Sequence[NewEvent]) -> None:
         return
     ctx = current()
     actor = ctx.resolved_actor()
-    rows = [_row(e, actor, ctx.correlation_id, ctx.source) for e in events]
+    whole = connection.vendor == "postgresql"
+    rows = [_row(e, actor, ctx.correlation_id, ctx.source, whole=whole) for e in events]
     pending = getattr(connection, "outbox_pending", None)
     if pending is not None:
         pending.extend(rows)
@@ -240,7 +242,7 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
                     e.event_type,
                     *key,
                     next_version[key],
-                    r.payload.decode(),
+                    r.doc.decode(),
                     r.actor,
                     r.correlation_id,
                     r.source,
