@@ -122,23 +122,23 @@ def relay_drain(*, batch_size: int) -> tuple[int, float, float]:
     return stats.published, seconds, peak[0]
 
 
+def relay_rate(*, backlog: int, batch_size: int, label: str) -> float:
+    """Return the median events per second of two drains of a `backlog`-event backlog."""
+    rates = []
+    for run in range(2):
+        backlog_create(n=backlog, prefix=f"{label}-{run}-")
+        events, seconds, _ = relay_drain(batch_size=batch_size)
+        rates.append(events / seconds)
+    return statistics.median(rates)
+
+
 def relay_figures(*, backlog: int, history: int, rss_backlog: int, batch_size: int) -> dict[str, Any]:
     """Measure relay_events_per_s, relay_slowdown_with_history and relay_rss_mb."""
     _declare_actors()
     with override_settings(OUTBOX_ROUTES={"*": BENCH_CONSUMERS}):
-        rates = []
-        for run in range(2):
-            backlog_create(n=backlog, prefix=f"empty-{run}-")
-            events, seconds, _ = relay_drain(batch_size=batch_size)
-            rates.append(events / seconds)
-        empty_rate = statistics.median(rates)
+        empty_rate = relay_rate(backlog=backlog, batch_size=batch_size, label="empty")
         history_create(n=history)
-        rates = []
-        for run in range(2):
-            backlog_create(n=backlog, prefix=f"full-{run}-")
-            events, seconds, _ = relay_drain(batch_size=batch_size)
-            rates.append(events / seconds)
-        history_rate = statistics.median(rates)
+        history_rate = relay_rate(backlog=backlog, batch_size=batch_size, label="full")
         backlog_create(n=rss_backlog, prefix="rss-")
         _, _, peak = relay_drain(batch_size=batch_size)
     return {
