@@ -9,12 +9,13 @@ fallback when a token is missed.
 """
 
 from typing import Any
+from uuid import uuid4
 
 import redis
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff
+from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
 
 # Tokens nobody waited for are dropped beyond this many, so the list stays small.
@@ -34,15 +35,42 @@ class WakingRedisBroker(RedisBroker):
         return _WakingConsumer
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Enqueue the message, then wake one idle consumer of its queue."""
-        enqueued = super().enqueue(message, delay=delay)
-        if delay is None:
-            key = wake_key(self.namespace, message.queue_name)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.lpush(key, 1)
-            pipe.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
+        """Enqueue the message and wake one idle consumer of its queue, in one round trip.
+
+        This is RedisBroker.enqueue (dramatiq 2.2) with its dispatch script sent in a pipeline
+        together with the wake-up token. Delayed messages go through Dramatiq's own path: they
+        are not due yet, so there is nobody to wake.
+        """
+        if delay is not None:
+            return super().enqueue(message, delay=delay)
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        self.emit_before("enqueue", message, delay)
+        args = [
+            "enqueue",
+            current_millis(),
+            message.queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._should_do_maintenance("enqueue"),
+            self._max_unpack_size(),
+            message.options["redis_message_id"],
+            message.encode(),
+        ]
+        key = wake_key(self.namespace, message.queue_name)
+        dispatch = self.scripts["dispatch"]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(dispatch.sha, 1, self.namespace, *args)
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, WAKE_TOKENS_KEPT - 1)
+        try:
             pipe.execute()
-        return enqueued
+        except redis.exceptions.NoScriptError:
+            # Redis restarted and forgot the script: the script object loads it and runs it. The
+            # pipeline's wake-up token went out anyway (a consumer it woke early polls again soon).
+            dispatch(keys=[self.namespace], args=args)
+        self.emit_after("enqueue", message, delay)
+        return message
 
 
 class _WakingConsumer(_RedisConsumer):

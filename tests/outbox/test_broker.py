@@ -43,3 +43,13 @@ def test_wake_tokens_are_bounded(broker: WakingRedisBroker) -> None:
     for i in range(100):
         broker.enqueue(Message(queue_name="wake_test", actor_name="a", args=(i,), kwargs={}, options={}))
     assert redis.Redis.from_url(REDIS_URL).llen(wake_key(broker.namespace, "wake_test")) == 64
+
+
+def test_enqueue_after_redis_forgot_its_scripts(broker: WakingRedisBroker) -> None:
+    """After SCRIPT FLUSH (as after a Redis restart) a message is still enqueued once, and wakes."""
+    client = redis.Redis.from_url(REDIS_URL)
+    broker.enqueue(Message(queue_name="wake_test", actor_name="a", args=(1,), kwargs={}, options={}))
+    client.script_flush()
+    broker.enqueue(Message(queue_name="wake_test", actor_name="a", args=(2,), kwargs={}, options={}))
+    assert client.hlen(f"{broker.namespace}:wake_test.msgs") == 2
+    assert client.llen(wake_key(broker.namespace, "wake_test")) == 2
