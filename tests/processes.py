@@ -37,6 +37,29 @@ def database_url() -> str:
     return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
+def _descendants(pid: int) -> list[int]:
+    """Return the ids of every process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (Dramatiq's worker processes among them)."""
+    for target in [pid, *_descendants(pid)]:
+        with suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+
+
 @dataclass
 class Process:
     """A child process whose output goes to a log file."""
@@ -50,6 +73,11 @@ class Process:
         if not self.log.closed:
             self.log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every process it started, as a machine failure would."""
+        kill_tree(self.popen.pid)
+        self.popen.wait(timeout=10)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Send `sig` and wait for the exit code (SIGKILL after `timeout`)."""
@@ -88,6 +116,7 @@ class Processes:
 
     def stop_all(self) -> None:
         for process in self.started:
+            kill_tree(process.popen.pid)
             process.stop(signal.SIGKILL, timeout=10)
             process.log.close()
 

@@ -230,3 +230,43 @@ def test_sweeper_marks_dead_a_delivery_whose_consumer_no_longer_exists(tmp_path:
     delivery = Delivery.objects.get(consumer="retired_consumer")
     assert "retired_consumer is no longer defined" in delivery.last_error
     assert "Marking 1 deliveries dead" in relay.output()
+
+
+def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_path: Path) -> None:
+    """A worker SIGKILLed inside the actor leaves its message with Redis for a minute or more; the
+    sweeper publishes it again after its deadline and a new worker applies it exactly once."""
+    ids = make_events(3)
+    env = {**FAST, "OUTBOX_REDELIVERY_SECONDS": "3"}
+    with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
+        relay = procs.relay("r1")
+        wait_until(lambda: Delivery.objects.filter(status="published").count() == 3, timeout=60, what="publication")
+        # Hold the delivery table: the actor blocks where it would record its delivery done.
+        blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+        doomed = procs.worker("doomed")
+
+        def actor_blocked() -> bool:
+            with psycopg.connect(conninfo(), autocommit=True) as probe:
+                row = probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%started_at%"],
+                ).fetchone()
+                return bool(row and row[0])
+
+        wait_until(actor_blocked, timeout=60, what="the actor to start and block")
+        doomed.kill_group()
+        with psycopg.connect(conninfo(), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                ["%started_at%"],
+            )
+        blocker.rollback()
+        survivor = procs.worker("survivor")
+        wait_until(lambda: Delivery.objects.filter(status="done").count() == 3, timeout=90, what="redelivery")
+        assert relay.stop() == 0
+        assert survivor.stop() == 0
+    assert "Republished" in relay.output()
+    for event_id in ids:
+        assert survivor.output().count(f'"id": {event_id},') == 1, f"audit line for event {event_id}"
+        assert f'"id": {event_id},' not in doomed.output()
+    assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))
