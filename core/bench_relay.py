@@ -184,9 +184,7 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
         # Dramatiq's own (lower-case) name; 100 ms as in compose.yaml.
         "dramatiq_worker_timeout": os.environ.get("dramatiq_worker_timeout", "100"),  # noqa: SIM112
     }
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
-        first_id = cursor.fetchone()[0]
+    first_id = _max_event_id()
     customer = services.customer_create(name="Latency", email="latency@example.com")
     manage = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py")]
     children = [

@@ -58,7 +58,7 @@ WHERE event_id = ANY(%s) AND claimed_by = %s
 """
 
 
-def _pg_execute(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+def pg_execute(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """Run one of the relay's statements as a prepared statement; return its rows, if any.
 
     The relay runs the same few statements all day: preparing them saves their planning.
@@ -72,7 +72,7 @@ def _pg_execute(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
 def claim(*, relay: str, limit: int, lease: float) -> Claimed:
     """Claim up to `limit` unclaimed (or abandoned) events for `lease` seconds; return them."""
     if connection.vendor == "postgresql":
-        return [(row[0], row[1]) for row in _pg_execute(_PG_CLAIM, [limit, relay, lease])]
+        return [(row[0], row[1]) for row in pg_execute(_PG_CLAIM, [limit, relay, lease])]
     now = timezone.now()
     with transaction.atomic():
         ids = list(
@@ -91,7 +91,7 @@ def mark_published(*, relay: str, batch: Claimed) -> None:
     event_ids = [event_id for event_id, _ in batch]
     if connection.vendor == "postgresql":
         types, consumers = routing.route_pairs({event_type for _, event_type in batch})
-        _pg_execute(_PG_MARK, [event_ids, relay, types, consumers])
+        pg_execute(_PG_MARK, [event_ids, relay, types, consumers])
         return
     now = timezone.now()
     with transaction.atomic():
@@ -127,8 +127,7 @@ def release(*, relay: str, event_ids: list[int], published_any: bool) -> None:
     """
     undo = 0 if published_any else 1
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_PG_RELEASE, [undo, event_ids, relay])
+        pg_execute(_PG_RELEASE, [undo, event_ids, relay])
         return
     Pending.objects.filter(event_id__in=event_ids, claimed_by=relay).update(
         claimed_by="", claimed_until=None, claims=F("claims") - undo

@@ -22,7 +22,7 @@ from typing import Any
 import dramatiq
 import psycopg
 import redis
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 
 from outbox import claims, conf, routing, sweeper
 
@@ -95,16 +95,11 @@ class Relay:
             return 0
         claimed = time.perf_counter()
         ids = [event_id for event_id, _ in batch]
-        published_any = False
-        try:
-            for message in routing.messages(batch):
-                dramatiq.get_broker().enqueue(message)
-                published_any = True
-        except BROKER_ERRORS as e:
-            claims.release(relay=self.name, event_ids=ids, published_any=published_any)
-            self.stopping.wait(self.broker.failed(e))
+        if not self._publish(
+            routing.messages(batch),
+            give_back=lambda published_any: claims.release(relay=self.name, event_ids=ids, published_any=published_any),
+        ):
             return 0
-        self.broker.succeeded()
         published = time.perf_counter()
         claims.mark_published(relay=self.name, batch=batch)
         logger.debug(
@@ -131,16 +126,32 @@ class Relay:
             logger.error("Marking %d deliveries dead: %s", len(orphans), reason)
             sweeper.abandon(overdue=orphans, reason=reason)
             overdue = [row for row in overdue if row[2] in known]
-        try:
-            for consumer, event_ids in sweeper.by_consumer(overdue).items():
-                dramatiq.get_broker().enqueue(routing.message(consumer, event_ids))
-        except BROKER_ERRORS as e:
-            sweeper.give_back(deadline=self.redelivery, overdue=overdue)
-            self.stopping.wait(self.broker.failed(e))
+        messages = [routing.message(consumer, ids) for consumer, ids in sweeper.by_consumer(overdue).items()]
+        if not self._publish(
+            messages, give_back=lambda _: sweeper.give_back(deadline=self.redelivery, overdue=overdue)
+        ):
             return 0
         logger.warning("Republished %d deliveries not done within %.0f s", len(overdue), self.redelivery)
         self.stats.republished += len(overdue)
         return len(overdue)
+
+    def _publish(self, messages: list[Any], *, give_back: Callable[[bool], None]) -> bool:
+        """Enqueue every message; return whether all went out.
+
+        On a broker error, `give_back(published_any)` undoes the bookkeeping and the relay backs
+        off before it tries again.
+        """
+        published_any = False
+        try:
+            for message in messages:
+                dramatiq.get_broker().enqueue(message)
+                published_any = True
+        except BROKER_ERRORS as e:
+            give_back(published_any)
+            self.stopping.wait(self.broker.failed(e))
+            return False
+        self.broker.succeeded()
+        return True
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -233,6 +244,5 @@ class Relay:
                 cursor.execute("SET synchronous_commit = off")
 
     def _drop_connections(self) -> None:
-        close_old_connections()
         connection.close()
         self._close_listener()

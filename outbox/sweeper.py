@@ -14,6 +14,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from outbox.claims import pg_execute
 from outbox.models import Delivery
 
 Overdue = list[tuple[int, int, str]]  # (delivery id, event id, consumer)
@@ -45,9 +46,7 @@ def take_overdue(*, deadline: float, limit: int) -> Overdue:
     once do not both publish it.
     """
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_PG_TAKE, [deadline, limit])
-            return [(row[0], row[1], row[2]) for row in cursor.fetchall()]
+        return [(row[0], row[1], row[2]) for row in pg_execute(_PG_TAKE, [deadline, limit])]
     now = timezone.now()
     with transaction.atomic():
         rows = list(
@@ -67,8 +66,7 @@ def give_back(*, deadline: float, overdue: Overdue) -> None:
     """Undo take_overdue() for deliveries that could not be published: due again, not counted."""
     ids = [row[0] for row in overdue]
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_PG_GIVE_BACK, [deadline + 1, ids])
+        pg_execute(_PG_GIVE_BACK, [deadline + 1, ids])
         return
     Delivery.objects.filter(id__in=ids, status=Delivery.Status.PUBLISHED).update(
         published_at=timezone.now() - timedelta(seconds=deadline + 1), publications=F("publications") - 1
