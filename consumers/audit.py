@@ -2,10 +2,11 @@
 
 import json
 import logging
+from typing import Any
 
 from django.db import transaction
 
-from outbox.deliveries import delivery_begin
+from outbox.consuming import consume
 from outbox.models import Event
 
 CONSUMER = "audit_log"
@@ -14,6 +15,7 @@ audit_logger = logging.getLogger("audit")
 
 def audit_line(event: Event) -> str:
     """Return the event's audit line: ids, type, aggregate, actor and changed fields."""
+    payload: dict[str, Any] = event.payload if isinstance(event.payload, dict) else {}
     return json.dumps(
         {
             "event_id": str(event.event_id),
@@ -24,22 +26,20 @@ def audit_line(event: Event) -> str:
             "actor": event.actor,
             "source": event.source,
             "correlation_id": event.correlation_id,
-            "changed": sorted(event.payload.get("changes", event.payload.get("state", {}))),
+            "changed": sorted(payload.get("changes", payload.get("state", {}))),
             "at": event.created_at.isoformat(),
         },
         sort_keys=True,
     )
 
 
-def audit_events(*, event_ids: list[int]) -> int:
-    """Write the audit line of each event not yet audited; return how many were written."""
-    written = 0
-    for event in Event.objects.filter(id__in=event_ids).order_by("id"):
-        with transaction.atomic():
-            if not delivery_begin(event_id=event.id, consumer=CONSUMER):
-                continue
-            line = audit_line(event)
-            # After the commit that records it: a rolled-back attempt writes nothing.
-            transaction.on_commit(lambda line=line: audit_logger.info(line))  # type: ignore[misc]
-            written += 1
-    return written
+def write_line(event: Event) -> None:
+    """Write the event's audit line once its delivery's transaction commits."""
+    line = audit_line(event)
+    # After the commit that records the delivery: a rolled-back attempt writes nothing.
+    transaction.on_commit(lambda: audit_logger.info(line))
+
+
+def audit_events(*, event_ids: object) -> None:
+    """Write the audit line of each event not yet audited (the actor's service)."""
+    consume(consumer=CONSUMER, event_ids=event_ids, handle=write_line)

@@ -130,6 +130,8 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.TimeLimit",
         "dramatiq.middleware.Callbacks",
         "dramatiq.middleware.Retries",
+        # Lets a consumer know which attempt it is making, to mark a delivery dead on the last.
+        "dramatiq.middleware.CurrentMessage",
         "django_dramatiq.middleware.DbConnectionsMiddleware",
         "outbox.worker.AttemptClock",
     ],
@@ -148,7 +150,15 @@ OUTBOX_RELAY_POLL_SECONDS = env.float("OUTBOX_RELAY_POLL_SECONDS", default=1.0)
 OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 
 # --- E-mail (Django's own setting names) ----------------------------------------------------------
-EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+# SMTP, except on the embedded default without an EMAIL_HOST: there the e-mail consumer writes
+# each message to a file under var/mail/, so that trying the project needs no mail server.
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.filebased.EmailBackend"
+    if EMBEDDED and "EMAIL_HOST" not in env
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_FILE_PATH = Path(env.str("EMAIL_FILE_PATH", default=str(BASE_DIR / "var" / "mail")))
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
@@ -156,6 +166,9 @@ EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# How long a worker may hold an order notice while it talks to the SMTP server; after that another
+# worker may send it again (the duplicate window, docs/operations.md).
+EMAIL_NOTICE_LEASE_SECONDS = env.float("EMAIL_NOTICE_LEASE_SECONDS", default=3.0 * EMAIL_TIMEOUT)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="shop@localhost")
 SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 

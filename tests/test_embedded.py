@@ -30,7 +30,16 @@ SERVER_STOP_TIMEOUT = 10.0  # seconds for runserver to exit after SIGTERM
 POLL_INTERVAL = 0.25
 HTTP_TIMEOUT = 10.0
 # Variables that select a deployment: removed so that the child falls back to the embedded default.
-SELECTING_VARS = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG", "SQLITE_PATH")
+SELECTING_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "DJANGO_SETTINGS_MODULE",
+    "DEBUG",
+    "SQLITE_PATH",
+    "EMAIL_HOST",
+    "EMAIL_BACKEND",
+)
 
 COUNT_SCRIPT = """
 from core.models import Order
@@ -123,6 +132,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Embedded:
     directory = tmp_path_factory.mktemp("embedded")
     env = {key: value for key, value in os.environ.items() if key not in SELECTING_VARS}
     env["SQLITE_PATH"] = str(directory / "db.sqlite3")
+    env["EMAIL_FILE_PATH"] = str(directory / "mail")
     _manage("migrate", "--noinput", env=env)
     first = _manage("demo_data", env=env)
     return Embedded(env=env, first_demo_data_output=first.stdout)
@@ -214,21 +224,33 @@ def test_healthz_reports_ok_on_the_embedded_default(server: Server) -> None:
 
 
 DELIVERY_SCRIPT = """
+from core.models import Product
 from outbox.models import Delivery, Event, Pending
+from outbox.routing import consumers_for
 print("PENDING=" + str(Pending.objects.count()))
 print("DONE=" + str(Delivery.objects.filter(status="done").count()))
+print("NOT_DONE=" + str(Delivery.objects.exclude(status="done").count()))
+print("ROUTED=" + str(sum(len(consumers_for(t)) for t in Event.objects.values_list("event_type", flat=True))))
 print("EVENTS=" + str(Event.objects.count()))
+print("STOCK=" + ",".join(f"{p.sku}:{p.stock}" for p in Product.objects.order_by("sku")))
 """
 
 
 def test_relay_runs_the_consumers_in_process_on_the_embedded_default(embedded: Embedded) -> None:
     """With the in-process broker, `outbox_relay --once` publishes every event and its own worker
-    writes the audit line of each, exactly once."""
+    runs every consumer: an audit line per event, stock moved, the confirmation written to a file."""
     relayed = _manage("outbox_relay", "--once", env=embedded.env)
     assert "Relayed" in relayed.stdout
     report = _manage("shell", "-c", DELIVERY_SCRIPT, env=embedded.env).stdout
     counts = dict(line.split("=") for line in report.splitlines() if "=" in line)
     assert counts["PENDING"] == "0"
-    assert counts["DONE"] == counts["EVENTS"] != "0"
+    assert counts["NOT_DONE"] == "0"
+    assert counts["DONE"] == counts["ROUTED"] != "0"
     audit_lines = [line for line in relayed.stderr.splitlines() if " INFO audit {" in line]
     assert len(audit_lines) == int(counts["EVENTS"])
+    # The demo order takes 1 keyboard and 2 mice out of the opening stock (40 and 120).
+    assert "KB-001:39" in counts["STOCK"] and "MS-002:118" in counts["STOCK"] and "MN-003:15" in counts["STOCK"]
+    mails = list(Path(embedded.env["EMAIL_FILE_PATH"]).glob("*.log"))
+    assert len(mails) == 1, "one order confirmation, written by the file backend"
+    text = mails[0].read_text()
+    assert "To: ada@example.com" in text and "Mechanical keyboard" in text and "Wireless mouse" in text

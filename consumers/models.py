@@ -1,0 +1,94 @@
+"""The consumers' own records: the stock ledger and the e-mail notices.
+
+Consumers write these; business users and the application never do (see docs/events.md).
+"""
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class StockMovement(models.Model):
+    """The stock ledger: one change to one product's stock, caused by one event.
+
+    A product's stock is the sum of its movements. A source (an order, a stock receipt) owns the
+    movements it caused; its current contribution is the sum of them, which the inventory consumer
+    brings to what the source says now whenever one of its events arrives.
+    """
+
+    event_id = models.BigIntegerField(help_text="The outbox event that caused the movement.")
+    event_type = models.CharField(max_length=100)
+    product = models.ForeignKey(
+        "core.Product", on_delete=models.DO_NOTHING, db_constraint=False, related_name="movements"
+    )
+    quantity = models.IntegerField(help_text="Signed: negative takes stock out, positive puts it back.")
+    source = models.CharField(max_length=100, help_text="`order:<id>` or `receipt:<id>`.")
+    version = models.PositiveIntegerField(help_text="The aggregate version the source was brought to.")
+    stock_after = models.IntegerField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "inventory_movement"
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "product"], name="inventory_movement_event_product_uniq"),
+        ]
+        indexes = [models.Index(fields=["source"], name="inventory_movement_source_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.quantity:+d} product {self.product_id} ({self.event_type} {self.source})"
+
+
+class StockSource(models.Model):
+    """The inventory consumer's lock and progress per source: the aggregate version applied so far.
+
+    Every event of a source locks this row first, so two workers never reconcile one source at
+    once; an event whose version is not above the applied one is already reflected.
+    """
+
+    source = models.CharField(max_length=100, primary_key=True)
+    version = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "inventory_source"
+
+    def __str__(self) -> str:
+        return f"{self.source} at v{self.version}"
+
+
+class EmailNotice(models.Model):
+    """An e-mail to a customer about an order, once per (order, kind): the dedupe key.
+
+    Recorded (`sending`, with a lease) before the SMTP call and marked `sent` after it. A worker
+    that finds a notice `sent` sends nothing; one that finds it `sending` with a live lease waits for
+    the other worker; one that finds an expired lease (a worker died mid-send) sends again. That
+    last case is the remaining duplicate window: the SMTP server accepted the message but the
+    worker died before recording it.
+    """
+
+    class Kind(models.TextChoices):
+        CONFIRMATION = "order_confirmation", "Order confirmation"
+        CANCELLATION = "order_cancellation", "Order cancellation"
+
+    class Status(models.TextChoices):
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+
+    order_id = models.BigIntegerField()
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    event_id = models.BigIntegerField(help_text="The event that last asked for it.")
+    recipient = models.EmailField()
+    subject = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    # SMTP sessions started for this notice: above 1 means it may have been delivered twice.
+    sends = models.PositiveIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="When the SMTP server accepted it.")
+
+    class Meta:
+        db_table = "email_notice"
+        constraints = [models.UniqueConstraint(fields=["order_id", "kind"], name="email_notice_order_kind_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for order {self.order_id}: {self.status}"
