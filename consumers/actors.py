@@ -5,20 +5,27 @@ consumer, so that each can be scaled on its own (`rundramatiq --queues inventory
 the highest priority within a worker.
 
 Retries are explicit. Dramatiq's defaults (20 retries, backoff up to 7 days) add up to weeks;
-here a failed event is tried 6 times over about half a minute (backoff 1, 2, 4, 8, 16 s, with
-jitter), then its delivery is dead in PostgreSQL, with its error, for an operator to replay. A
-permanent error (bad input, a missing row) is dead at once. A message that is not a list of event
-ids (`BadMessage`) is dropped with a log line: it names no delivery to record.
+here (settings CONSUMER_MAX_RETRIES and CONSUMER_*_BACKOFF_MS) a failed event is tried 6 times
+over about half a minute (backoff 1, 2, 4, 8, 16 s, with jitter), then its delivery is dead in
+PostgreSQL, with its error, for an operator to replay. A permanent error (bad input, a missing
+row) is dead at once. A message that is not a list of event ids (`BadMessage`) is dropped with a
+log line: it names no delivery to record.
 """
 
 from typing import Any
 
 import dramatiq
+from django.conf import settings
 
 from consumers import audit, email, inventory
 from outbox.consuming import BadMessage
 
-RETRIES: dict[str, Any] = {"max_retries": 5, "min_backoff": 1_000, "max_backoff": 30_000, "throws": (BadMessage,)}
+RETRIES: dict[str, Any] = {
+    "max_retries": settings.CONSUMER_MAX_RETRIES,
+    "min_backoff": settings.CONSUMER_MIN_BACKOFF_MS,
+    "max_backoff": settings.CONSUMER_MAX_BACKOFF_MS,
+    "throws": (BadMessage,),
+}
 
 
 @dramatiq.actor(actor_name=inventory.CONSUMER, queue_name="inventory", priority=0, **RETRIES)

@@ -1,56 +1,56 @@
 """The inventory consumer: keeps each product's stock, through a ledger of movements.
 
-Messages arrive twice, late and out of order, so the consumer does not add up event payloads.
-Each event names a *source* of stock changes (an order, or a stock receipt); the consumer brings
-the source's contribution to what the source says now:
+Messages arrive twice, late and out of order, so the consumer never adds an event's quantities
+to stock directly. Each event belongs to a *source* of stock changes (an order, or a stock
+receipt), and the consumer keeps, per source, the version it has applied and the source's state
+at that version (consumers.models.StockSource). An event at version v brings its source from the
+applied version to v:
 
-- an order that is placed or fulfilled takes out the quantities of its lines; a draft, a cancelled
-  or a deleted order takes out nothing;
-- a stock receipt puts in its quantity; a removed receipt puts in nothing.
+- an order: the state is folded from the order's events after the applied version up to v (status
+  from `order.*`, lines from `order_line.*`); a placed or fulfilled order takes out its lines'
+  quantities, a draft, cancelled or deleted one takes out nothing;
+- a stock receipt: the event carries the receipt's state; it puts in its quantity, a removed
+  receipt puts in nothing.
 
-The difference from what the source's movements already add up to is written as new movements,
-one per (event, product), and added to the products' stock, in the transaction that records the
-event's delivery done. So a placed order takes stock out, its cancellation puts it back, a line
-edited on a placed order moves the difference, and a duplicate or a replay moves nothing.
+The difference from what the source has put in or taken out so far is written as movements, one
+per (event, product), and added to the products' stock, in the transaction that records the
+event's delivery done. An event at or below the applied version is already reflected and moves
+nothing. So a placed order takes its lines out, its cancellation puts them back, a line edited
+on a placed order moves the difference, and a duplicate or a replay moves nothing. In id order,
+every event moves its own difference; when a later event comes first it applies the earlier
+ones' changes too, and their own arrival moves nothing.
 
 Stock may go below zero: an order that was placed is a fact, and the consumer does not refuse it.
-Negative stock means a backorder; it is logged as a warning and shown in the admin.
+Negative stock is a backorder, logged as a warning and shown in the admin's product list.
 """
 
+import json
 import logging
-from collections import defaultdict
+from typing import Any
 
 from django.db import connection
-from django.db.models import Sum
 
 from consumers.models import StockMovement
-from core.models import Order, OrderLine, StockReceipt
+from core.models import Order
 from outbox.consuming import PermanentError, consume
-from outbox.models import AggregateVersion, Event
+from outbox.models import Event
 
 CONSUMER = "inventory"
-EVENT_TYPES = (
-    "order.placed",
-    "order.cancelled",
-    "order.deleted",
-    "order_line.added",
-    "order_line.changed",
-    "order_line.removed",
-    "stock.received",
-    "stock.receipt_corrected",
-    "stock.receipt_removed",
-)
 TAKING_STATUSES = (Order.Status.PLACED, Order.Status.FULFILLED)
 
 logger = logging.getLogger("consumers.inventory")
 
 _LOCK_SOURCE = """
-INSERT INTO inventory_source (source, version, updated_at) VALUES (%s, 0, CURRENT_TIMESTAMP)
+INSERT INTO inventory_source (source, version, state, updated_at) VALUES (%s, 0, '{}', CURRENT_TIMESTAMP)
 ON CONFLICT (source) DO UPDATE SET updated_at = EXCLUDED.updated_at
-RETURNING version
+RETURNING version, state
 """
-_SET_VERSION = "UPDATE inventory_source SET version = %s WHERE source = %s"
+_SAVE_SOURCE = "UPDATE inventory_source SET version = %s, state = %s WHERE source = %s"
 _MOVE_STOCK = "UPDATE core_product SET stock = stock + %s WHERE id = %s RETURNING stock"
+
+
+class VersionGap(Exception):
+    """An order's events between the applied version and this one are not all readable yet."""
 
 
 def apply_events(*, event_ids: object) -> None:
@@ -63,72 +63,98 @@ def source_of(event: Event) -> str:
     if event.event_type.startswith(("order.", "order_line.")):
         return f"order:{event.aggregate_id}"
     if event.event_type.startswith("stock."):
-        receipt_id = event.payload.get("state", {}).get("id") if isinstance(event.payload, dict) else None
-        if not isinstance(receipt_id, int):
-            raise PermanentError(f"Event {event.id} ({event.event_type}) has no receipt id in payload.state.id.")
-        return f"receipt:{receipt_id}"
+        return f"receipt:{_state(event).get('id')}"
     raise PermanentError(
         f"The inventory consumer does not handle {event.event_type} events. "
         "Remove the route in settings/routes.py; the event itself is fine."
     )
 
 
-def wanted_now(source: str) -> dict[int, int]:
-    """Return what the source contributes to stock now, per product (negative takes stock out)."""
-    kind, _, raw_id = source.partition(":")
-    if kind == "order":
-        status = Order.objects.filter(pk=int(raw_id)).values_list("status", flat=True).first()
-        if status not in TAKING_STATUSES:
-            return {}
-        lines = OrderLine.objects.filter(order_id=int(raw_id)).values_list("product_id").annotate(Sum("quantity"))
-        return {product_id: -quantity for product_id, quantity in lines if quantity}
-    receipt = StockReceipt.objects.filter(pk=int(raw_id)).values_list("product_id", "quantity").first()
-    return {receipt[0]: receipt[1]} if receipt else {}
+def _state(event: Event) -> dict[str, Any]:
+    state = event.payload.get("state") if isinstance(event.payload, dict) else None
+    if not isinstance(state, dict) or not isinstance(state.get("id"), int):
+        raise PermanentError(f"Event {event.id} ({event.event_type}) has no payload.state with an integer id.")
+    return state
 
 
-def applied_so_far(source: str) -> dict[int, int]:
-    """Return what the source's movements add up to, per product."""
-    rows = StockMovement.objects.filter(source=source).values_list("product_id").annotate(Sum("quantity"))
-    return {product_id: total for product_id, total in rows if total}
+def fold(state: dict[str, Any], event_type: str, row: dict[str, Any]) -> None:
+    """Apply one order event to the order's state: its status and its lines."""
+    lines: dict[str, list[int]] = state.setdefault("lines", {})
+    if event_type == "order.deleted":
+        state["status"] = "deleted"
+    elif event_type.startswith("order."):
+        state["status"] = row.get("status")
+    elif event_type == "order_line.removed":
+        lines.pop(str(row["id"]), None)
+    elif event_type.startswith("order_line."):
+        lines[str(row["id"])] = [int(row["product_id"]), int(row["quantity"])]
+
+
+def order_state(event: Event, state: dict[str, Any], applied_version: int) -> dict[int, int]:
+    """Fold the order's events after `applied_version` up to the event's; return the stock it takes."""
+    rows = list(
+        Event.objects.filter(
+            aggregate_type=event.aggregate_type,
+            aggregate_id=event.aggregate_id,
+            aggregate_version__gt=applied_version,
+            aggregate_version__lte=event.aggregate_version,
+        )
+        .order_by("aggregate_version")
+        .values_list("event_type", "payload")
+    )
+    if len(rows) != event.aggregate_version - applied_version:
+        # Versions are taken under a lock held to commit, so this means a purge or a damaged log.
+        raise VersionGap(
+            f"Order {event.aggregate_id} has {len(rows)} events in versions {applied_version + 1}.."
+            f"{event.aggregate_version}; expected {event.aggregate_version - applied_version}."
+        )
+    for event_type, payload in rows:
+        fold(state, event_type, payload.get("state", {}))
+    wanted: dict[int, int] = {}
+    if state.get("status") in TAKING_STATUSES:
+        for product_id, quantity in state["lines"].values():
+            wanted[product_id] = wanted.get(product_id, 0) - quantity
+    return wanted
+
+
+def receipt_state(event: Event) -> dict[int, int]:
+    """Return the stock the receipt puts in as of this event."""
+    row = _state(event)
+    if event.event_type == "stock.receipt_removed":
+        return {}
+    return {int(row["product_id"]): int(row["quantity"])}
 
 
 def apply_event(event: Event) -> None:
-    """Bring the event's source to its current contribution (inside the delivery's transaction)."""
+    """Bring the event's source to the event's version (inside the delivery's transaction)."""
     source = source_of(event)
     with connection.cursor() as cursor:
-        # Locks the source's row until commit: one worker at a time reconciles a source.
+        # Locks the source's row until commit: one worker at a time applies a source.
         cursor.execute(_LOCK_SOURCE, [source])
-        applied_version = cursor.fetchone()[0]
+        applied_version, raw_state = cursor.fetchone()
         if applied_version >= event.aggregate_version:
             return  # a later event of the source already brought it past this one
-        # The aggregate's version first, then its state: the state read is at least this new.
-        version = (
-            AggregateVersion.objects.filter(aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id)
-            .values_list("version", flat=True)
-            .first()
-        )
-        version = max(version or 0, event.aggregate_version)
-        wanted = wanted_now(source)
-        applied = applied_so_far(source)
-        moves: dict[int, int] = defaultdict(int)
-        for product_id in wanted.keys() | applied.keys():
-            delta = wanted.get(product_id, 0) - applied.get(product_id, 0)
-            if delta:
-                moves[product_id] = delta
+        state: dict[str, Any] = json.loads(raw_state)
+        wanted = order_state(event, state, applied_version) if source.startswith("order:") else receipt_state(event)
+        applied = {int(k): v for k, v in state.get("applied", {}).items()}
+        moves = {
+            product_id: wanted.get(product_id, 0) - applied.get(product_id, 0)
+            for product_id in sorted(wanted.keys() | applied.keys())  # in product order: no deadlocks
+        }
         movements = []
-        # In product order, so that two workers moving the same products cannot deadlock.
-        for product_id in sorted(moves):
-            cursor.execute(_MOVE_STOCK, [moves[product_id], product_id])
+        for product_id, delta in moves.items():
+            if not delta:
+                continue
+            cursor.execute(_MOVE_STOCK, [delta, product_id])
             row = cursor.fetchone()
             if row is None:
                 logger.warning("inventory: product %s no longer exists; event %s moves nothing", product_id, event.id)
                 continue
-            stock_after = row[0]
-            if stock_after < 0 and moves[product_id] < 0:
+            if row[0] < 0 and delta < 0:
                 logger.warning(
                     "inventory: product %s is backordered: stock %d after %s (event %s)",
                     product_id,
-                    stock_after,
+                    row[0],
                     source,
                     event.id,
                 )
@@ -137,11 +163,12 @@ def apply_event(event: Event) -> None:
                     event_id=event.id,
                     event_type=event.event_type,
                     product_id=product_id,
-                    quantity=moves[product_id],
+                    quantity=delta,
                     source=source,
-                    version=version,
-                    stock_after=stock_after,
+                    version=event.aggregate_version,
+                    stock_after=row[0],
                 )
             )
         StockMovement.objects.bulk_create(movements)
-        cursor.execute(_SET_VERSION, [version, source])
+        state["applied"] = {str(k): v for k, v in wanted.items() if v}
+        cursor.execute(_SAVE_SOURCE, [event.aggregate_version, json.dumps(state, sort_keys=True), source])

@@ -39,14 +39,16 @@ class StockMovement(models.Model):
 
 
 class StockSource(models.Model):
-    """The inventory consumer's lock and progress per source: the aggregate version applied so far.
+    """The inventory consumer's view of one source: the version applied, the state at that version.
 
-    Every event of a source locks this row first, so two workers never reconcile one source at
-    once; an event whose version is not above the applied one is already reflected.
+    Every event of a source locks this row first, so two workers never apply one source at once;
+    an event whose version is not above the applied one is already reflected. `state` (JSON text)
+    is the source as of `version`, folded from its events, with what its movements add up to.
     """
 
     source = models.CharField(max_length=100, primary_key=True)
     version = models.PositiveIntegerField(default=0)
+    state = models.TextField(default="{}")
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:

@@ -149,6 +149,12 @@ OUTBOX_RELAY_LEASE_SECONDS = env.float("OUTBOX_RELAY_LEASE_SECONDS", default=30.
 OUTBOX_RELAY_POLL_SECONDS = env.float("OUTBOX_RELAY_POLL_SECONDS", default=1.0)
 OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 
+# The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
+# them, which doubles from the minimum up to the maximum, with jitter.
+CONSUMER_MAX_RETRIES = env.int("CONSUMER_MAX_RETRIES", default=5)
+CONSUMER_MIN_BACKOFF_MS = env.int("CONSUMER_MIN_BACKOFF_MS", default=1_000)
+CONSUMER_MAX_BACKOFF_MS = env.int("CONSUMER_MAX_BACKOFF_MS", default=30_000)
+
 # --- E-mail (Django's own setting names) ----------------------------------------------------------
 # SMTP, except on the embedded default without an EMAIL_HOST: there the e-mail consumer writes
 # each message to a file under var/mail/, so that trying the project needs no mail server.

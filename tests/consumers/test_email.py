@@ -1,0 +1,126 @@
+"""The e-mail consumer against a real SMTP server on loopback (aiosmtpd)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from consumers import email
+from consumers.models import EmailNotice
+from core import services
+from core.models import Customer, Order, Product
+from outbox.models import Delivery, Event
+from tests.consumers.helpers import routed_ids
+from tests.smtp import Mailbox, free_port
+
+
+def place(customer: Customer, products: list[Product]) -> Order:
+    lines = [services.LineRequest(sku=p.sku, quantity=q) for p, q in zip(products, (2, 1, 3), strict=True)]
+    return services.order_create(customer=customer, lines=lines, place=True)
+
+
+def test_a_placed_order_sends_one_confirmation_listing_its_lines(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    order = place(customer, products)
+    ids = routed_ids("email")
+    email.send_notices(event_ids=ids)
+    email.send_notices(event_ids=ids)  # a duplicate message
+    assert mailbox.subjects() == [f"Your order #{order.pk} is confirmed"]
+    message = mailbox.messages[0]
+    assert message["To"] == "ada@example.com"
+    body = message.get_content()
+    assert "2 x KB-001 Keyboard at 89.00 = 178.00" in body
+    assert "1 x MS-002 Mouse at 29.50 = 29.50" in body
+    assert "3 x MN-003 Monitor at 249.00 = 747.00" in body
+    assert "Total: 954.50" in body
+    notice = EmailNotice.objects.get()
+    assert (notice.kind, notice.status, notice.sends) == ("order_confirmation", "sent", 1)
+    assert Delivery.objects.get(consumer="email").status == "done"
+
+
+def test_a_cancellation_sends_its_own_notice_once(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    order = place(customer, products)
+    services.order_set_status(order=order, status="cancelled")
+    ids = routed_ids("email")
+    email.send_notices(event_ids=ids)
+    email.send_notices(event_ids=ids[::-1])
+    assert sorted(mailbox.subjects()) == [
+        f"Your order #{order.pk} has been cancelled",
+        f"Your order #{order.pk} is confirmed",
+    ]
+
+
+def test_a_refused_message_is_dead_with_the_servers_reply_and_a_replay_sends_it(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    place(customer, products)
+    ids = routed_ids("email")
+    mailbox.refuse_with = "554 5.7.1 Message rejected by test policy"
+    email.send_notices(event_ids=ids)
+    delivery = Delivery.objects.get(consumer="email")
+    assert delivery.status == "dead"
+    assert "refused" in delivery.last_error
+    assert "Message rejected by test policy" in delivery.last_error
+    assert EmailNotice.objects.get().lease_until is None  # nothing holds it now
+    mailbox.refuse_with = ""
+    email.send_notices(event_ids=ids)  # what outbox_replay sends: a new message
+    assert mailbox.count() == 1
+    assert Delivery.objects.get(consumer="email").status == "done"
+
+
+def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
+    settings: object, customer: Customer, products: list[Product]
+) -> None:
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"  # type: ignore[attr-defined]
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # type: ignore[attr-defined]
+    place(customer, products)
+    email.send_notices(event_ids=routed_ids("email"))
+    delivery = Delivery.objects.get(consumer="email")
+    assert delivery.status == "dead"  # a direct call is its message's only attempt
+    assert "ConnectionRefusedError" in delivery.last_error
+
+
+def test_a_notice_another_worker_is_sending_is_not_sent_twice(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    order = place(customer, products)
+    event = Event.objects.get(pk=routed_ids("email")[0])
+    EmailNotice.objects.create(
+        order_id=order.pk,
+        kind="order_confirmation",
+        event_id=event.pk,
+        recipient="ada@example.com",
+        subject="s",
+        status="sending",
+        sends=1,
+        lease_until=timezone.now() + timedelta(seconds=30),
+    )
+    with pytest.raises(email.NoticeBusy, match="Another worker is sending"):
+        email.notify(event, connection=None)
+    assert mailbox.count() == 0
+
+
+def test_a_worker_that_died_after_the_smtp_accept_leaves_the_one_duplicate_window(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """A notice left `sending` with its lease run out: the SMTP server may have it, and it is sent
+    again. `sends` counts it, and notify() returns how long that window was on this send."""
+    order = place(customer, products)
+    event = Event.objects.get(pk=routed_ids("email")[0])
+    EmailNotice.objects.create(
+        order_id=order.pk,
+        kind="order_confirmation",
+        event_id=event.pk,
+        recipient="ada@example.com",
+        subject="s",
+        status="sending",
+        sends=1,
+        lease_until=timezone.now() - timedelta(seconds=1),
+    )
+    email.send_notices(event_ids=[event.pk])
+    assert mailbox.count() == 1
+    notice = EmailNotice.objects.get()
+    assert (notice.status, notice.sends) == ("sent", 2)

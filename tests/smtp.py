@@ -1,0 +1,59 @@
+"""A real SMTP server on loopback (aiosmtpd), recording every message it accepts."""
+
+import email
+import email.message
+import email.policy
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Mailbox:
+    """What the server accepted, in order; and a switch to refuse everything with a 5xx or 4xx."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[email.message.EmailMessage] = field(default_factory=list)
+    refuse_with: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refuse_with:
+            return self.refuse_with
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, email.message.EmailMessage)
+        with self.lock:
+            self.messages.append(message)
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        with self.lock:
+            return [str(m["Subject"]) for m in self.messages]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def smtp_server() -> Iterator[Mailbox]:
+    """Run an SMTP server on a free loopback port until the block ends."""
+    mailbox = Mailbox(port=free_port())
+    controller = Controller(mailbox, hostname=mailbox.host, port=mailbox.port)
+    controller.start()
+    try:
+        yield mailbox
+    finally:
+        controller.stop()
