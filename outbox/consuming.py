@@ -105,7 +105,11 @@ def consume(
 
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
-    ids = event_ids_from(consumer, event_ids)
+    try:
+        ids = event_ids_from(consumer, event_ids)
+    except BadMessage as exc:
+        logger.error("%s", exc)
+        raise
     attempt = attempt or current_attempt()
     outcome = Outcome(consumer)
     settled = dict(
