@@ -46,9 +46,25 @@ class CustomerAdmin(admin.ModelAdmin[Customer]):
     show_full_result_count = False
 
 
+class StockLevelFilter(admin.SimpleListFilter):
+    """Products by stock: backordered (below zero, placed orders wait for stock), out, in."""
+
+    title = "stock"
+    parameter_name = "stock"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("backordered", "Backordered (below zero)"), ("out", "Out of stock"), ("in", "In stock")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        conditions = {"backordered": {"stock__lt": 0}, "out": {"stock": 0}, "in": {"stock__gt": 0}}
+        chosen = conditions.get(self.value() or "")
+        return queryset.filter(**chosen) if chosen else queryset
+
+
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin[Product]):
     list_display = ["sku", "name", "price", "stock"]
+    list_filter = [StockLevelFilter]
     search_fields = ["sku", "name"]
     readonly_fields = ["stock"]
     actions = [export_csv]

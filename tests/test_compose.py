@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-APP_SERVICES = ("migrate", "web", "relay", "worker")
-LONG_RUNNING = ("postgres", "redis", "web", "relay", "worker")
+APP_SERVICES = ("migrate", "web", "relay", "worker", "worker-inventory")
+LONG_RUNNING = ("postgres", "redis", "web", "relay", "worker", "worker-inventory")
 SHARED_ENV_KEYS = {
     "DJANGO_SETTINGS_MODULE",
     "DATABASE_URL",
@@ -63,7 +63,7 @@ def _conditions(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services_are_exactly_the_expected_ones() -> None:
-    assert set(_services()) == {"postgres", "redis", "migrate", "web", "relay", "worker"}
+    assert set(_services()) == {"postgres", "redis", "migrate", "web", "relay", "worker", "worker-inventory"}
 
 
 def test_app_services_build_the_repo_with_the_shared_environment() -> None:
@@ -83,7 +83,12 @@ def test_commands() -> None:
     services = _services()
     web = _command(services["web"])
     assert web[:2] == ["gunicorn", "settings.wsgi:application"], f"web command: {web}"
-    expected = {"migrate": "migrate", "relay": "outbox_relay", "worker": "rundramatiq"}
+    expected = {
+        "migrate": "migrate",
+        "relay": "outbox_relay",
+        "worker": "rundramatiq",
+        "worker-inventory": "rundramatiq",
+    }
     for name, management_command in expected.items():
         command = _command(services[name])
         assert "manage.py" in command, f"{name} must run manage.py: {command}"
@@ -91,10 +96,28 @@ def test_commands() -> None:
         assert following == management_command, f"{name} runs manage.py {following}"
 
 
+def test_workers_cover_every_consumer_queue_once() -> None:
+    """Each consumer's queue is served by exactly one worker service; inventory has its own."""
+    import dramatiq
+
+    from outbox import routing
+
+    routing.load_actors()
+    broker = dramatiq.get_broker()
+    queues = {broker.get_actor(name).queue_name for name in routing.route_names()}
+    served: list[str] = []
+    services = _services()
+    for name in ("worker", "worker-inventory"):
+        command = _command(services[name])
+        served += command[command.index("--queues") + 1 :]
+    assert sorted(served) == sorted(queues)
+    assert _command(services["worker-inventory"])[-2:] == ["--queues", "inventory"]
+
+
 def test_startup_order() -> None:
     services = _services()
     assert _conditions(services["migrate"]) == {"postgres": "service_healthy"}
-    for name in ("web", "relay", "worker"):
+    for name in ("web", "relay", "worker", "worker-inventory"):
         assert _conditions(services[name]) == {
             "postgres": "service_healthy",
             "redis": "service_healthy",

@@ -142,3 +142,21 @@ def test_two_workers_applying_the_same_events_at_once_move_stock_once(
     assert not errors
     assert stock(*stocked) == [5, 5, 5]
     assert StockMovement.objects.filter(source__startswith="order:").count() == 15
+
+
+def test_the_admin_shows_backordered_products_and_the_ledger_read_only(
+    admin_client: Any, customer: Customer, stocked: list[Product]
+) -> None:
+    place(customer, stocked, (12, 1, 1))
+    inventory.apply_events(event_ids=routed_ids("inventory"))
+    page = admin_client.get("/admin/core/product/?stock=backordered").content.decode()
+    assert stocked[0].sku in page
+    assert stocked[1].sku not in page
+    ledger = admin_client.get("/admin/consumers/stockmovement/")
+    assert ledger.status_code == 200
+    assert "-12" in ledger.content.decode()
+    movement = StockMovement.objects.first()
+    assert movement is not None
+    delete = admin_client.post(f"/admin/consumers/stockmovement/{movement.pk}/delete/", {"post": "yes"})
+    assert delete.status_code == 403
+    assert StockMovement.objects.filter(pk=movement.pk).exists()
