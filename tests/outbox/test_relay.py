@@ -232,6 +232,34 @@ def test_sweeper_marks_dead_a_delivery_whose_consumer_no_longer_exists(tmp_path:
     assert "Marking 1 deliveries dead" in relay.output()
 
 
+def test_sweeper_republishes_a_failed_delivery_whose_retry_never_came(tmp_path: Path) -> None:
+    """A delivery left `failed` (its delayed retry was in Redis when Redis lost it) is published
+    again after the deadline, and a worker then applies it."""
+    ids = make_events(2)
+    Pending.objects.all().delete()
+    stale = timezone.now() - timezone.timedelta(seconds=30)
+    for event_id in ids:
+        Delivery.objects.create(
+            event_id=event_id,
+            consumer="audit_log",
+            status="failed",
+            publications=1,
+            attempts=1,
+            last_error="boom",
+            published_at=stale,
+            updated_at=stale,
+        )
+    env = {**FAST, "OUTBOX_REDELIVERY_SECONDS": "2"}
+    with processes(tmp_path, **env) as procs:
+        relay = procs.relay("r1")
+        worker = procs.worker()
+        wait_until(lambda: Delivery.objects.filter(status="done").count() == 2, timeout=60, what="the retry")
+        assert relay.stop() == 0
+        assert worker.stop() == 0
+    assert "Republished 2 deliveries" in relay.output()
+    assert set(Delivery.objects.values_list("publications", "attempts")) == {(2, 2)}
+
+
 def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_path: Path) -> None:
     """A worker SIGKILLed inside the actor leaves its message with Redis for a minute or more; the
     sweeper publishes it again after its deadline and a new worker applies it exactly once."""
