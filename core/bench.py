@@ -18,6 +18,7 @@ from django.db import connection, transaction
 
 from core import services
 from core.models import Customer, Order, OrderLine, Product
+from outbox import conf as outbox_conf
 from outbox.context import emission_disabled
 
 BENCH_SKUS = ["BENCH-1", "BENCH-2", "BENCH-3"]
@@ -121,7 +122,7 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-GROUPS = ("save", "relay", "latency")
+GROUPS = ("save", "relay", "latency", "pipeline")
 
 
 def settle_tables() -> None:
@@ -141,10 +142,16 @@ def bench_run(
     rss_backlog: int,
     batch_size: int,
     latency_seconds: float,
+    pipeline_orders: int,
+    pipeline_processes: int,
+    pipeline_threads: int,
+    pipeline_inventory_threads: int,
+    email_window_samples: int,
     groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
+    from core import bench_pipeline
     from core.bench_relay import e2e_latency, relay_figures
 
     with scratch_database(verbosity=verbosity):
@@ -152,12 +159,23 @@ def bench_run(
         run = set(groups or GROUPS)
         if "save" in run:
             result.update(save_overhead(samples=samples))
-        # Latency before the relay figures: those leave millions of rows (and deliveries for
-        # consumers that exist only in this process) that would load the machine meanwhile.
+        # Latency and pipeline before the relay figures: those leave millions of rows (and
+        # deliveries for consumers that exist only in this process) that would load the machine
+        # meanwhile.
         if "latency" in run:
             if "save" in run:
                 settle_tables()
             result.update(e2e_latency(rate=100, seconds=latency_seconds))
+        if "pipeline" in run:
+            result.update(
+                bench_pipeline.pipeline_figures(
+                    orders=pipeline_orders,
+                    processes=pipeline_processes,
+                    threads=pipeline_threads,
+                    inventory_threads=pipeline_inventory_threads,
+                    window_samples=email_window_samples,
+                )
+            )
         if "relay" in run:
             result.update(
                 relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size)
@@ -171,5 +189,13 @@ def bench_run(
             "batch_size": batch_size,
             "latency_rate_per_s": 100,
             "latency_seconds": latency_seconds,
+            "pipeline_orders": pipeline_orders,
+            "pipeline_lines_per_order": bench_pipeline.LINES_PER_ORDER,
+            "pipeline_cancelled_fraction": 1 / bench_pipeline.CANCEL_EVERY,
+            "pipeline_worker_processes": pipeline_processes,
+            "pipeline_worker_threads": pipeline_threads,
+            "pipeline_inventory_threads": pipeline_inventory_threads,
+            "pipeline_relay_batch_size": outbox_conf.batch_size(),
+            "email_window_samples": email_window_samples,
         }
     return result

@@ -156,9 +156,54 @@ WHERE d.consumer = %s AND d.status = 'done' AND e.id > %s
 """
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the value at `fraction` (0..1) of the sorted values (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def child_env(*, redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Return the environment of a manage.py child that uses this process's (scratch) database."""
+    settings_dict = connection.settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "settings.local"),
+        "DATABASE_URL": (
+            f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
+            f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+        ),
+        "REDIS_URL": redis_url or django_settings.REDIS_URL,
+        # Dramatiq's own (lower-case) name; 100 ms as in compose.yaml.
+        "dramatiq_worker_timeout": os.environ.get("dramatiq_worker_timeout", "100"),  # noqa: SIM112
+        **extra,
+    }
+
+
+def manage_start(args: list[str], *, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `manage.py <args>` in a session of its own, its output to `log` (or nowhere)."""
+    command = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py"), *args]
+    # A session of its own: stop_children() can then kill the worker's forked processes with it.
+    if log is None:
+        return subprocess.Popen(  # noqa: S603
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    with log.open("wb") as out:
+        return subprocess.Popen(  # noqa: S603
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """Ask each child to stop (SIGTERM); kill its whole session if it is not gone within 30 s."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
 
 
 def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
@@ -172,29 +217,12 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     from core import services
     from core.models import Customer
 
-    settings_dict = connection.settings_dict
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "settings.local"),
-        "DATABASE_URL": (
-            f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
-            f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
-        ),
-        "REDIS_URL": django_settings.REDIS_URL,
-        # Dramatiq's own (lower-case) name; 100 ms as in compose.yaml.
-        "dramatiq_worker_timeout": os.environ.get("dramatiq_worker_timeout", "100"),  # noqa: SIM112
-    }
+    env = child_env()
     first_id = _max_event_id()
     customer = services.customer_create(name="Latency", email="latency@example.com")
-    manage = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py")]
     children = [
-        subprocess.Popen([*manage, "outbox_relay"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # noqa: S603
-        subprocess.Popen(  # noqa: S603
-            [*manage, "rundramatiq", "--processes", "1", "--threads", "4"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
+        manage_start(["outbox_relay"], env=env),
+        manage_start(["rundramatiq", "--processes", "1", "--threads", "4"], env=env),
     ]
     try:
         _wait_for(lambda: _done_after(first_id) >= 1, timeout=60)  # both are up and the path works
@@ -209,21 +237,14 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
             time.sleep(max(0.0, next_at - time.monotonic()))
         _wait_for(lambda: _done_after(start_id) >= count, timeout=60 + seconds)
     finally:
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=10)
+        stop_children(children)
     with connection.cursor() as cursor:
         cursor.execute(_LATENCY, ["audit_log", start_id])
         latencies = [float(row[0]) for row in cursor.fetchall()]
     Customer.objects.filter(pk=customer.pk).delete()
     return {
-        "e2e_latency_ms_p50": round(_percentile(latencies, 0.50), 2),
-        "e2e_latency_ms_p99": round(_percentile(latencies, 0.99), 2),
+        "e2e_latency_ms_p50": round(percentile(latencies, 0.50), 2),
+        "e2e_latency_ms_p99": round(percentile(latencies, 0.99), 2),
     }
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,11 +24,21 @@ FIGURES = [
     "relay_rss_mb",
     "e2e_latency_ms_p50",
     "e2e_latency_ms_p99",
+    "pipeline_events_per_s",
+    "pipeline_events",
+    "pipeline_seconds",
+    "pipeline_drain_s_audit_log",
+    "pipeline_drain_s_email",
+    "pipeline_drain_s_inventory",
+    "pipeline_emails_received",
+    "email_duplicate_window_ms_p50",
+    "email_duplicate_window_ms_p99",
 ]
 
 
 def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None:
-    """`outbox_bench --json` prints each figure as a positive number, with the machine's facts."""
+    """`outbox_bench --json` prints each figure as a positive number, with the machine's facts;
+    the pipeline's workers handle every event, and the SMTP server receives every notice."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
     done = subprocess.run(
         [
@@ -45,6 +56,10 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
             "300",
             "--latency-seconds",
             "1",
+            "--pipeline-orders",
+            "30",
+            "--email-window-samples",
+            "20",
         ],
         cwd=REPO,
         env=env,
@@ -58,16 +73,20 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
     for figure in FIGURES:
         assert isinstance(result[figure], (int, float)), figure
         assert result[figure] > 0, figure
+    # 30 confirmations, and a cancellation notice for one order in ten.
+    assert result["pipeline_emails_received"] == 33
+    assert result["pipeline_failed_deliveries"] == 0
     assert result["machine"]["database"].startswith("PostgreSQL")
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
         names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
     assert not [name for name in names if name.endswith("_bench")]
 
 
-def test_outbox_bench_rejects_a_sample_count_below_one() -> None:
-    """A bad --samples value is refused with a message naming the flag."""
+@pytest.mark.parametrize("flag", ["--samples", "--pipeline-orders", "--pipeline-threads"])
+def test_outbox_bench_rejects_a_count_below_one(flag: str) -> None:
+    """A count below one is refused with a message naming the flag."""
     done = subprocess.run(
-        [sys.executable, "manage.py", "outbox_bench", "--samples", "0"],
+        [sys.executable, "manage.py", "outbox_bench", flag, "0"],
         cwd=REPO,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"},
         capture_output=True,
@@ -76,4 +95,4 @@ def test_outbox_bench_rejects_a_sample_count_below_one() -> None:
         check=False,
     )
     assert done.returncode != 0
-    assert "--samples must be at least 1" in done.stderr
+    assert f"{flag} must be at least 1" in done.stderr

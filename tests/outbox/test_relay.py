@@ -4,6 +4,7 @@ import json
 import signal
 import threading
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -237,7 +238,7 @@ def test_sweeper_republishes_a_failed_delivery_whose_retry_never_came(tmp_path: 
     again after the deadline, and a worker then applies it."""
     ids = make_events(2)
     Pending.objects.all().delete()
-    stale = timezone.now() - timezone.timedelta(seconds=30)
+    stale = timezone.now() - timedelta(seconds=30)
     for event_id in ids:
         Delivery.objects.create(
             event_id=event_id,

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core import bench_pipeline
 from core.bench import GROUPS, bench_run
 
 
@@ -38,9 +39,51 @@ class Command(BaseCommand):
             default=10.0,
             help="Seconds of traffic at 100 events/s for the end-to-end latency (default 10).",
         )
+        parser.add_argument(
+            "--pipeline-orders",
+            type=int,
+            default=2000,
+            help="Orders placed (3 lines, 1 in 10 cancelled) whose events the pipeline drains (default 2000).",
+        )
+        parser.add_argument(
+            "--pipeline-processes",
+            type=int,
+            default=bench_pipeline.PROCESSES,
+            help=f"Processes of the pipeline's e-mail and audit-log worker (default {bench_pipeline.PROCESSES}).",
+        )
+        parser.add_argument(
+            "--pipeline-threads",
+            type=int,
+            default=bench_pipeline.THREADS,
+            help=f"Threads per process of that worker (default {bench_pipeline.THREADS}).",
+        )
+        parser.add_argument(
+            "--pipeline-inventory-threads",
+            type=int,
+            default=bench_pipeline.INVENTORY_THREADS,
+            help=f"Threads of the pipeline's inventory worker (default {bench_pipeline.INVENTORY_THREADS}).",
+        )
+        parser.add_argument(
+            "--email-window-samples",
+            type=int,
+            default=200,
+            help="Order confirmations timed for the e-mail duplicate window (default 200).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for flag in ("samples", "backlog", "rss_backlog", "batch_size", "latency_seconds"):
+        positive = (
+            "samples",
+            "backlog",
+            "rss_backlog",
+            "batch_size",
+            "latency_seconds",
+            "pipeline_orders",
+            "pipeline_processes",
+            "pipeline_threads",
+            "pipeline_inventory_threads",
+            "email_window_samples",
+        )
+        for flag in positive:
             if options[flag] < 1:
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1 (got {options[flag]}).")
         groups = [g.strip() for g in options["only"].split(",") if g.strip()]
@@ -56,6 +99,11 @@ class Command(BaseCommand):
             rss_backlog=options["rss_backlog"],
             batch_size=options["batch_size"],
             latency_seconds=options["latency_seconds"],
+            pipeline_orders=options["pipeline_orders"],
+            pipeline_processes=options["pipeline_processes"],
+            pipeline_threads=options["pipeline_threads"],
+            pipeline_inventory_threads=options["pipeline_inventory_threads"],
+            email_window_samples=options["email_window_samples"],
             groups=groups,
         )
         if options["json"]:

@@ -1,0 +1,362 @@
+"""Pipeline figures for `outbox_bench`: events handled end to end per second, and the e-mail
+consumer's duplicate window.
+
+The traffic is made through the services, as the admin makes it: products with their stock
+receipts, customers, then orders placed with three lines each, one in ten cancelled. Its events
+are a backlog that one relay and two workers, each its own process, drain through Redis into the
+three consumers; their e-mails go to a real SMTP server (aiosmtpd) running in this process.
+"""
+
+import logging
+import random
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from aiosmtpd.controller import Controller
+from django.conf import settings
+from django.core import mail
+from django.db import connection
+from django.test.utils import override_settings
+
+from consumers.email import notify
+from core import services
+from core.bench import settle_tables
+from core.bench_relay import child_env, manage_start, percentile, stop_children
+from core.models import Order
+from outbox import routing
+from outbox.models import Event
+
+# Two workers on a 2-core machine that also runs PostgreSQL, the relay and the SMTP server.
+# Inventory has one of its own with a single thread: it applies a message's events in one
+# transaction that holds each product row it moves until commit, so two of its messages at once
+# take the same rows in different orders and deadlock, PostgreSQL breaking one lock wait a second
+# (deadlock_timeout) while the rest wait: with 2 threads a 2,000-order backlog did not drain in
+# 120 s. The e-mail and audit-log consumers share the other worker, whose threads overlap their
+# waits on PostgreSQL and SMTP.
+INVENTORY_THREADS = 1
+PROCESSES = 1
+THREADS = 4
+LINES_PER_ORDER = 3
+CANCEL_EVERY = 10  # one order in ten is cancelled
+PRODUCTS = 30
+ORDERS_PER_CUSTOMER = 5
+# The pipeline's relay and workers use a Redis database of their own: the test suite empties its
+# database (15) as it runs, which would lose the bench's messages mid-run.
+REDIS_DB = 14
+# Each poll costs PostgreSQL about 3 ms at 20,000 deliveries: every 0.1 s, 3% of a core, for a
+# clock good to 0.1 s.
+POLL_SECONDS = 0.1
+STARTUP_SECONDS = 60.0
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+
+class PipelineError(RuntimeError):
+    """The pipeline could not be measured: a process did not start, or the backlog did not drain."""
+
+
+# --- an SMTP server that counts --------------------------------------------------------------
+
+
+class SmtpCounter:
+    """An aiosmtpd handler that accepts every message and counts it."""
+
+    def __init__(self) -> None:
+        # Written only by the server's event-loop thread; read by the bench.
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received += 1
+        return "250 OK"
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where the in-process SMTP server listens, and its counter."""
+
+    host: str
+    port: int
+    counter: SmtpCounter
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that nothing listens on (aiosmtpd needs an explicit one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """Raise the logger `name` to WARNING until the block ends: its INFO lines are per message."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def smtp_server() -> Iterator[SmtpServer]:
+    """Run an SMTP server on a free loopback port, in a thread, until the block ends."""
+    server = SmtpServer(host="127.0.0.1", port=free_port(), counter=SmtpCounter())
+    controller = Controller(server.counter, hostname=server.host, port=server.port)
+    # aiosmtpd logs every session at INFO: thousands of lines on the bench's console otherwise.
+    with quiet("mail.log"):
+        controller.start()
+        try:
+            yield server
+        finally:
+            controller.stop()
+
+
+# --- traffic ----------------------------------------------------------------------------------
+
+
+def catalogue_create(*, prefix: str, count: int, stock: int, rng: random.Random) -> list[str]:
+    """Create `count` products, each with a stock receipt of `stock`; return their SKUs."""
+    skus = [f"{prefix}-{i:03d}" for i in range(count)]
+    for sku in skus:
+        services.product_create(sku=sku, name=f"Product {sku}", price=Decimal(rng.randrange(100, 20_000)) / 100)
+        services.stock_receive(sku=sku, quantity=stock, note="opening stock")
+    return skus
+
+
+def orders_place(*, count: int, skus: list[str], rng: random.Random, label: str) -> list[Order]:
+    """Place `count` orders of three lines each, spread over one customer per five orders."""
+    customers = [
+        services.customer_create(name=f"{label} customer {i}", email=f"{label}-{i}@example.com")
+        for i in range(max(1, count // ORDERS_PER_CUSTOMER))
+    ]
+    return [
+        services.order_create(
+            customer=customers[i % len(customers)],
+            lines=[
+                services.LineRequest(sku=sku, quantity=rng.randint(1, 3)) for sku in rng.sample(skus, LINES_PER_ORDER)
+            ],
+            place=True,
+        )
+        for i in range(count)
+    ]
+
+
+def traffic_create(*, orders: int, seed: int = 1) -> tuple[int, int]:
+    """Make the pipeline's traffic through the services; return (orders placed, orders cancelled)."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible traffic, not security
+    # Stock for every line at the largest quantity: no backorder warnings in the workers' logs.
+    skus = catalogue_create(prefix="PIPE", count=PRODUCTS, stock=orders * LINES_PER_ORDER * 3, rng=rng)
+    placed = orders_place(count=orders, skus=skus, rng=rng, label="pipeline")
+    cancelled = placed[::CANCEL_EVERY]
+    for order in cancelled:
+        services.order_set_status(order=order, status=Order.Status.CANCELLED)
+    return len(placed), len(cancelled)
+
+
+# --- the database's view of the run -----------------------------------------------------------
+
+
+def max_event_id() -> int:
+    """Return the id of the latest event (0 when there is none)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
+        return int(cursor.fetchone()[0])
+
+
+def routed_deliveries(*, after: int) -> tuple[int, dict[str, int]]:
+    """Return the number of events after id `after` and, per consumer, the deliveries routed to it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT type, count(*) FROM outbox_event WHERE id > %s GROUP BY type", [after])
+        rows = cursor.fetchall()
+    expected: dict[str, int] = {}
+    for event_type, count in rows:
+        for consumer in routing.consumers_for(event_type):
+            expected[consumer] = expected.get(consumer, 0) + count
+    return sum(count for _, count in rows), expected
+
+
+def delivery_counts(*, after: int) -> dict[tuple[str, str], int]:
+    """Return the deliveries of the events after id `after`, counted by (consumer, status)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT consumer, status, count(*) FROM outbox_delivery WHERE event_id > %s GROUP BY consumer, status",
+            [after],
+        )
+        return {(consumer, status): count for consumer, status, count in cursor.fetchall()}
+
+
+def retried_deliveries(*, after: int) -> int:
+    """Return how many deliveries of the events after id `after` took more than one attempt."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox_delivery WHERE event_id > %s AND attempts > 1", [after])
+        return int(cursor.fetchone()[0])
+
+
+# --- the processes ----------------------------------------------------------------------------
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_for_line(log: Path, text: str, *, count: int, child: subprocess.Popen[bytes], what: str) -> None:
+    """Wait until `text` shows `count` times in the child's log; fail if it exits or takes too long."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while log.read_text(errors="replace").count(text) < count:
+        if child.poll() is not None:
+            raise PipelineError(f"The {what} exited with code {child.returncode} on start:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise PipelineError(f"The {what} did not start within {STARTUP_SECONDS:.0f} s:\n{_tail(log)}")
+        time.sleep(0.01)
+
+
+def _drain(*, after: int, expected: dict[str, int], start: float, timeout: float, logs: list[Path]) -> dict[str, float]:
+    """Wait until every routed delivery after id `after` is done; return the seconds each consumer took."""
+    drained: dict[str, float] = {}
+    deadline = start + timeout
+    while True:
+        counts = delivery_counts(after=after)
+        now = time.perf_counter()
+        for consumer, wanted in expected.items():
+            if consumer not in drained and counts.get((consumer, "done"), 0) >= wanted:
+                drained[consumer] = now - start
+        if len(drained) == len(expected):
+            return drained
+        dead = {key: n for key, n in counts.items() if key[1] == "dead"}
+        if dead or now > deadline:
+            progress = ", ".join(f"{c} {counts.get((c, 'done'), 0)}/{n} done" for c, n in sorted(expected.items()))
+            reason = f"deliveries are dead ({dead})" if dead else f"the backlog did not drain within {timeout:.0f} s"
+            tails = "\n".join(f"--- {log.name}\n{_tail(log)}" for log in logs)
+            raise PipelineError(f"Pipeline stopped: {reason}; {progress}.\n{tails}")
+        time.sleep(POLL_SECONDS)
+
+
+def _bench_redis_url() -> str:
+    """Return REDIS_URL's server with the bench's own database, emptied of Dramatiq's keys."""
+    url = urlunsplit(urlsplit(settings.REDIS_URL)._replace(path=f"/{REDIS_DB}"))
+    client = redis.Redis.from_url(url)
+    # Messages left by an interrupted run name event ids that the new scratch database reuses.
+    stale = list(client.scan_iter(match="dramatiq:*"))
+    if stale:
+        client.delete(*stale)
+    return url
+
+
+def pipeline_throughput(
+    *, orders: int, processes: int, threads: int, inventory_threads: int, smtp: SmtpServer
+) -> dict[str, Any]:
+    """Drain the events of `orders` orders' traffic with a relay and the workers in their own
+    processes; return events per second, counted until every routed delivery is done.
+
+    The clock starts when the relay reports it has started, the workers being up by then: what is
+    timed is the draining, not Python's start-up.
+    """
+    if connection.vendor != "postgresql" or not settings.REDIS_URL:
+        raise PipelineError("The pipeline group needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL).")
+    after = max_event_id()
+    placed, cancelled = traffic_create(orders=orders)
+    events, expected = routed_deliveries(after=after)
+    settle_tables()
+    received_before = smtp.counter.received
+    env = child_env(
+        redis_url=_bench_redis_url(),
+        EMAIL_BACKEND=SMTP_BACKEND,
+        EMAIL_HOST=smtp.host,
+        EMAIL_PORT=str(smtp.port),
+        PYTHONUNBUFFERED="1",
+    )
+    workers = {
+        "inventory": (["--queues", "inventory", "--processes", "1", "--threads", str(inventory_threads)], 1),
+        "email-audit": (
+            ["--queues", "email", "audit", "--processes", str(processes), "--threads", str(threads)],
+            processes,
+        ),
+    }
+    # At 100 events/s, a tenth of the goal, the drain still ends in time.
+    timeout = max(120.0, events / 100)
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
+        logs = {name: Path(tmp) / f"{name}.log" for name in [*workers, "relay"]}
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            for name, (args, count) in workers.items():
+                worker = manage_start(["rundramatiq", *args], env=env, log=logs[name])
+                children.append(worker)
+                _wait_for_line(logs[name], "ready for action", count=count, child=worker, what=f"{name} worker")
+            relay = manage_start(["outbox_relay", "--name", "bench-pipeline"], env=env, log=logs["relay"])
+            children.append(relay)
+            _wait_for_line(logs["relay"], "Relay bench-pipeline started", count=1, child=relay, what="relay")
+            start = time.perf_counter()
+            drained = _drain(after=after, expected=expected, start=start, timeout=timeout, logs=list(logs.values()))
+            elapsed = max(drained.values())
+        finally:
+            stop_children(children)
+    counts = delivery_counts(after=after)
+    return {
+        "pipeline_events_per_s": round(events / elapsed),
+        "pipeline_events": events,
+        "pipeline_seconds": round(elapsed, 2),
+        **{f"pipeline_drain_s_{consumer}": round(seconds, 2) for consumer, seconds in sorted(drained.items())},
+        "pipeline_emails_received": smtp.counter.received - received_before,
+        "pipeline_emails_expected": placed + cancelled,
+        "pipeline_failed_deliveries": sum(n for (_, status), n in counts.items() if status in ("failed", "dead")),
+        "pipeline_retried_deliveries": retried_deliveries(after=after),
+    }
+
+
+# --- the e-mail duplicate window --------------------------------------------------------------
+
+
+def email_duplicate_window(*, samples: int, smtp: SmtpServer) -> dict[str, float]:
+    """Send `samples` order confirmations in this process, one SMTP connection for all; return
+    the p50/p99 milliseconds from the SMTP server's accept to the commit of the `sent` record.
+
+    A worker that dies inside that window sends the e-mail again on retry (consumers/email.py).
+    """
+    rng = random.Random(2)  # noqa: S311 - reproducible traffic, not security
+    skus = catalogue_create(prefix="WINDOW", count=LINES_PER_ORDER, stock=samples * 3, rng=rng)
+    orders = orders_place(count=samples, skus=skus, rng=rng, label="window")
+    events = list(
+        Event.objects.filter(
+            event_type="order.placed", aggregate_type="order", aggregate_id__in=[str(o.pk) for o in orders]
+        ).order_by("id")
+    )
+    with override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST=smtp.host, EMAIL_PORT=smtp.port):
+        smtp_connection = mail.get_connection()
+        smtp_connection.open()
+        try:
+            with quiet("consumers.email"):
+                windows = [notify(event, connection=smtp_connection) for event in events]
+        finally:
+            smtp_connection.close()
+    sent = [w * 1000 for w in windows if w is not None]
+    if len(sent) != samples:
+        raise PipelineError(f"Expected {samples} confirmations to be sent; {len(sent)} were.")
+    return {
+        "email_duplicate_window_ms_p50": round(percentile(sent, 0.50), 3),
+        "email_duplicate_window_ms_p99": round(percentile(sent, 0.99), 3),
+    }
+
+
+def pipeline_figures(
+    *, orders: int, processes: int, threads: int, inventory_threads: int, window_samples: int
+) -> dict[str, Any]:
+    """Measure the pipeline's throughput, then the e-mail duplicate window, with one SMTP server."""
+    with smtp_server() as smtp:
+        result = pipeline_throughput(
+            orders=orders, processes=processes, threads=threads, inventory_threads=inventory_threads, smtp=smtp
+        )
+        # After the workers are stopped: none of them sends these confirmations meanwhile.
+        result.update(email_duplicate_window(samples=window_samples, smtp=smtp))
+    return result
