@@ -118,6 +118,7 @@ class Delivery(models.Model):
 
     class Meta:
         db_table = "outbox_delivery"
+        permissions = [("replay_delivery", "Can replay deliveries (send them to their consumer again)")]
         constraints = [
             models.UniqueConstraint(fields=["event", "consumer"], name="outbox_delivery_event_consumer_uniq"),
         ]
@@ -137,3 +138,87 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} → {self.consumer}: {self.status}"
+
+
+class Seal(models.Model):
+    """Tamper evidence: a keyed hash chain over each aggregate's events, in version order.
+
+    `seal` = HMAC-SHA256(key, previous seal of the aggregate + the event's facts). Editing an
+    event, or removing one, breaks the chain from there on; without the key (OUTBOX_SEAL_KEY)
+    nobody can compute a chain that passes. `python manage.py outbox_verify` checks it.
+    """
+
+    event_id = models.BigIntegerField(primary_key=True)
+    aggregate_type = models.CharField(max_length=100, db_column="aggregatetype")
+    aggregate_id = models.CharField(max_length=100, db_column="aggregateid")
+    aggregate_version = models.PositiveIntegerField()
+    seal = models.CharField(max_length=64)
+    sealed_at = models.DateTimeField(db_default=Now())
+    # Set by the retention purge when it deletes the event: the seal stays, for the chain.
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "outbox_seal"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["aggregate_type", "aggregate_id", "aggregate_version"],
+                name="outbox_seal_aggregate_version_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"seal of {self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
+
+
+class Replay(models.Model):
+    """An operator's replay: who sent which deliveries again, when, and why."""
+
+    id = models.BigAutoField(primary_key=True)
+    requested_by = models.CharField(max_length=200)
+    reason = models.TextField()
+    source = models.CharField(max_length=100, help_text="`admin` or `command:outbox_replay`.")
+    criteria = models.JSONField(default=dict, help_text="The filters that selected the deliveries.")
+    forced = models.BooleanField(default=False, help_text="Done deliveries were included.")
+    deliveries = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "outbox_replay"
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"replay {self.pk} of {self.deliveries} deliveries by {self.requested_by}"
+
+
+class ReplayItem(models.Model):
+    """One delivery that a replay sent again."""
+
+    id = models.BigAutoField(primary_key=True)
+    replay = models.ForeignKey(Replay, on_delete=models.CASCADE, related_name="items")
+    event_id = models.BigIntegerField()
+    consumer = models.CharField(max_length=100)
+    previous_status = models.CharField(max_length=20, blank=True)
+
+    class Meta:
+        db_table = "outbox_replay_item"
+        indexes = [models.Index(fields=["event_id"], name="outbox_replay_item_event_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.consumer}"
+
+
+class RelayHeartbeat(models.Model):
+    """Each relay's last sign of life, written every few seconds by its loop."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    host = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+    events_relayed = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "outbox_relay_heartbeat"
+
+    def __str__(self) -> str:
+        return f"relay {self.name} on {self.host}"

@@ -1,0 +1,187 @@
+"""Replay: send deliveries to their consumers again, on an operator's request.
+
+Safe because every consumer is idempotent: a delivery that is done is skipped by its consumer,
+so replaying one is refused unless forced (forcing makes the consumer run the event again: stock
+and e-mail still happen once, since their own records say so; the audit log writes a second line).
+Every replay is recorded (outbox_replay: who, when, why, which deliveries), and needs the
+`outbox.replay_delivery` permission.
+"""
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+from django.db import transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from outbox import routing
+from outbox.models import Delivery, Event, Replay, ReplayItem
+
+REPLAYABLE = (Delivery.Status.FAILED, Delivery.Status.DEAD, Delivery.Status.PUBLISHED)
+MESSAGE_SIZE = 1000
+
+
+class ReplayRefused(Exception):
+    """The replay was not sent: the reason says what to do."""
+
+
+@dataclass
+class Criteria:
+    """Which deliveries to replay. Empty fields do not filter."""
+
+    consumers: Sequence[str] = ()
+    event_types: Sequence[str] = ()
+    statuses: Sequence[str] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    aggregate: str = ""  # "order:7" or "order"
+    event_ids: Sequence[int] = ()
+    delivery_ids: Sequence[int] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {
+            "consumers": list(self.consumers),
+            "event_types": list(self.event_types),
+            "statuses": list(self.statuses),
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "aggregate": self.aggregate,
+            "event_ids": list(self.event_ids)[:1000],
+            "delivery_ids": list(self.delivery_ids)[:1000],
+        }
+        return {k: v for k, v in data.items() if v}
+
+
+@dataclass
+class Summary:
+    """What a replay did (or, dry, would do)."""
+
+    selected: int = 0
+    sent: int = 0
+    refused_done: int = 0
+    by_consumer: dict[str, int] = field(default_factory=dict)
+    replay_id: int | None = None
+    dry_run: bool = False
+
+
+def select(criteria: Criteria) -> QuerySet[Delivery]:
+    """Return the deliveries the criteria select, oldest event first."""
+    deliveries = Delivery.objects.all()
+    if criteria.consumers:
+        deliveries = deliveries.filter(consumer__in=criteria.consumers)
+    if criteria.statuses:
+        deliveries = deliveries.filter(status__in=criteria.statuses)
+    if criteria.delivery_ids:
+        deliveries = deliveries.filter(id__in=criteria.delivery_ids)
+    if criteria.event_ids:
+        deliveries = deliveries.filter(event_id__in=criteria.event_ids)
+    events = Event.objects.all()
+    narrowed = False
+    if criteria.event_types:
+        events, narrowed = events.filter(event_type__in=criteria.event_types), True
+    if criteria.since:
+        events, narrowed = events.filter(created_at__gte=criteria.since), True
+    if criteria.until:
+        events, narrowed = events.filter(created_at__lt=criteria.until), True
+    if criteria.aggregate:
+        kind, _, ident = criteria.aggregate.partition(":")
+        events, narrowed = events.filter(aggregate_type=kind), True
+        if ident:
+            events = events.filter(aggregate_id=ident)
+    if narrowed:
+        deliveries = deliveries.filter(event_id__in=events.values("id"))
+    return deliveries.order_by("event_id", "consumer")
+
+
+def replay(
+    deliveries: Iterable[Delivery],
+    *,
+    requested_by: str,
+    reason: str,
+    source: str,
+    criteria: dict[str, Any] | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Send the deliveries to their consumers again; record who, why and which.
+
+    Done deliveries are counted and skipped unless `force`. Each is set back to `published` (so
+    the sweeper sends it again if this message is lost) before its message is sent.
+    """
+    if not reason.strip():
+        raise ReplayRefused("Say why you replay (--reason): the replay is recorded with it.")
+    summary = Summary(dry_run=dry_run)
+    wanted: list[Delivery] = []
+    for delivery in deliveries:
+        summary.selected += 1
+        if delivery.status == Delivery.Status.DONE and not force:
+            summary.refused_done += 1
+            continue
+        wanted.append(delivery)
+    counts: dict[str, int] = defaultdict(int)
+    for delivery in wanted:
+        counts[delivery.consumer] += 1
+    summary.by_consumer = dict(counts)
+    if dry_run or not wanted:
+        return summary
+    routing.load_actors()
+    broker = dramatiq.get_broker()
+    unknown = sorted({d.consumer for d in wanted} - set(broker.get_declared_actors()))
+    if unknown:
+        raise ReplayRefused(
+            f"No consumer named {', '.join(unknown)} exists in this deployment; nothing was sent. "
+            "Leave those deliveries out (--consumer), or deploy the consumer first."
+        )
+    for start in range(0, len(wanted), MESSAGE_SIZE):
+        chunk = wanted[start : start + MESSAGE_SIZE]
+        with transaction.atomic():
+            if summary.replay_id is None:
+                record = Replay.objects.create(
+                    requested_by=requested_by,
+                    reason=reason,
+                    source=source,
+                    criteria=criteria or {},
+                    forced=force,
+                    deliveries=len(wanted),
+                )
+                summary.replay_id = record.pk
+            ReplayItem.objects.bulk_create(
+                ReplayItem(
+                    replay_id=summary.replay_id, event_id=d.event_id, consumer=d.consumer, previous_status=d.status
+                )
+                for d in chunk
+            )
+            Delivery.objects.filter(id__in=[d.id for d in chunk]).update(
+                status=Delivery.Status.PUBLISHED,
+                published_at=timezone.now(),
+                publications=F("publications") + 1,
+                updated_at=timezone.now(),
+            )
+        by_consumer: dict[str, list[int]] = defaultdict(list)
+        for d in chunk:
+            by_consumer[d.consumer].append(d.event_id)
+        for consumer, ids in by_consumer.items():
+            broker.enqueue(routing.message(consumer, ids))
+        summary.sent += len(chunk)
+        if progress:
+            progress(len(chunk))
+    return summary
+
+
+def deliveries_for(event_ids: Sequence[int], consumer: str) -> list[Delivery]:
+    """Return the deliveries of these events to `consumer`, creating the ones that do not exist
+    (an event published before the consumer was routed to it), unsaved ones marked with id None."""
+    existing = {d.event_id: d for d in Delivery.objects.filter(event_id__in=event_ids, consumer=consumer)}
+    missing = [i for i in event_ids if i not in existing and Event.objects.filter(pk=i).exists()]
+    if missing:
+        Delivery.objects.bulk_create(
+            [Delivery(event_id=i, consumer=consumer, status=Delivery.Status.FAILED, last_error="") for i in missing],
+            ignore_conflicts=True,
+        )
+        existing.update({d.event_id: d for d in Delivery.objects.filter(event_id__in=missing, consumer=consumer)})
+    return [existing[i] for i in event_ids if i in existing]

@@ -1,0 +1,237 @@
+"""Tamper evidence for the event log: a keyed hash chain per aggregate.
+
+Each event's seal is HMAC-SHA256(key, previous seal of its aggregate ‖ the event's facts), the
+facts being every column of the event in a canonical JSON form. The chain is written after
+commit, in version order, by whoever calls `seal()` (the audit-log consumer, for every event it
+logs, so an audit line carries its event's seal). `verify()` recomputes the chains and names each
+event that was edited or removed behind the application's back.
+
+The key is OUTBOX_SEAL_KEY (by default derived from SECRET_KEY): whoever can write the database
+but does not hold the key cannot forge a chain that verifies. Keep the key out of the database.
+"""
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from outbox.models import AggregateVersion, Event, Seal
+
+GENESIS = ""
+
+
+def seal_key() -> bytes:
+    """The chain's key: OUTBOX_SEAL_KEY, or one derived from SECRET_KEY."""
+    configured = getattr(settings, "OUTBOX_SEAL_KEY", "")
+    if configured:
+        return str(configured).encode()
+    return hashlib.sha256(b"outbox-seal:" + settings.SECRET_KEY.encode()).digest()
+
+
+def facts(event: Event) -> bytes:
+    """The event's columns in one canonical byte string (keys sorted, times in UTC ISO 8601)."""
+    created = event.created_at.astimezone(dt_timezone.utc).isoformat() if event.created_at else None
+    return orjson.dumps(
+        [
+            event.id,
+            str(event.event_id),
+            event.event_type,
+            event.aggregate_type,
+            event.aggregate_id,
+            event.aggregate_version,
+            event.payload,
+            event.actor,
+            event.correlation_id,
+            event.source,
+            created,
+        ],
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def chain(previous: str, event: Event, key: bytes | None = None) -> str:
+    """Return the event's seal given the previous seal of its aggregate."""
+    return hmac.new(key or seal_key(), previous.encode() + facts(event), hashlib.sha256).hexdigest()
+
+
+class SealGap(Exception):
+    """Events of the aggregate between its last seal and this event are missing."""
+
+
+def _lock(aggregate_type: str, aggregate_id: str) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"{aggregate_type}:{aggregate_id}"]
+            )
+
+
+def seal(event: Event) -> str:
+    """Seal the event, and any earlier unsealed event of its aggregate; return its seal.
+
+    Runs inside the caller's transaction; sealing an aggregate is serialized by a lock.
+    """
+    _lock(event.aggregate_type, event.aggregate_id)
+    seals = Seal.objects.filter(aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id)
+    last = seals.order_by("-aggregate_version").values_list("aggregate_version", "seal").first()
+    last_version, previous = last if last else (0, GENESIS)
+    if last_version >= event.aggregate_version:
+        return seals.get(aggregate_version=event.aggregate_version).seal
+    if event.aggregate_version == last_version + 1:
+        todo = [event]
+    else:
+        todo = list(
+            Event.objects.filter(
+                aggregate_type=event.aggregate_type,
+                aggregate_id=event.aggregate_id,
+                aggregate_version__gt=last_version,
+                aggregate_version__lte=event.aggregate_version,
+            ).order_by("aggregate_version")
+        )
+        if len(todo) != event.aggregate_version - last_version:
+            raise SealGap(
+                f"{event.aggregate_type}:{event.aggregate_id} has {len(todo)} events in versions "
+                f"{last_version + 1}..{event.aggregate_version}; some were removed before they were sealed. "
+                "Run outbox_verify to see which."
+            )
+    key = seal_key()
+    rows = []
+    for item in todo:
+        previous = chain(previous, item, key)
+        rows.append(
+            Seal(
+                event_id=item.id,
+                aggregate_type=item.aggregate_type,
+                aggregate_id=item.aggregate_id,
+                aggregate_version=item.aggregate_version,
+                seal=previous,
+            )
+        )
+    Seal.objects.bulk_create(rows)
+    return previous
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of verify()."""
+
+    kind: str  # changed | removed | unsealed | missing_versions
+    aggregate: str
+    version: int | None
+    event_id: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        at = f" v{self.version}" if self.version is not None else ""
+        event = f"event {self.event_id} " if self.event_id is not None else ""
+        return f"{self.kind.upper()}: {event}({self.aggregate}{at}): {self.detail}"
+
+
+@dataclass
+class Report:
+    events: int = 0
+    aggregates: int = 0
+    problems: list[Problem] | None = None
+
+
+def _ordered(queryset: Any) -> Iterator[Any]:
+    return iter(queryset.order_by("aggregate_type", "aggregate_id", "aggregate_version").iterator(chunk_size=5000))
+
+
+def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelta = timedelta(minutes=5)) -> Report:
+    """Recompute every aggregate's chain (or one's) and return what does not match.
+
+    - changed: the event's facts (or its seal) no longer give its seal;
+    - removed: a sealed event is gone and the purge did not remove it;
+    - unsealed: an event older than `unsealed_grace` has no seal (is the audit consumer running?);
+    - missing_versions: the aggregate's counter is past its last event and seal.
+    """
+    events = Event.objects.all()
+    seals = Seal.objects.all()
+    counters = AggregateVersion.objects.all()
+    if aggregate:
+        events = events.filter(aggregate_type=aggregate[0], aggregate_id=aggregate[1])
+        seals = seals.filter(aggregate_type=aggregate[0], aggregate_id=aggregate[1])
+        counters = counters.filter(aggregate_type=aggregate[0], aggregate_id=aggregate[1])
+    key = seal_key()
+    cutoff: datetime = timezone.now() - unsealed_grace
+    report = Report(problems=[])
+    problems = report.problems
+    assert problems is not None
+
+    def position(row: Any) -> tuple[str, str, int]:
+        return (row.aggregate_type, row.aggregate_id, row.aggregate_version)
+
+    event_iter, seal_iter = _ordered(events), _ordered(seals)
+    event, sealed = next(event_iter, None), next(seal_iter, None)
+    seen: dict[tuple[str, str], int] = {}
+    previous: dict[tuple[str, str], str] = {}
+    while event is not None or sealed is not None:
+        if sealed is not None and (event is None or position(sealed) < position(event)):
+            name = (sealed.aggregate_type, sealed.aggregate_id)
+            if sealed.purged_at is None:
+                problems.append(
+                    Problem(
+                        "removed",
+                        ":".join(name),
+                        sealed.aggregate_version,
+                        sealed.event_id,
+                        "the event was sealed, then deleted outside the retention purge",
+                    )
+                )
+            previous[name] = sealed.seal
+            seen[name] = sealed.aggregate_version
+            sealed = next(seal_iter, None)
+            continue
+        assert event is not None
+        name = (event.aggregate_type, event.aggregate_id)
+        report.events += 1
+        if sealed is not None and position(sealed) == position(event):
+            expected = chain(previous.get(name, GENESIS), event, key)
+            if sealed.event_id != event.id or not hmac.compare_digest(expected, sealed.seal):
+                problems.append(
+                    Problem(
+                        "changed",
+                        ":".join(name),
+                        event.aggregate_version,
+                        event.id,
+                        "its facts no longer match its seal: the event (or its seal) was edited",
+                    )
+                )
+            previous[name] = sealed.seal
+            sealed = next(seal_iter, None)
+        elif event.created_at < cutoff:
+            problems.append(
+                Problem(
+                    "unsealed",
+                    ":".join(name),
+                    event.aggregate_version,
+                    event.id,
+                    f"no seal after {unsealed_grace}; is the audit_log consumer running?",
+                )
+            )
+        seen[name] = event.aggregate_version
+        event = next(event_iter, None)
+    report.aggregates = len(seen)
+    for counter in counters.iterator(chunk_size=5000):
+        name = (counter.aggregate_type, counter.aggregate_id)
+        last = seen.get(name, 0)
+        if counter.version > last:
+            problems.append(
+                Problem(
+                    "missing_versions",
+                    ":".join(name),
+                    None,
+                    None,
+                    f"versions {last + 1}..{counter.version} have neither an event nor a seal: removed",
+                )
+            )
+    return report
