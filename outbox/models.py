@@ -222,3 +222,22 @@ class RelayHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"relay {self.name} on {self.host}"
+
+
+class JobRun(models.Model):
+    """One run of a periodic job for one period: unique, so that of several relays one runs it."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.CharField(max_length=100)
+    period = models.CharField(max_length=40, help_text="The period the run is for, e.g. 2026-11-25 for a daily job.")
+    runner = models.CharField(max_length=200)
+    started_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.TextField(blank=True)
+
+    class Meta:
+        db_table = "outbox_job_run"
+        constraints = [models.UniqueConstraint(fields=["job", "period"], name="outbox_job_run_job_period_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.job} for {self.period}"
