@@ -1,4 +1,9 @@
-"""The audit-log consumer: one structured JSON line per event, written once however often delivered."""
+"""The audit-log consumer: one structured JSON line per event, written once however often delivered.
+
+It also seals each event (outbox.sealing: a keyed hash chain per aggregate), and the line
+carries the seal, so the log kept outside the database anchors the chain that outbox_verify
+checks.
+"""
 
 import json
 import logging
@@ -6,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from outbox import sealing
 from outbox.consuming import consume
 from outbox.models import Event
 
@@ -13,7 +19,7 @@ CONSUMER = "audit_log"
 audit_logger = logging.getLogger("audit")
 
 
-def audit_line(event: Event) -> str:
+def audit_line(event: Event, seal: str = "") -> str:
     """Return the event's audit line: ids, type, aggregate, actor and changed fields."""
     payload: dict[str, Any] = event.payload if isinstance(event.payload, dict) else {}
     return json.dumps(
@@ -28,18 +34,31 @@ def audit_line(event: Event) -> str:
             "correlation_id": event.correlation_id,
             "changed": sorted(payload.get("changes", payload.get("state", {}))),
             "at": event.created_at.isoformat(),
+            "seal": seal,
         },
         sort_keys=True,
     )
 
 
-def write_line(event: Event) -> None:
-    """Write the event's audit line once its delivery's transaction commits."""
-    line = audit_line(event)
-    # After the commit that records the delivery: a rolled-back attempt writes nothing.
-    transaction.on_commit(lambda: audit_logger.info(line))
+def write_lines(events: list[Event]) -> None:
+    """Seal the events and write their audit lines once the transaction commits."""
+    seals = sealing.seal_many(events)
+    lines = [audit_line(event, seals[event.id]) for event in events]
+
+    # After the commit that records the deliveries: a rolled-back attempt writes nothing.
+    def emit() -> None:
+        for line in lines:
+            audit_logger.info(line)
+
+    transaction.on_commit(emit)
 
 
 def audit_events(*, event_ids: object) -> None:
     """Write the audit line of each event not yet audited (the actor's service)."""
-    consume(consumer=CONSUMER, event_ids=event_ids, handle=write_line)
+    consume(
+        consumer=CONSUMER,
+        event_ids=event_ids,
+        handle=write_lines,
+        group_by=lambda event: (event.aggregate_type, event.aggregate_id),
+        together=True,
+    )

@@ -22,12 +22,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core import mail
+from django.db import connection as db_connection
 from django.db import transaction
+from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from consumers.models import EmailNotice
-from core.models import Order
+from core.models import Order, OrderLine
 from outbox.consuming import PermanentError, consume
 from outbox.deliveries import delivery_begin
 from outbox.models import Event
@@ -56,23 +58,43 @@ def lease_seconds() -> float:
 def send_notices(*, event_ids: object) -> None:
     """Send the notice of each event not yet handled, over one SMTP connection (the actor's service)."""
     connection = mail.get_connection()
+    orders = OrderCache(event_ids)
     try:
         consume(
             consumer=CONSUMER,
             event_ids=event_ids,
-            handle=lambda event: notify(event, connection=connection),
+            handle=lambda events: notify(events[0], connection=connection, orders=orders),
             atomic=False,
         )
     finally:
         connection.close()
 
 
-def render(kind: str, order_id: int) -> mail.EmailMessage:
+class OrderCache:
+    """The batch's orders with their customers and lines, read in three queries on first use."""
+
+    def __init__(self, event_ids: object) -> None:
+        self.event_ids = event_ids if isinstance(event_ids, list) else []
+        self.orders: dict[int, Order] | None = None
+
+    def get(self, order_id: int) -> Order | None:
+        if self.orders is None:
+            ids = Event.objects.filter(id__in=self.event_ids, event_type__in=EVENT_TYPES).values_list(
+                "aggregate_id", flat=True
+            )
+            lines = Prefetch("lines", queryset=OrderLine.objects.select_related("product").order_by("id"))
+            self.orders = (
+                Order.objects.select_related("customer").prefetch_related(lines).in_bulk([int(i) for i in ids])
+            )
+        return self.orders.get(order_id) or Order.objects.select_related("customer").filter(pk=order_id).first()
+
+
+def render(kind: str, order_id: int, orders: OrderCache | None = None) -> mail.EmailMessage:
     """Return the notice for the order as it is now, listing its lines."""
-    order = Order.objects.select_related("customer").filter(pk=order_id).first()
+    order = (orders or OrderCache([])).get(order_id)
     if order is None:
         raise PermanentError(f"Order {order_id} no longer exists, so its {Kind(kind).label.lower()} cannot be written.")
-    lines = list(order.lines.select_related("product").order_by("id"))
+    lines = list(order.lines.all()) if orders else list(order.lines.select_related("product").order_by("id"))
     rows = [
         {
             "quantity": line.quantity,
@@ -97,39 +119,43 @@ def render(kind: str, order_id: int) -> mail.EmailMessage:
     )
 
 
-def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> EmailNotice | None:
-    """Record the intent to send (inside a transaction); None if the notice was already sent."""
+_CLAIM = """
+INSERT INTO email_notice (order_id, kind, event_id, recipient, subject, status, sends, lease_until, created_at)
+VALUES (%s, %s, %s, %s, %s, 'sending', 1, %s, CURRENT_TIMESTAMP)
+ON CONFLICT (order_id, kind) DO UPDATE
+    SET sends = email_notice.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
+    WHERE email_notice.status = 'sending'
+      AND (email_notice.lease_until IS NULL OR email_notice.lease_until < %s)
+RETURNING id
+"""
+
+
+_SENT = "UPDATE email_notice SET status = 'sent', sent_at = %s, lease_until = NULL WHERE id = %s"
+
+
+def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> int | None:
+    """Record the intent to send, in one statement; return the notice's id, or None if it was sent.
+
+    Raises NoticeBusy when another worker holds the notice's lease.
+    """
     now = timezone.now()
     lease_until = now + timedelta(seconds=lease_seconds())
-    notice, created = EmailNotice.objects.select_for_update().get_or_create(
-        order_id=int(event.aggregate_id),
-        kind=kind,
-        defaults={
-            "event_id": event.id,
-            "recipient": message.to[0],
-            "subject": message.subject,
-            "status": EmailNotice.Status.SENDING,
-            "sends": 1,
-            "lease_until": lease_until,
-        },
-    )
-    if created:
-        return notice
+    order_id = int(event.aggregate_id)
+    with db_connection.cursor() as cursor:
+        cursor.execute(_CLAIM, [order_id, kind, event.id, message.to[0], str(message.subject), lease_until, now])
+        row = cursor.fetchone()
+    if row is not None:
+        return int(row[0])
+    notice = EmailNotice.objects.get(order_id=order_id, kind=kind)
     if notice.status == EmailNotice.Status.SENT:
         return None
-    if notice.lease_until is not None and notice.lease_until > now:
-        raise NoticeBusy(
-            f"Another worker is sending the {notice.get_kind_display().lower()} for order {notice.order_id} "
-            f"(lease until {notice.lease_until:%H:%M:%S}); retrying later."
-        )
-    notice.sends += 1
-    notice.lease_until = lease_until
-    notice.event_id = event.id
-    notice.save(update_fields=["sends", "lease_until", "event_id"])
-    return notice
+    raise NoticeBusy(
+        f"Another worker is sending the {notice.get_kind_display().lower()} for order {notice.order_id} "
+        f"(lease until {notice.lease_until:%H:%M:%S}); retrying later."
+    )
 
 
-def notify(event: Event, *, connection: Any) -> float | None:
+def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -> float | None:
     """Send the event's notice unless it was sent; return the duplicate window in seconds, if sent.
 
     The window is the time from the SMTP server's accept to the commit of the `sent` record.
@@ -140,35 +166,37 @@ def notify(event: Event, *, connection: Any) -> float | None:
             f"The e-mail consumer does not handle {event.event_type} events. "
             "Remove the route in settings/routes.py; the event itself is fine."
         )
-    message = render(kind, int(event.aggregate_id))
-    with transaction.atomic():
-        notice = claim(kind=kind, event=event, message=message)
-        if notice is None:
+    message = render(kind, int(event.aggregate_id), orders)
+    notice_id = claim(kind=kind, event=event, message=message)
+    if notice_id is None:
+        with transaction.atomic():
             delivery_begin(event_id=event.id, consumer=CONSUMER)
-            return None
-    message.connection = connection
+        return None
     try:
+        if connection is not None:
+            connection.open()  # once per batch: later sends reuse it
+            message.connection = connection
         message.send()
     except Exception as exc:
         # Give the lease back: the next attempt need not wait for it.
-        EmailNotice.objects.filter(pk=notice.pk, status=EmailNotice.Status.SENDING).update(lease_until=None)
+        EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.SENDING).update(lease_until=None)
+        if connection is not None:
+            connection.close()  # a broken session is not reused
         if isinstance(exc, smtplib.SMTPRecipientsRefused) or (
             isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
         ):
-            raise PermanentError(f"The SMTP server refused the {kind} for order {notice.order_id}: {exc}") from exc
+            raise PermanentError(f"The SMTP server refused the {kind} for order {event.aggregate_id}: {exc}") from exc
         raise
     accepted = time.monotonic()
-    with transaction.atomic():
-        EmailNotice.objects.filter(pk=notice.pk).update(
-            status=EmailNotice.Status.SENT, sent_at=timezone.now(), lease_until=None
-        )
+    with transaction.atomic(), db_connection.cursor() as cursor:
+        cursor.execute(_SENT, [timezone.now(), notice_id])
         delivery_begin(event_id=event.id, consumer=CONSUMER)
     window = time.monotonic() - accepted
     logger.info(
         "email: sent the %s for order %s to %s (event %s; recorded %.2f ms after the SMTP accept)",
         kind,
-        notice.order_id,
-        notice.recipient,
+        event.aggregate_id,
+        message.to[0],
         event.id,
         window * 1000,
     )

@@ -30,8 +30,7 @@ from typing import Any
 
 from django.db import connection
 
-from consumers.models import StockMovement
-from core.models import Order
+from core.models import Order, Product
 from outbox.consuming import PermanentError, consume
 from outbox.models import Event
 
@@ -45,17 +44,39 @@ INSERT INTO inventory_source (source, version, state, updated_at) VALUES (%s, 0,
 ON CONFLICT (source) DO UPDATE SET updated_at = EXCLUDED.updated_at
 RETURNING version, state
 """
+_INSERT_MOVEMENTS = (
+    "INSERT INTO inventory_movement (event_id, event_type, product_id, quantity, source, version, stock_after, "
+    "created_at) VALUES "
+)
 _SAVE_SOURCE = "UPDATE inventory_source SET version = %s, state = %s WHERE source = %s"
 _MOVE_STOCK = "UPDATE core_product SET stock = stock + %s WHERE id = %s RETURNING stock"
+_LOCK_PRODUCTS = "SELECT id FROM core_product WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+_MOVE_STOCKS = """
+UPDATE core_product p SET stock = p.stock + d.delta
+FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta)
+WHERE p.id = d.id
+RETURNING p.id, p.stock
+"""
 
 
 class VersionGap(Exception):
-    """An order's events between the applied version and this one are not all readable yet."""
+    """An order's events between the applied version and this one are not all readable."""
 
 
 def apply_events(*, event_ids: object) -> None:
-    """Apply the stock effect of each event not yet applied (the actor's service)."""
-    consume(consumer=CONSUMER, event_ids=event_ids, handle=apply_event)
+    """Apply the stock effect of each event not yet applied (the actor's service).
+
+    The events of one source (an order's placed event and its lines, say) are applied together,
+    in one transaction: one lock, one stock update per product.
+    """
+    consume(consumer=CONSUMER, event_ids=event_ids, handle=apply_group, group_by=group_key)
+
+
+def group_key(event: Event) -> str:
+    try:
+        return source_of(event)
+    except PermanentError:
+        return f"invalid:{event.id}"  # alone in its group, where apply_group reports it
 
 
 def source_of(event: Event) -> str:
@@ -63,17 +84,17 @@ def source_of(event: Event) -> str:
     if event.event_type.startswith(("order.", "order_line.")):
         return f"order:{event.aggregate_id}"
     if event.event_type.startswith("stock."):
-        return f"receipt:{_state(event).get('id')}"
+        return f"receipt:{_state(event.id, event.event_type, event.payload)['id']}"
     raise PermanentError(
         f"The inventory consumer does not handle {event.event_type} events. "
         "Remove the route in settings/routes.py; the event itself is fine."
     )
 
 
-def _state(event: Event) -> dict[str, Any]:
-    state = event.payload.get("state") if isinstance(event.payload, dict) else None
+def _state(event_id: int, event_type: str, payload: Any) -> dict[str, Any]:
+    state = payload.get("state") if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not isinstance(state.get("id"), int):
-        raise PermanentError(f"Event {event.id} ({event.event_type}) has no payload.state with an integer id.")
+        raise PermanentError(f"Event {event_id} ({event_type}) has no payload.state with an integer id.")
     return state
 
 
@@ -90,85 +111,145 @@ def fold(state: dict[str, Any], event_type: str, row: dict[str, Any]) -> None:
         lines[str(row["id"])] = [int(row["product_id"]), int(row["quantity"])]
 
 
-def order_state(event: Event, state: dict[str, Any], applied_version: int) -> dict[int, int]:
-    """Fold the order's events after `applied_version` up to the event's; return the stock it takes."""
-    rows = list(
-        Event.objects.filter(
-            aggregate_type=event.aggregate_type,
-            aggregate_id=event.aggregate_id,
-            aggregate_version__gt=applied_version,
-            aggregate_version__lte=event.aggregate_version,
-        )
-        .order_by("aggregate_version")
-        .values_list("event_type", "payload")
-    )
-    if len(rows) != event.aggregate_version - applied_version:
-        # Versions are taken under a lock held to commit, so this means a purge or a damaged log.
-        raise VersionGap(
-            f"Order {event.aggregate_id} has {len(rows)} events in versions {applied_version + 1}.."
-            f"{event.aggregate_version}; expected {event.aggregate_version - applied_version}."
-        )
-    for event_type, payload in rows:
-        fold(state, event_type, payload.get("state", {}))
+def order_wants(state: dict[str, Any]) -> dict[int, int]:
+    """Return the stock an order in this state takes out, per product (negative)."""
     wanted: dict[int, int] = {}
     if state.get("status") in TAKING_STATUSES:
-        for product_id, quantity in state["lines"].values():
+        for product_id, quantity in state.get("lines", {}).values():
             wanted[product_id] = wanted.get(product_id, 0) - quantity
     return wanted
 
 
-def receipt_state(event: Event) -> dict[int, int]:
-    """Return the stock the receipt puts in as of this event."""
-    row = _state(event)
-    if event.event_type == "stock.receipt_removed":
+def receipt_wants(event_id: int, event_type: str, payload: Any) -> dict[int, int]:
+    """Return the stock a receipt puts in as of this event."""
+    row = _state(event_id, event_type, payload)
+    if event_type == "stock.receipt_removed":
         return {}
     return {int(row["product_id"]): int(row["quantity"])}
 
 
-def apply_event(event: Event) -> None:
-    """Bring the event's source to the event's version (inside the delivery's transaction)."""
-    source = source_of(event)
+Step = tuple[int, str, Any, Event | None]  # version, type, payload, the event when this batch handles it
+
+
+def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
+    """Every version from the applied one up to the group's last, read from the log where missing."""
+    known = {e.aggregate_version: e for e in todo}
+    top = todo[-1].aggregate_version
+    missing = [v for v in range(applied_version + 1, top + 1) if v not in known]
+    read: dict[int, tuple[str, Any]] = {}
+    if missing:
+        first = todo[0]
+        rows = Event.objects.filter(
+            aggregate_type=first.aggregate_type, aggregate_id=first.aggregate_id, aggregate_version__in=missing
+        ).values_list("aggregate_version", "event_type", "payload")
+        read = {version: (event_type, payload) for version, event_type, payload in rows}
+        if len(read) != len(missing):
+            # Versions are taken under a lock held to commit, so this means a purge or a damaged log.
+            gone = sorted(set(missing) - set(read))
+            raise VersionGap(
+                f"Order {first.aggregate_id}: versions {gone} are missing from the event log; "
+                "run outbox_verify to see what happened to them."
+            )
+    steps: list[Step] = []
+    for version in range(applied_version + 1, top + 1):
+        if version in known:
+            event = known[version]
+            steps.append((version, event.event_type, event.payload, event))
+        else:
+            steps.append((version, *read[version], None))
+    return steps
+
+
+def apply_group(events: list[Event]) -> None:
+    """Bring one source to its group's last version (inside the deliveries' transaction).
+
+    `events` are the source's events in version order, none yet done by this consumer.
+    """
+    source = source_of(events[0])
     with connection.cursor() as cursor:
         # Locks the source's row until commit: one worker at a time applies a source.
         cursor.execute(_LOCK_SOURCE, [source])
         applied_version, raw_state = cursor.fetchone()
-        if applied_version >= event.aggregate_version:
-            return  # a later event of the source already brought it past this one
+        todo = [e for e in events if e.aggregate_version > applied_version]
+        if not todo:
+            return  # a later event of the source already brought it past these
         state: dict[str, Any] = json.loads(raw_state)
-        wanted = order_state(event, state, applied_version) if source.startswith("order:") else receipt_state(event)
         applied = {int(k): v for k, v in state.get("applied", {}).items()}
-        moves = {
-            product_id: wanted.get(product_id, 0) - applied.get(product_id, 0)
-            for product_id in sorted(wanted.keys() | applied.keys())  # in product order: no deadlocks
-        }
-        movements = []
-        for product_id, delta in moves.items():
-            if not delta:
+        is_order = source.startswith("order:")
+        steps = (
+            _order_steps(todo, applied_version)
+            if is_order
+            else [(e.aggregate_version, e.event_type, e.payload, e) for e in todo]
+        )
+        deltas: list[tuple[Event, int, int]] = []  # (event, product, delta), in version order
+        for version, event_type, payload, event in steps:
+            if is_order:
+                fold(state, event_type, _state(event.id if event else version, event_type, payload))
+                wanted = order_wants(state)
+            else:
+                wanted = receipt_wants(event.id if event else version, event_type, payload)
+            if event is None:
+                continue  # not in this batch: its change moves with the next event that is
+            for product_id in sorted(wanted.keys() | applied.keys()):
+                delta = wanted.get(product_id, 0) - applied.get(product_id, 0)
+                if delta:
+                    deltas.append((event, product_id, delta))
+            applied = {k: v for k, v in wanted.items() if v}
+        stock = _move_stock(cursor, deltas)
+        movements: list[tuple[int, str, int, int, str, int, int]] = []
+        remaining = dict(stock)
+        for event, product_id, delta in reversed(deltas):
+            if product_id not in stock:
                 continue
+            row = (
+                event.id,
+                event.event_type,
+                product_id,
+                delta,
+                source,
+                event.aggregate_version,
+                remaining[product_id],
+            )
+            movements.append(row)
+            remaining[product_id] -= delta
+        if movements:
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP)"] * len(movements))
+            cursor.execute(_INSERT_MOVEMENTS + values, [value for row in movements[::-1] for value in row])
+        state["applied"] = {str(k): v for k, v in applied.items()}
+        cursor.execute(_SAVE_SOURCE, [todo[-1].aggregate_version, json.dumps(state, sort_keys=True), source])
+
+
+def _move_stock(cursor: Any, deltas: list[tuple[Event, int, int]]) -> dict[int, int]:
+    """Add the deltas to the products' stock, in product order; return each product's new stock."""
+    totals: dict[int, int] = {}
+    for _, product_id, delta in deltas:
+        totals[product_id] = totals.get(product_id, 0) + delta
+    totals = {k: v for k, v in sorted(totals.items()) if v}
+    stock: dict[int, int] = {}
+    if not totals:
+        # Changes that cancel out still need each product's stock for the ledger rows.
+        ids = sorted({product_id for _, product_id, _ in deltas})
+        if ids:
+            stock = dict(Product.objects.filter(id__in=ids).values_list("id", "stock"))
+        return stock
+    if connection.vendor == "postgresql":
+        # Lock in id order first: two groups touching the same products cannot deadlock.
+        cursor.execute(_LOCK_PRODUCTS, [list(totals)])
+        cursor.execute(_MOVE_STOCKS, [list(totals), list(totals.values())])
+        stock = {row[0]: row[1] for row in cursor.fetchall()}
+    else:
+        for product_id, delta in totals.items():
             cursor.execute(_MOVE_STOCK, [delta, product_id])
             row = cursor.fetchone()
-            if row is None:
-                logger.warning("inventory: product %s no longer exists; event %s moves nothing", product_id, event.id)
-                continue
-            if row[0] < 0 and delta < 0:
-                logger.warning(
-                    "inventory: product %s is backordered: stock %d after %s (event %s)",
-                    product_id,
-                    row[0],
-                    source,
-                    event.id,
-                )
-            movements.append(
-                StockMovement(
-                    event_id=event.id,
-                    event_type=event.event_type,
-                    product_id=product_id,
-                    quantity=delta,
-                    source=source,
-                    version=event.aggregate_version,
-                    stock_after=row[0],
-                )
-            )
-        StockMovement.objects.bulk_create(movements)
-        state["applied"] = {str(k): v for k, v in wanted.items() if v}
-        cursor.execute(_SAVE_SOURCE, [event.aggregate_version, json.dumps(state, sort_keys=True), source])
+            if row is not None:
+                stock[product_id] = row[0]
+    for product_id in {p for _, p, _ in deltas} - set(totals):
+        value = Product.objects.filter(id=product_id).values_list("stock", flat=True).first()
+        if value is not None:
+            stock[product_id] = value
+    for product_id, delta in totals.items():
+        if product_id not in stock:
+            logger.warning("inventory: product %s no longer exists; its movement is not recorded", product_id)
+        elif stock[product_id] < 0 and delta < 0:
+            logger.warning("inventory: product %s is backordered: stock %d", product_id, stock[product_id])
+    return stock

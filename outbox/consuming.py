@@ -1,9 +1,11 @@
-"""Running one consumer over the events of one message, each event on its own.
+"""Running one consumer over the events of one message.
 
-A message carries the ids of a batch of events for one consumer. Each event is applied with its
-tracking row (`delivery_begin`) in its own transaction or savepoint, so that a duplicate is skipped,
-and a poison event fails alone: its delivery is recorded failed (then dead, when no retry is
-left) with the error, and the rest of the batch is applied.
+A message carries the ids of a batch of events for one consumer. Events are applied in small
+groups (one aggregate's events, say), each in a transaction of its own with the events' tracking
+rows (`deliveries_begin`), so that a duplicate is skipped, no lock is held across the batch, and
+a poison event fails alone: a failed group is tried again event by event, and the failing
+event's delivery is recorded failed (then dead, when no retry is left) with the error, while the
+rest of the batch is applied.
 
 The worker retries a message with failed events (Dramatiq's backoff); the retry skips what is done
 and what is already dead, so only the failed events run again.
@@ -11,19 +13,19 @@ and what is already dead, so only the failed events run again.
 
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dramatiq
 from django.db import connection, transaction
 from dramatiq.middleware import CurrentMessage
 
-from outbox.deliveries import delivery_begin, delivery_fail
+from outbox.deliveries import deliveries_begin, delivery_fail
 from outbox.models import Delivery, Event
 
 logger = logging.getLogger("outbox.consumer")
 
-Handler = Callable[[Event], object]
+Handler = Callable[[list[Event]], object]
 
 
 class PermanentError(Exception):
@@ -93,15 +95,23 @@ def consume(
     consumer: str,
     event_ids: object,
     handle: Handler,
+    group_by: Callable[[Event], object] | None = None,
+    together: bool = False,
     atomic: bool = True,
     attempt: Attempt | None = None,
 ) -> Outcome:
-    """Apply `handle` to each event of the message not yet done by `consumer`.
+    """Apply `handle` to the message's events not yet done by `consumer`.
 
-    `atomic=True`: the handler runs in a transaction with the event's tracking row, the whole
-    batch in one transaction with a savepoint per event. `atomic=False`: the handler manages its
-    own transactions and calls delivery_begin() itself (a consumer with a side effect outside the
-    database, which must not run inside a transaction).
+    `handle` takes a list of events. With `atomic=True` each group of events (by `group_by`;
+    each event alone without it) is handled in a transaction of its own, with the events'
+    tracking rows: the effect and the `done` record commit together, and a duplicate finds the
+    record and is skipped. A group that fails is tried again event by event, so a poison event
+    fails alone. `together=True` first tries the whole message as one group (for a consumer that
+    takes no lock that another message could take in another order), then falls back to groups.
+
+    With `atomic=False` the handler gets one event at a time and manages its own transactions,
+    calling delivery_begin() itself (a side effect outside the database must not run inside a
+    transaction).
 
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
@@ -130,10 +140,23 @@ def consume(
             permanent.add(event_id)
     runnable = [events[i] for i in sorted(events)]
     if atomic:
-        with transaction.atomic():
-            _run(consumer, runnable, handle, outcome, permanent, savepoints=True)
+
+        def split(events: list[Event]) -> list[list[Event]]:
+            groups: dict[object, list[Event]] = {}
+            for event in events:
+                key = group_by(event) if group_by and len(events) > 1 else event.id
+                groups.setdefault(key, []).append(event)
+            if len(groups) == 1 and len(events) > 1:  # one group failed: each event alone
+                return [[event] for event in events]
+            for group in groups.values():
+                group.sort(key=lambda e: (e.aggregate_version, e.id))
+            return list(groups.values())
+
+        for group in [runnable] if together and len(runnable) > 1 else split(runnable):
+            _run_group(consumer, group, handle, outcome, permanent, split)
     else:
-        _run(consumer, runnable, handle, outcome, permanent, savepoints=False)
+        for event in runnable:
+            _run_alone(event, handle, outcome, permanent)
     if outcome.failed:
         _record_failures(consumer, outcome, permanent, attempt, events)
     retry = [i for i in outcome.failed if i not in outcome.dead]
@@ -142,28 +165,48 @@ def consume(
     return outcome
 
 
-def _run(
-    consumer: str, events: Iterable[Event], handle: Handler, outcome: Outcome, permanent: set[int], *, savepoints: bool
+def _failure(exc: Exception, event_id: int, outcome: Outcome, permanent: set[int]) -> None:
+    if isinstance(exc, PermanentError):
+        outcome.failed[event_id] = str(exc)
+        permanent.add(event_id)
+        return
+    if connection.connection is not None and not connection.is_usable():
+        raise exc  # the database went away: the whole message is retried
+    outcome.failed[event_id] = error_text(exc)
+
+
+def _run_group(
+    consumer: str,
+    group: list[Event],
+    handle: Handler,
+    outcome: Outcome,
+    permanent: set[int],
+    split: Callable[[list[Event]], list[list[Event]]],
 ) -> None:
-    for event in events:
-        try:
-            if savepoints:
-                with transaction.atomic():
-                    if not delivery_begin(event_id=event.id, consumer=consumer):
-                        outcome.skipped.append(event.id)
-                        continue
-                    handle(event)
-            else:
-                handle(event)
-        except PermanentError as exc:
-            outcome.failed[event.id] = str(exc)
-            permanent.add(event.id)
-        except Exception as exc:
-            if connection.connection is not None and not connection.is_usable():
-                raise  # the database went away: the whole message is retried
-            outcome.failed[event.id] = error_text(exc)
-        else:
-            outcome.done.append(event.id)
+    try:
+        with transaction.atomic():
+            begun = deliveries_begin(event_ids=[e.id for e in group], consumer=consumer)
+            todo = [e for e in group if e.id in begun]
+            if todo:
+                handle(todo)
+    except Exception as exc:
+        if len(group) > 1:
+            for part in split(group):  # find the poison: smaller groups, down to each event alone
+                _run_group(consumer, part, handle, outcome, permanent, split)
+            return
+        _failure(exc, group[0].id, outcome, permanent)
+        return
+    outcome.done.extend(e.id for e in todo)
+    outcome.skipped.extend(e.id for e in group if e.id not in begun)
+
+
+def _run_alone(event: Event, handle: Handler, outcome: Outcome, permanent: set[int]) -> None:
+    try:
+        handle([event])
+    except Exception as exc:
+        _failure(exc, event.id, outcome, permanent)
+    else:
+        outcome.done.append(event.id)
 
 
 def _record_failures(

@@ -66,57 +66,96 @@ class SealGap(Exception):
     """Events of the aggregate between its last seal and this event are missing."""
 
 
-def _lock(aggregate_type: str, aggregate_id: str) -> None:
+def seal(event: Event) -> str:
+    """Seal the event, and any earlier unsealed event of its aggregate; return its seal."""
+    return seal_many([event])[event.id]
+
+
+_LAST_SEALS = """
+SELECT DISTINCT ON (aggregatetype, aggregateid) aggregatetype, aggregateid, aggregate_version, seal
+FROM outbox_seal
+WHERE (aggregatetype, aggregateid) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+ORDER BY aggregatetype, aggregateid, aggregate_version DESC
+"""
+
+
+def _last_seals(aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"{aggregate_type}:{aggregate_id}"]
-            )
+            cursor.execute(_LAST_SEALS, [[a[0] for a in aggregates], [a[1] for a in aggregates]])
+            return {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
+    found = {}
+    for kind, ident in aggregates:
+        row = (
+            Seal.objects.filter(aggregate_type=kind, aggregate_id=ident)
+            .order_by("-aggregate_version")
+            .values_list("aggregate_version", "seal")
+            .first()
+        )
+        if row:
+            found[(kind, ident)] = row
+    return found
 
 
-def seal(event: Event) -> str:
-    """Seal the event, and any earlier unsealed event of its aggregate; return its seal.
+def seal_many(events: list[Event]) -> dict[int, str]:
+    """Seal the events, and any earlier unsealed events of their aggregates; return {event id: seal}.
 
-    Runs inside the caller's transaction; sealing an aggregate is serialized by a lock.
+    Seals are a function of the log, so two workers sealing the same events compute the same
+    rows: the insert keeps whichever commits first, and no lock is needed.
     """
-    _lock(event.aggregate_type, event.aggregate_id)
-    seals = Seal.objects.filter(aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id)
-    last = seals.order_by("-aggregate_version").values_list("aggregate_version", "seal").first()
-    last_version, previous = last if last else (0, GENESIS)
-    if last_version >= event.aggregate_version:
-        return seals.get(aggregate_version=event.aggregate_version).seal
-    if event.aggregate_version == last_version + 1:
-        todo = [event]
-    else:
-        todo = list(
-            Event.objects.filter(
-                aggregate_type=event.aggregate_type,
-                aggregate_id=event.aggregate_id,
-                aggregate_version__gt=last_version,
-                aggregate_version__lte=event.aggregate_version,
-            ).order_by("aggregate_version")
-        )
-        if len(todo) != event.aggregate_version - last_version:
-            raise SealGap(
-                f"{event.aggregate_type}:{event.aggregate_id} has {len(todo)} events in versions "
-                f"{last_version + 1}..{event.aggregate_version}; some were removed before they were sealed. "
-                "Run outbox_verify to see which."
-            )
+    by_aggregate: dict[tuple[str, str], dict[int, Event]] = {}
+    for event in events:
+        by_aggregate.setdefault((event.aggregate_type, event.aggregate_id), {})[event.aggregate_version] = event
+    last = _last_seals(list(by_aggregate))
     key = seal_key()
-    rows = []
-    for item in todo:
-        previous = chain(previous, item, key)
-        rows.append(
-            Seal(
-                event_id=item.id,
-                aggregate_type=item.aggregate_type,
-                aggregate_id=item.aggregate_id,
-                aggregate_version=item.aggregate_version,
-                seal=previous,
+    result: dict[int, str] = {}
+    rows: list[Seal] = []
+    for (kind, ident), known in by_aggregate.items():
+        last_version, previous = last.get((kind, ident), (0, GENESIS))
+        top = max(known)
+        already = [v for v in known if v <= last_version]
+        if already:  # sealed before (a replay): read their seals
+            for event_id, value in Seal.objects.filter(
+                aggregate_type=kind, aggregate_id=ident, aggregate_version__in=already
+            ).values_list("event_id", "seal"):
+                result[event_id] = value
+        if top <= last_version:
+            continue
+        needed = range(last_version + 1, top + 1)
+        if any(v not in known for v in needed):
+            known = dict(known)
+            known.update(
+                {
+                    e.aggregate_version: e
+                    for e in Event.objects.filter(
+                        aggregate_type=kind,
+                        aggregate_id=ident,
+                        aggregate_version__gt=last_version,
+                        aggregate_version__lte=top,
+                    ).exclude(aggregate_version__in=list(known))
+                }
             )
-        )
-    Seal.objects.bulk_create(rows)
-    return previous
+            gone = [v for v in needed if v not in known]
+            if gone:
+                raise SealGap(
+                    f"{kind}:{ident}: versions {gone} are missing from the event log; they were removed "
+                    "before they were sealed. Run outbox_verify to see the whole picture."
+                )
+        for version in needed:
+            item = known[version]
+            previous = chain(previous, item, key)
+            result[item.id] = previous
+            rows.append(
+                Seal(
+                    event_id=item.id,
+                    aggregate_type=kind,
+                    aggregate_id=ident,
+                    aggregate_version=version,
+                    seal=previous,
+                )
+            )
+    Seal.objects.bulk_create(rows, ignore_conflicts=True)
+    return result
 
 
 @dataclass(frozen=True)
