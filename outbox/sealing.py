@@ -213,9 +213,24 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
     event, sealed = next(event_iter, None), next(seal_iter, None)
     seen: dict[tuple[str, str], int] = {}
     previous: dict[tuple[str, str], str] = {}
+
+    def gap_check(name: tuple[str, str], version: int) -> None:
+        last = seen.get(name, 0)
+        if version > last + 1:
+            problems.append(
+                Problem(
+                    "missing_versions",
+                    ":".join(name),
+                    None,
+                    None,
+                    f"versions {last + 1}..{version - 1} have neither an event nor a seal: removed",
+                )
+            )
+
     while event is not None or sealed is not None:
         if sealed is not None and (event is None or position(sealed) < position(event)):
             name = (sealed.aggregate_type, sealed.aggregate_id)
+            gap_check(name, sealed.aggregate_version)
             if sealed.purged_at is None:
                 problems.append(
                     Problem(
@@ -232,6 +247,7 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
             continue
         assert event is not None
         name = (event.aggregate_type, event.aggregate_id)
+        gap_check(name, event.aggregate_version)
         report.events += 1
         if sealed is not None and position(sealed) == position(event):
             expected = chain(previous.get(name, GENESIS), event, key)

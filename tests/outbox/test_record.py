@@ -1,0 +1,168 @@
+"""The event log as a record: append-only in PostgreSQL, sealed, verified, purged only when settled."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
+
+from consumers import audit
+from core import services
+from outbox.models import Delivery, Event, Pending, Replay, Seal
+from outbox.purge import parse_age, purge_settled
+from outbox.sealing import verify
+from tests.outbox.helpers import events
+from tests.processes import REPO, database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def registered(n: int) -> list[int]:
+    for i in range(n):
+        services.customer_create(name=f"C{i}", email=f"c{i}@example.com")
+    return list(Event.objects.order_by("id").values_list("id", flat=True))
+
+
+def settle(ids: list[int]) -> None:
+    """As if relayed and handled: not pending, done, sealed (the audit consumer seals)."""
+    Pending.objects.filter(event_id__in=ids).delete()
+    audit.audit_events(event_ids=ids)
+
+
+def behind_the_back(sql: str, params: list[object] | None = None) -> None:
+    """Change outbox_event as someone with direct database access would: triggers off."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE outbox_event DISABLE TRIGGER outbox_event_append_only")
+        try:
+            cursor.execute(sql, params or [])
+        finally:
+            cursor.execute("ALTER TABLE outbox_event ENABLE TRIGGER outbox_event_append_only")
+
+
+def test_the_application_can_neither_update_nor_delete_an_event() -> None:
+    event_id = registered(1)[0]
+    with pytest.raises(DatabaseError, match="outbox_event is append-only: UPDATE"), transaction.atomic():
+        Event.objects.filter(pk=event_id).update(actor="someone else")
+    with pytest.raises(DatabaseError, match="outbox_event is append-only: DELETE"), transaction.atomic():
+        Event.objects.filter(pk=event_id).delete()
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE outbox_event SET payload = '{}' WHERE id = %s", [event_id])
+    assert Event.objects.get(pk=event_id).actor == "system"
+
+
+def test_seals_and_replay_records_cannot_be_changed_either() -> None:
+    ids = registered(1)
+    settle(ids)
+    with pytest.raises(DatabaseError, match="outbox_seal is append-only"), transaction.atomic():
+        Seal.objects.filter(event_id=ids[0]).update(seal="0" * 64)
+    with pytest.raises(DatabaseError, match="outbox_seal is append-only"), transaction.atomic():
+        Seal.objects.filter(event_id=ids[0]).delete()
+    replay = Replay.objects.create(requested_by="x", reason="y", source="test")
+    with pytest.raises(DatabaseError, match="outbox_replay is append-only"), transaction.atomic():
+        Replay.objects.filter(pk=replay.pk).update(reason="changed")
+
+
+def test_verify_passes_on_an_untouched_log_and_names_an_edited_event() -> None:
+    ids = registered(3)
+    services.customer_create(name="D", email="d@example.com")
+    customer_events = list(Event.objects.order_by("id").values_list("id", flat=True))
+    settle(customer_events)
+    assert verify().problems == []
+    behind_the_back("UPDATE outbox_event SET actor = 'user:mallory' WHERE id = %s", [ids[1]])
+    problems = verify().problems or []
+    assert [(p.kind, p.event_id) for p in problems] == [("changed", ids[1])]
+    assert "no longer match its seal" in str(problems[0])
+
+
+def test_verify_names_a_removed_event_and_versions_removed_before_sealing() -> None:
+    customer = services.customer_create(name="A", email="a@example.com")
+    for i in range(3):
+        customer.name = f"A{i}"
+        customer.save()
+    ids = list(Event.objects.order_by("aggregate_version").values_list("id", flat=True))
+    settle(ids[:2])  # versions 1 and 2 sealed; 3 and 4 not yet
+    behind_the_back("DELETE FROM outbox_event WHERE id = ANY(%s)", [[ids[1], ids[2]]])
+    problems = verify(unsealed_grace=timedelta(0)).problems or []
+    assert sorted((p.kind, p.event_id, p.version) for p in problems if p.kind != "missing_versions") == [
+        ("removed", ids[1], 2),
+        ("unsealed", ids[3], 4),
+    ]
+    assert [str(p) for p in problems if p.kind == "missing_versions"] == [
+        f"MISSING_VERSIONS: (customer:{customer.pk}): versions 3..3 have neither an event nor a seal: removed"
+    ]
+    # The consumer refuses to seal past the gap, and says where to look.
+    Pending.objects.all().delete()
+    audit.audit_events(event_ids=[ids[3]])
+    delivery = Delivery.objects.get(event_id=ids[3], consumer="audit_log")
+    assert delivery.status == "dead"
+    assert "outbox_verify" in delivery.last_error
+
+
+def test_outbox_verify_command_reports_and_exits_1_on_tampering() -> None:
+    ids = registered(2)
+    settle(ids)
+    env = {"DJANGO_SETTINGS_MODULE": "settings.test", "DATABASE_URL": database_url(), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(
+        [sys.executable, "manage.py", "outbox_verify"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "Verified 2 events in 2 aggregates: the chains hold." in ok.stdout
+    behind_the_back("UPDATE outbox_event SET payload = '{\"state\": {}}' WHERE id = %s", [ids[0]])
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "outbox_verify", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert [(p["kind"], p["event_id"]) for p in report["problems"]] == [("changed", ids[0])]
+
+
+def test_purge_deletes_only_settled_events_archives_them_and_the_chain_still_verifies(tmp_path: Path) -> None:
+    ids = registered(5)
+    settle(ids[:3])
+    Pending.objects.filter(event_id=ids[3]).delete()
+    Delivery.objects.create(event_id=ids[3], consumer="audit_log", status="dead", last_error="boom")
+    # ids[4] is still pending.
+    archive = tmp_path / "archive.jsonl"
+    dry = purge_settled(older_than=timedelta(0), dry_run=True)
+    assert (dry.events, Event.objects.count()) == (3, 5)
+    summary = purge_settled(older_than=timedelta(0), batch_size=2, archive=archive)
+    assert (summary.events, summary.batches, summary.kept_unsettled) == (3, 2, 2)
+    assert sorted(Event.objects.values_list("id", flat=True)) == ids[3:]
+    archived = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert [row["id"] for row in archived] == ids[:3]
+    assert all(row["seal"] for row in archived)
+    assert Seal.objects.filter(event_id__in=ids[:3], purged_at__isnull=False).count() == 3
+    assert [p.kind for p in verify(unsealed_grace=timedelta(days=1)).problems or []] == []
+    # Younger than the cutoff: kept.
+    assert purge_settled(older_than=timedelta(days=1)).events == 0
+
+
+def test_the_database_refuses_to_purge_an_unsettled_event() -> None:
+    ids = registered(1)
+    with pytest.raises(DatabaseError, match="only settled events may be purged"), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL outbox.purge = 'on'")
+        Event.objects.filter(pk=ids[0]).delete()
+    assert Event.objects.filter(pk=ids[0]).exists()
+
+
+@pytest.mark.parametrize("text", ["90", "d", "0d", "-1d", "3w", "1.5h"])
+def test_an_age_that_is_not_one_says_what_to_write(text: str) -> None:
+    with pytest.raises(ValueError, match=r"Write a whole number and a unit: 90d"):
+        parse_age(text)
+
+
+def test_ages_parse() -> None:
+    assert parse_age("90d") == timedelta(days=90)
+    assert parse_age("12h") == timedelta(hours=12)
+    assert events().count() == 0
+    assert timezone.now()
