@@ -1,5 +1,7 @@
 """Outbox settings, each read lazily so that tests and deployments can override them."""
 
+from typing import Any
+
 from django.conf import settings
 
 
@@ -40,3 +42,23 @@ def redelivery_seconds() -> float:
 def actor_modules() -> list[str]:
     """The module names (per app) in which the worker finds its Dramatiq actors."""
     return list(getattr(settings, "DRAMATIQ_AUTODISCOVER_MODULES", ["tasks"]))
+
+
+def heartbeat_seconds() -> float:
+    """How often a relay records that it is alive (its RelayHeartbeat row)."""
+    return float(getattr(settings, "OUTBOX_HEARTBEAT_SECONDS", 5.0))
+
+
+def heartbeat_stale_seconds() -> float:
+    """How old a relay's last beat may be before status reports call the relay stale."""
+    return float(getattr(settings, "OUTBOX_HEARTBEAT_STALE_SECONDS", 30.0))
+
+
+def periodic_jobs() -> dict[str, dict[str, Any]]:
+    """Job name → {"callable": dotted path, "daily_at": "HH:MM" (UTC), "kwargs": {...}}."""
+    return dict(getattr(settings, "OUTBOX_PERIODIC_JOBS", {}))
+
+
+def metrics_token() -> str:
+    """The bearer token that lets a scraper read /metrics without a staff login ("" = none)."""
+    return str(getattr(settings, "METRICS_TOKEN", ""))

@@ -5,6 +5,9 @@ the batch's event ids (no transaction open), mark the batch published (another s
 transaction). Between batches an idle relay waits on PostgreSQL's LISTEN for the insert trigger's
 notification, or polls where there is none. A broker outage releases the batch uncounted and
 backs off with jitter; a database outage does the same on the database side.
+
+Between batches the relay also beats its heartbeat (outbox_relay_heartbeat, for status reports)
+and starts the periodic jobs that are due (outbox/jobs.py).
 """
 
 import logging
@@ -16,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -23,12 +27,15 @@ import dramatiq
 import psycopg
 import redis
 from django.db import DatabaseError, connection
+from django.utils import timezone
 
 from outbox import claims, conf, routing, sweeper
+from outbox.heartbeats import heartbeat_beat, heartbeat_forget
+from outbox.jobs import JobRunner
 
 logger = logging.getLogger(__name__)
 
-BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramatiq.errors.ConnectionError, OSError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramatiq.errors.BrokerConnectionError, OSError)
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 10.0
 
@@ -78,12 +85,17 @@ class Relay:
     lease: float = field(default_factory=conf.lease_seconds)
     poll: float = field(default_factory=conf.poll_seconds)
     redelivery: float = field(default_factory=conf.redelivery_seconds)
+    heartbeat: float = field(default_factory=conf.heartbeat_seconds)
     stats: RelayStats = field(default_factory=RelayStats)
     stopping: threading.Event = field(default_factory=threading.Event)
     broker: Outage = field(default_factory=lambda: Outage("Broker"))
     database: Outage = field(default_factory=lambda: Outage("Database"))
+    # Checks OUTBOX_PERIODIC_JOBS when the relay is created, before it claims anything.
+    jobs: JobRunner = field(default_factory=JobRunner)
+    started_at: datetime = field(default_factory=timezone.now)
     _listener: psycopg.Connection[Any] | None = None
     _next_sweep: float = 0.0
+    _next_beat: float = 0.0
 
     # --- one batch ----------------------------------------------------------------------------
 
@@ -169,6 +181,11 @@ class Relay:
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + max(1.0, self.redelivery / 4)
                     moved += self.sweep()
+                if time.monotonic() >= self._next_beat:
+                    self._next_beat = time.monotonic() + self.heartbeat
+                    self.beat()
+                if not once:
+                    self.jobs.run_due(runner=self.name)
                 self.database.succeeded()
             except DatabaseError as e:
                 named = False
@@ -181,6 +198,8 @@ class Relay:
                 break
             self.wait_for_events()
         self._close_listener()
+        self.jobs.wait()
+        self._forget()
         logger.info(
             "Relay %s stopped: %d events in %d batches, %d republished",
             self.name,
@@ -189,6 +208,17 @@ class Relay:
             self.stats.republished,
         )
         return self.stats
+
+    def beat(self) -> None:
+        """Record in the relay's heartbeat row that it is alive, and how many events it relayed."""
+        heartbeat_beat(name=self.name, pid=os.getpid(), started_at=self.started_at, events_relayed=self.stats.published)
+
+    def _forget(self) -> None:
+        """Remove the heartbeat row of a relay that stops cleanly (best effort: the database may be down)."""
+        try:
+            heartbeat_forget(name=self.name)
+        except DatabaseError as e:
+            logger.warning("Relay %s could not remove its heartbeat row: %s", self.name, e)
 
     def stop(self, *_: object) -> None:
         """Finish the batch in hand, then leave the loop."""

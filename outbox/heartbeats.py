@@ -1,0 +1,59 @@
+"""Relay heartbeats: each relay's row in outbox_relay_heartbeat, written by its loop.
+
+A beat is one upsert in autocommit, never inside another transaction (and so never inside one
+open across a broker call). `beat_at` comes from the database clock on PostgreSQL, so that the
+age that status reports compute (also on the database clock) does not depend on the relays'
+machines keeping time.
+"""
+
+import socket
+from datetime import datetime, timedelta
+
+from django.db import connection
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from outbox.claims import pg_execute
+from outbox.models import RelayHeartbeat
+
+_PG_BEAT = """
+INSERT INTO outbox_relay_heartbeat (name, host, pid, started_at, beat_at, events_relayed)
+VALUES (%s, %s, %s, %s, now(), %s)
+ON CONFLICT (name) DO UPDATE
+    SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
+        beat_at = EXCLUDED.beat_at, events_relayed = EXCLUDED.events_relayed
+"""
+
+
+def heartbeat_beat(*, name: str, pid: int, started_at: datetime, events_relayed: int) -> None:
+    """Record that the relay `name` is alive now, with how many events it has relayed."""
+    host = socket.gethostname()
+    if connection.vendor == "postgresql":
+        pg_execute(_PG_BEAT, [name, host, pid, started_at, events_relayed])
+        return
+    RelayHeartbeat.objects.update_or_create(
+        name=name,
+        defaults={
+            "host": host,
+            "pid": pid,
+            "started_at": started_at,
+            "beat_at": timezone.now(),
+            "events_relayed": events_relayed,
+        },
+    )
+
+
+def heartbeat_forget(*, name: str) -> None:
+    """Remove the relay's row: it stopped cleanly, so it is neither alive nor stale."""
+    RelayHeartbeat.objects.filter(name=name).delete()
+
+
+def heartbeats_forget_stale(*, older_than: float) -> list[str]:
+    """Remove the rows of relays whose last beat is more than `older_than` seconds old; return their names.
+
+    For relays that were killed (or whose machine died): their rows stay until removed.
+    """
+    stale = RelayHeartbeat.objects.filter(beat_at__lt=Now() - timedelta(seconds=older_than))
+    names = sorted(stale.values_list("name", flat=True))
+    RelayHeartbeat.objects.filter(name__in=names).delete()
+    return names
