@@ -5,7 +5,9 @@ With no environment at all the project runs on the *embedded default*: SQLite an
 in-process broker, so that a laptop with nothing but Python can run it.
 """
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import django_stubs_ext
 import environ
@@ -181,6 +183,29 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 EMAIL_NOTICE_LEASE_SECONDS = env.float("EMAIL_NOTICE_LEASE_SECONDS", default=3.0 * EMAIL_TIMEOUT)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="shop@localhost")
 SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
+
+# --- Periodic jobs ----------------------------------------------------------------------------
+# Run by the relays, each once per day (outbox/jobs.py): "daily_at" is a UTC time of day from which
+# the day's run is due. An empty SALES_SUMMARY_AT turns the sales summary off.
+SALES_SUMMARY_AT = env.str("SALES_SUMMARY_AT", default="06:00")
+# Settled events older than this many days are purged (and their deliveries); unset, nothing is.
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=None)
+OUTBOX_RETENTION_PURGE_AT = env.str("OUTBOX_RETENTION_PURGE_AT", default="03:00")
+OUTBOX_PURGE_BATCH_SIZE = env.int("OUTBOX_PURGE_BATCH_SIZE", default=5000)
+OUTBOX_PERIODIC_JOBS: dict[str, dict[str, Any]] = {}
+if SALES_SUMMARY_AT:
+    # Yesterday's orders, e-mailed to the active staff users (core/reports.py).
+    OUTBOX_PERIODIC_JOBS["sales_summary"] = {
+        "callable": "core.reports.sales_summary_send",
+        "daily_at": SALES_SUMMARY_AT,
+    }
+if OUTBOX_RETENTION_DAYS is not None:
+    OUTBOX_PERIODIC_JOBS["retention_purge"] = {
+        # By dotted path, imported when the job runs.
+        "callable": "outbox.purge.purge_settled",
+        "daily_at": OUTBOX_RETENTION_PURGE_AT,
+        "kwargs": {"older_than": timedelta(days=OUTBOX_RETENTION_DAYS), "batch_size": OUTBOX_PURGE_BATCH_SIZE},
+    }
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+# No daily sales summary from the relays that tests start, unless a test asks for it: it would
+# e-mail the tests' staff users through the tests' SMTP servers.
+os.environ.setdefault("SALES_SUMMARY_AT", "")
 
 from .base import *  # noqa: F403
 
