@@ -1,0 +1,154 @@
+"""Replay from the command line, and the roles' permissions over HTTP."""
+
+import json
+from io import StringIO
+
+import pytest
+import redis
+from django.contrib.auth.models import Group, User
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from core import services
+from outbox.models import Delivery, Event, Replay, ReplayItem
+from tests.outbox.helpers import events
+
+REDIS_DB_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(autouse=True)
+def empty_queues() -> None:
+    redis.Redis.from_url(REDIS_DB_URL).flushdb()
+
+
+def queued(queue: str = "audit") -> list[int]:
+    ids: list[int] = []
+    for raw in redis.Redis.from_url(REDIS_DB_URL).hvals(f"dramatiq:{queue}.msgs"):
+        ids += json.loads(raw)["args"][0]
+    return sorted(ids)
+
+
+@pytest.fixture
+def deliveries(db: None) -> list[Delivery]:
+    for i in range(3):
+        services.customer_create(name=f"C{i}", email=f"c{i}@example.com")
+    ids = list(events().order_by("id").values_list("id", flat=True))
+    return [
+        Delivery.objects.create(event_id=ids[0], consumer="audit_log", status="dead", attempts=6, last_error="boom"),
+        Delivery.objects.create(event_id=ids[1], consumer="audit_log", status="failed", attempts=1, last_error="x"),
+        Delivery.objects.create(event_id=ids[2], consumer="audit_log", status="done", attempts=1),
+    ]
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("outbox_replay", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_a_dry_run_shows_what_would_be_sent_and_sends_nothing(deliveries: list[Delivery]) -> None:
+    out = run("--dry-run")
+    assert "Would send 2 deliveries (audit_log: 2)." in out
+    assert "customer.registered" in out
+    assert "boom" in out
+    assert queued() == []
+    assert not Replay.objects.exists()
+    assert Delivery.objects.get(pk=deliveries[0].pk).status == "dead"
+
+
+def test_a_replay_needs_a_reason(deliveries: list[Delivery]) -> None:
+    with pytest.raises(CommandError, match="Say why with --reason"):
+        run()
+    assert queued() == []
+
+
+def test_a_replay_sends_failed_and_dead_deliveries_and_is_recorded(deliveries: list[Delivery]) -> None:
+    out = run("--reason", "SMTP was down", "--consumer", "audit_log")
+    assert "Sent 2 deliveries again (audit_log: 2); recorded as replay" in out
+    assert queued() == sorted([deliveries[0].event_id, deliveries[1].event_id])
+    replay = Replay.objects.get()
+    assert (replay.reason, replay.deliveries, replay.forced, replay.source) == (
+        "SMTP was down",
+        2,
+        False,
+        "command:outbox_replay",
+    )
+    assert replay.requested_by.startswith("command:")
+    assert replay.criteria == {"consumers": ["audit_log"], "statuses": ["failed", "dead"]}
+    assert sorted(ReplayItem.objects.values_list("previous_status", flat=True)) == ["dead", "failed"]
+    statuses = dict(Delivery.objects.values_list("id", "status"))
+    assert [statuses[d.pk] for d in deliveries] == ["published", "published", "done"]
+
+
+def test_a_done_delivery_is_left_out_unless_forced(deliveries: list[Delivery]) -> None:
+    done = deliveries[2]
+    out = run("--event-id", str(done.event_id), "--status", "done", "--reason", "check")
+    assert "Left out 1 deliveries that are done" in out
+    assert queued() == []
+    out = run("--event-id", str(done.event_id), "--force", "--reason", "rebuild the audit file")
+    assert "Sent 1 deliveries again" in out
+    assert queued() == [done.event_id]
+    assert Replay.objects.get().forced is True
+
+
+def test_filters_narrow_by_type_aggregate_and_time(deliveries: list[Delivery]) -> None:
+    event = Event.objects.get(pk=deliveries[1].event_id)
+    out = run("--dry-run", "--aggregate", f"customer:{event.aggregate_id}")
+    assert "Would send 1 deliveries" in out
+    assert "No delivery matches" in run("--dry-run", "--type", "order.placed")
+    assert "No delivery matches" in run("--dry-run", "--since", "2999-01-01")
+    with pytest.raises(CommandError, match="--since takes a date or a time"):
+        run("--dry-run", "--since", "yesterday")
+
+
+def test_a_replay_to_a_consumer_that_does_not_exist_is_refused(deliveries: list[Delivery]) -> None:
+    Delivery.objects.filter(pk=deliveries[0].pk).update(consumer="retired")
+    with pytest.raises(CommandError, match="No consumer named retired exists"):
+        run("--reason", "try")
+    assert not Replay.objects.exists()
+
+
+def test_roles_exist_with_their_permissions(db: None) -> None:
+    auditors = set(Group.objects.get(name="Auditors").permissions.values_list("codename", flat=True))
+    operators = set(Group.objects.get(name="Operators").permissions.values_list("codename", flat=True))
+    assert {"view_event", "view_delivery", "view_order", "view_stockmovement"} <= auditors
+    assert not any(code.startswith(("add_", "change_", "delete_")) for code in auditors)
+    assert operators - auditors == {"replay_delivery"}
+
+
+@pytest.fixture
+def auditor(db: None) -> Client:
+    user = User.objects.create_user("ivy", "ivy@example.com", "pw", is_staff=True)
+    user.groups.add(Group.objects.get(name="Auditors"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_an_auditor_reads_but_cannot_change_delete_or_replay(auditor: Client, deliveries: list[Delivery]) -> None:
+    order = services.order_create(
+        customer=services.customer_create(name="Z", email="z@example.com"),
+        lines=[services.LineRequest(sku=services.product_create(sku="P1", name="P", price=1).sku, quantity=1)],
+    )
+    assert auditor.get("/admin/core/order/").status_code == 200
+    assert auditor.get(f"/admin/core/order/{order.pk}/change/").status_code == 200
+    assert auditor.post(f"/admin/core/order/{order.pk}/change/", {"status": "cancelled"}).status_code == 403
+    assert auditor.post(f"/admin/core/order/{order.pk}/delete/", {"post": "yes"}).status_code == 403
+    event = Event.objects.first()
+    assert event is not None
+    assert auditor.post(f"/admin/outbox/event/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = auditor.post(
+        "/admin/outbox/delivery/", {"action": "replay_deliveries", "_selected_action": [deliveries[0].pk]}
+    )
+    assert response.status_code in (200, 302, 403)
+    assert queued() == []
+    assert not Replay.objects.exists()
+
+
+def test_a_post_without_its_csrf_token_is_refused(staff_user: User, customer: object) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    response = client.post("/admin/core/customer/add/", {"name": "Eve", "email": "eve@example.com"})
+    assert response.status_code == 403
+    assert b"CSRF" in response.content
+    assert not User.objects.filter(username="eve").exists()
