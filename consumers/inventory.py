@@ -39,17 +39,19 @@ TAKING_STATUSES = (Order.Status.PLACED, Order.Status.FULFILLED)
 
 logger = logging.getLogger("consumers.inventory")
 
-_LOCK_SOURCE = """
-INSERT INTO inventory_source (source, version, state, updated_at) VALUES (%s, 0, '{}', CURRENT_TIMESTAMP)
-ON CONFLICT (source) DO UPDATE SET updated_at = EXCLUDED.updated_at
-RETURNING version, state
+# Locks are always taken in one global order — sources by name, then products by id — so that
+# workers applying any mix of sources at once can wait for each other but never deadlock.
+_ADD_SOURCES = """
+INSERT INTO inventory_source (source, version, state, updated_at)
+SELECT s, 0, '{}', CURRENT_TIMESTAMP FROM unnest(%s::text[]) AS s ORDER BY s
+ON CONFLICT (source) DO NOTHING
 """
-_INSERT_MOVEMENTS = (
-    "INSERT INTO inventory_movement (event_id, event_type, product_id, quantity, source, version, stock_after, "
-    "created_at) VALUES "
-)
-_SAVE_SOURCE = "UPDATE inventory_source SET version = %s, state = %s WHERE source = %s"
-_MOVE_STOCK = "UPDATE core_product SET stock = stock + %s WHERE id = %s RETURNING stock"
+_LOCK_SOURCES = "SELECT source, version, state FROM inventory_source WHERE source = ANY(%s) ORDER BY source FOR UPDATE"
+_SAVE_SOURCES = """
+UPDATE inventory_source s SET version = d.version, state = d.state, updated_at = CURRENT_TIMESTAMP
+FROM unnest(%s::text[], %s::int[], %s::text[]) AS d(source, version, state)
+WHERE s.source = d.source
+"""
 _LOCK_PRODUCTS = "SELECT id FROM core_product WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 _MOVE_STOCKS = """
 UPDATE core_product p SET stock = p.stock + d.delta
@@ -57,6 +59,18 @@ FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta)
 WHERE p.id = d.id
 RETURNING p.id, p.stock
 """
+# The embedded default (SQLite, one writer at a time) uses one row per statement.
+_LOCK_SOURCE = """
+INSERT INTO inventory_source (source, version, state, updated_at) VALUES (%s, 0, '{}', CURRENT_TIMESTAMP)
+ON CONFLICT (source) DO UPDATE SET updated_at = EXCLUDED.updated_at
+RETURNING source, version, state
+"""
+_SAVE_SOURCE = "UPDATE inventory_source SET version = %s, state = %s, updated_at = CURRENT_TIMESTAMP WHERE source = %s"
+_MOVE_STOCK = "UPDATE core_product SET stock = stock + %s WHERE id = %s RETURNING stock"
+_INSERT_MOVEMENTS = (
+    "INSERT INTO inventory_movement (event_id, event_type, product_id, quantity, source, version, stock_after, "
+    "created_at) VALUES "
+)
 
 
 class VersionGap(Exception):
@@ -66,10 +80,11 @@ class VersionGap(Exception):
 def apply_events(*, event_ids: object) -> None:
     """Apply the stock effect of each event not yet applied (the actor's service).
 
-    The events of one source (an order's placed event and its lines, say) are applied together,
-    in one transaction: one lock, one stock update per product.
+    The whole message is applied in one transaction: one lock per source and per product, one
+    stock update, one ledger insert. If it fails, each source is tried on its own, then each
+    event, so that a poison event fails alone.
     """
-    consume(consumer=CONSUMER, event_ids=event_ids, handle=apply_group, group_by=group_key)
+    consume(consumer=CONSUMER, event_ids=event_ids, handle=apply_sources, group_by=group_key, together=True)
 
 
 def group_key(event: Event) -> str:
@@ -160,94 +175,118 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
     return steps
 
 
-def apply_group(events: list[Event]) -> None:
-    """Bring one source to its group's last version (inside the deliveries' transaction).
+Delta = tuple[Event, int, int]  # (event, product, delta)
 
-    `events` are the source's events in version order, none yet done by this consumer.
-    """
-    source = source_of(events[0])
+
+def _plan(source: str, events: list[Event], applied_version: int, state: dict[str, Any]) -> tuple[list[Delta], int]:
+    """Return the movements that bring the source from its applied version to its events' last,
+    and that version; update `state` to it. `events` are the source's, in version order."""
+    todo = [e for e in events if e.aggregate_version > applied_version]
+    if not todo:
+        return [], applied_version  # a later event of the source already brought it past these
+    applied = {int(k): v for k, v in state.get("applied", {}).items()}
+    is_order = source.startswith("order:")
+    steps = (
+        _order_steps(todo, applied_version)
+        if is_order
+        else [(e.aggregate_version, e.event_type, e.payload, e) for e in todo]
+    )
+    deltas: list[Delta] = []
+    for version, event_type, payload, event in steps:
+        if is_order:
+            fold(state, event_type, _state(event.id if event else version, event_type, payload))
+            wanted = order_wants(state)
+        else:
+            wanted = receipt_wants(event.id if event else version, event_type, payload)
+        if event is None:
+            continue  # not in this message: its change moves with the next event that is
+        for product_id in sorted(wanted.keys() | applied.keys()):
+            delta = wanted.get(product_id, 0) - applied.get(product_id, 0)
+            if delta:
+                deltas.append((event, product_id, delta))
+        applied = {k: v for k, v in wanted.items() if v}
+    state["applied"] = {str(k): v for k, v in applied.items()}
+    return deltas, todo[-1].aggregate_version
+
+
+def apply_sources(events: list[Event]) -> None:
+    """Bring every source of these events to its last version here (inside the deliveries' transaction)."""
+    by_source: dict[str, list[Event]] = {}
+    for event in events:
+        by_source.setdefault(source_of(event), []).append(event)
+    names = sorted(by_source)
     with connection.cursor() as cursor:
-        # Locks the source's row until commit: one worker at a time applies a source.
-        cursor.execute(_LOCK_SOURCE, [source])
-        applied_version, raw_state = cursor.fetchone()
-        todo = [e for e in events if e.aggregate_version > applied_version]
-        if not todo:
-            return  # a later event of the source already brought it past these
-        state: dict[str, Any] = json.loads(raw_state)
-        applied = {int(k): v for k, v in state.get("applied", {}).items()}
-        is_order = source.startswith("order:")
-        steps = (
-            _order_steps(todo, applied_version)
-            if is_order
-            else [(e.aggregate_version, e.event_type, e.payload, e) for e in todo]
-        )
-        deltas: list[tuple[Event, int, int]] = []  # (event, product, delta), in version order
-        for version, event_type, payload, event in steps:
-            if is_order:
-                fold(state, event_type, _state(event.id if event else version, event_type, payload))
-                wanted = order_wants(state)
-            else:
-                wanted = receipt_wants(event.id if event else version, event_type, payload)
-            if event is None:
-                continue  # not in this batch: its change moves with the next event that is
-            for product_id in sorted(wanted.keys() | applied.keys()):
-                delta = wanted.get(product_id, 0) - applied.get(product_id, 0)
-                if delta:
-                    deltas.append((event, product_id, delta))
-            applied = {k: v for k, v in wanted.items() if v}
-        stock = _move_stock(cursor, deltas)
+        rows = _lock_sources(cursor, names)
+        deltas: list[tuple[str, Delta]] = []
+        saved: list[tuple[str, int, str]] = []
+        for name in names:
+            applied_version, raw_state = rows[name]
+            state: dict[str, Any] = json.loads(raw_state)
+            planned, version = _plan(
+                name, sorted(by_source[name], key=lambda e: e.aggregate_version), applied_version, state
+            )
+            if version != applied_version:
+                deltas += [(name, delta) for delta in planned]
+                saved.append((name, version, json.dumps(state, sort_keys=True)))
+        stock = _move_stock(cursor, [delta for _, delta in deltas])
         movements: list[tuple[int, str, int, int, str, int, int]] = []
         remaining = dict(stock)
-        for event, product_id, delta in reversed(deltas):
-            if product_id not in stock:
-                continue
-            row = (
-                event.id,
-                event.event_type,
-                product_id,
-                delta,
-                source,
-                event.aggregate_version,
-                remaining[product_id],
-            )
-            movements.append(row)
-            remaining[product_id] -= delta
+        for name, (event, product_id, delta) in reversed(deltas):
+            if product_id in stock:
+                version = event.aggregate_version
+                movements.append((event.id, event.event_type, product_id, delta, name, version, remaining[product_id]))
+                remaining[product_id] -= delta
         if movements:
             values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP)"] * len(movements))
             cursor.execute(_INSERT_MOVEMENTS + values, [value for row in movements[::-1] for value in row])
-        state["applied"] = {str(k): v for k, v in applied.items()}
-        cursor.execute(_SAVE_SOURCE, [todo[-1].aggregate_version, json.dumps(state, sort_keys=True), source])
+        _save_sources(cursor, saved)
 
 
-def _move_stock(cursor: Any, deltas: list[tuple[Event, int, int]]) -> dict[int, int]:
+def _lock_sources(cursor: Any, names: list[str]) -> dict[str, tuple[int, str]]:
+    """Create the sources' rows if new and lock them, in name order; return {source: (version, state)}."""
+    if connection.vendor == "postgresql":
+        cursor.execute(_ADD_SOURCES, [names])
+        cursor.execute(_LOCK_SOURCES, [names])
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    found = {}
+    for name in names:
+        cursor.execute(_LOCK_SOURCE, [name])
+        row = cursor.fetchone()
+        found[row[0]] = (row[1], row[2])
+    return found
+
+
+def _save_sources(cursor: Any, saved: list[tuple[str, int, str]]) -> None:
+    if not saved:
+        return
+    if connection.vendor == "postgresql":
+        cursor.execute(_SAVE_SOURCES, [[s[0] for s in saved], [s[1] for s in saved], [s[2] for s in saved]])
+        return
+    for name, version, state in saved:
+        cursor.execute(_SAVE_SOURCE, [version, state, name])
+
+
+def _move_stock(cursor: Any, deltas: list[Delta]) -> dict[int, int]:
     """Add the deltas to the products' stock, in product order; return each product's new stock."""
     totals: dict[int, int] = {}
     for _, product_id, delta in deltas:
         totals[product_id] = totals.get(product_id, 0) + delta
-    totals = {k: v for k, v in sorted(totals.items()) if v}
+    moved = {k: v for k, v in sorted(totals.items()) if v}
     stock: dict[int, int] = {}
-    if not totals:
-        # Changes that cancel out still need each product's stock for the ledger rows.
-        ids = sorted({product_id for _, product_id, _ in deltas})
-        if ids:
-            stock = dict(Product.objects.filter(id__in=ids).values_list("id", "stock"))
-        return stock
-    if connection.vendor == "postgresql":
-        # Lock in id order first: two groups touching the same products cannot deadlock.
-        cursor.execute(_LOCK_PRODUCTS, [list(totals)])
-        cursor.execute(_MOVE_STOCKS, [list(totals), list(totals.values())])
+    if moved and connection.vendor == "postgresql":
+        cursor.execute(_LOCK_PRODUCTS, [list(moved)])
+        cursor.execute(_MOVE_STOCKS, [list(moved), list(moved.values())])
         stock = {row[0]: row[1] for row in cursor.fetchall()}
     else:
-        for product_id, delta in totals.items():
+        for product_id, delta in moved.items():
             cursor.execute(_MOVE_STOCK, [delta, product_id])
             row = cursor.fetchone()
             if row is not None:
                 stock[product_id] = row[0]
-    for product_id in {p for _, p, _ in deltas} - set(totals):
-        value = Product.objects.filter(id=product_id).values_list("stock", flat=True).first()
-        if value is not None:
-            stock[product_id] = value
-    for product_id, delta in totals.items():
+    unmoved = sorted(set(totals) - set(moved))  # changes that cancel out still need the stock for the ledger
+    if unmoved:
+        stock.update(Product.objects.filter(id__in=unmoved).values_list("id", "stock"))
+    for product_id, delta in moved.items():
         if product_id not in stock:
             logger.warning("inventory: product %s no longer exists; its movement is not recorded", product_id)
         elif stock[product_id] < 0 and delta < 0:

@@ -45,6 +45,7 @@ INSERT INTO outbox_delivery
     (event_id, consumer, status, publications, attempts, last_error, published_at, updated_at)
 SELECT d.event_id, r.consumer, 'published', d.claims, 0, '', now(), now()
 FROM d JOIN unnest(%s::text[], %s::text[]) AS r(type, consumer) ON r.type = d.type
+ORDER BY d.event_id, r.consumer
 ON CONFLICT (event_id, consumer) DO UPDATE
     SET publications = outbox_delivery.publications + EXCLUDED.publications,
         published_at = EXCLUDED.published_at, updated_at = EXCLUDED.updated_at

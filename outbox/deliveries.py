@@ -64,7 +64,8 @@ def deliveries_begin(*, event_ids: list[int], consumer: str) -> set[int]:
     started = _attempt_started.get() or timezone.now()
     rows = ", ".join(["(%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"] * len(event_ids))
     params: list[Any] = []
-    for event_id in event_ids:
+    # In id order, as the relay records publications: the two never lock rows in opposite orders.
+    for event_id in sorted(event_ids):
         params += [event_id, consumer, started]
     sql = _BEGIN.replace(
         "VALUES (%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)", f"VALUES {rows}"
