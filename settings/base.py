@@ -121,6 +121,11 @@ STORAGES = {
 # REDIS_URL selects Redis as Dramatiq's broker. Without it, Dramatiq's in-process stub broker is
 # used, and the relay runs the consumers in its own process (see docs/operations.md).
 REDIS_URL = env.str("REDIS_URL", default="")
+# Dramatiq's Prometheus middleware: each `rundramatiq` serves the workers' metrics on its own port
+# (dramatiq_prom_host/dramatiq_prom_port, default 0.0.0.0:9191; multiprocess files under
+# dramatiq_prom_db). Set it for worker processes only: the embedded default's relay runs the
+# consumers without the worker boot that sets the middleware up (docs/operations.md).
+DRAMATIQ_PROMETHEUS = env.bool("DRAMATIQ_PROMETHEUS", default=False)
 # Middleware is listed explicitly: django-dramatiq's default list names a Prometheus middleware
 # path that Dramatiq 2 no longer has, and its AdminMiddleware writes a row per message.
 DRAMATIQ_BROKER = {
@@ -136,6 +141,7 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.CurrentMessage",
         "django_dramatiq.middleware.DbConnectionsMiddleware",
         "outbox.worker.AttemptClock",
+        *(["dramatiq.middleware.prometheus.Prometheus"] if DRAMATIQ_PROMETHEUS else []),
     ],
 }
 DRAMATIQ_TASKS_DATABASE = "default"
@@ -206,6 +212,10 @@ if OUTBOX_RETENTION_DAYS is not None:
         "daily_at": OUTBOX_RETENTION_PURGE_AT,
         "kwargs": {"older_than": timedelta(days=OUTBOX_RETENTION_DAYS), "batch_size": OUTBOX_PURGE_BATCH_SIZE},
     }
+
+# --- Observability ------------------------------------------------------------------------------
+# /metrics answers a logged-in staff user, or a scraper sending "Authorization: Bearer <token>".
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
