@@ -25,14 +25,14 @@ BENCH_SKUS = ["BENCH-1", "BENCH-2", "BENCH-3"]
 
 
 @contextmanager
-def scratch_database(*, verbosity: int = 0) -> Iterator[str]:
-    """Create and migrate a throwaway database named `<database>_bench`; drop it afterwards."""
+def scratch_database(*, verbosity: int = 0, suffix: str = "bench") -> Iterator[str]:
+    """Create and migrate a throwaway database named `<database>_<suffix>`; drop it afterwards."""
     settings_dict = connection.settings_dict
     original = settings_dict["NAME"]
     settings_dict.setdefault("TEST", {})
     saved_test_name = settings_dict["TEST"].get("NAME")
     if connection.vendor != "sqlite":
-        settings_dict["TEST"]["NAME"] = f"{original}_bench"
+        settings_dict["TEST"]["NAME"] = f"{original}_{suffix}"
     name = connection.creation.create_test_db(verbosity=verbosity, autoclobber=True, serialize=False)
     try:
         yield name
