@@ -10,15 +10,16 @@ Every replay is recorded (outbox_replay: who, when, why, which deliveries), and 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
+from dramatiq.brokers.stub import StubBroker
 
-from outbox import routing
+from outbox import conf, routing
 from outbox.models import Delivery, Event, Replay, ReplayItem
 
 REPLAYABLE = (Delivery.Status.FAILED, Delivery.Status.DEAD, Delivery.Status.PUBLISHED)
@@ -137,6 +138,10 @@ def replay(
             f"No consumer named {', '.join(unknown)} exists in this deployment; nothing was sent. "
             "Leave those deliveries out (--consumer), or deploy the consumer first."
         )
+    # The in-process broker (embedded default) exists only inside the relay: hand the deliveries
+    # to its sweeper, due at once, instead of to a broker no worker reads here.
+    in_process = isinstance(broker, StubBroker)
+    published_at = timezone.now() - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else None
     for start in range(0, len(wanted), MESSAGE_SIZE):
         chunk = wanted[start : start + MESSAGE_SIZE]
         with transaction.atomic():
@@ -158,15 +163,16 @@ def replay(
             )
             Delivery.objects.filter(id__in=[d.id for d in chunk]).update(
                 status=Delivery.Status.PUBLISHED,
-                published_at=timezone.now(),
-                publications=F("publications") + 1,
+                published_at=published_at or timezone.now(),
+                publications=F("publications") + (0 if in_process else 1),
                 updated_at=timezone.now(),
             )
         by_consumer: dict[str, list[int]] = defaultdict(list)
         for d in chunk:
             by_consumer[d.consumer].append(d.event_id)
         for consumer, ids in by_consumer.items():
-            broker.enqueue(routing.message(consumer, ids))
+            if not in_process:
+                broker.enqueue(routing.message(consumer, ids))
         summary.sent += len(chunk)
         if progress:
             progress(len(chunk))

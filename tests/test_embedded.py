@@ -256,3 +256,29 @@ def test_relay_runs_the_consumers_in_process_on_the_embedded_default(embedded: E
     assert "To: ada@example.com" in text
     assert "1 x KB-001 Mechanical keyboard at 89.00 = 89.00" in text
     assert "2 x MS-002 Wireless mouse at 29.50 = 59.00" in text
+
+
+KILL_ONE_SCRIPT = """
+from outbox.models import Delivery
+d = Delivery.objects.filter(consumer="audit_log", status="done").order_by("id").first()
+Delivery.objects.filter(pk=d.pk).update(status="dead", last_error="test: marked dead")
+print("EVENT=" + str(d.event_id))
+"""
+
+
+def test_a_replay_on_the_embedded_default_is_delivered_by_the_relay(embedded: Embedded) -> None:
+    """The in-process broker lives in the relay, so a replay hands the delivery to the relay's sweeper."""
+    _manage("outbox_relay", "--once", env=embedded.env)
+    event = _manage("shell", "-c", KILL_ONE_SCRIPT, env=embedded.env).stdout.split("EVENT=")[1].strip()
+    replayed = _manage("outbox_replay", "--event-id", event, "--reason", "embedded test", env=embedded.env)
+    assert "Sent 1 deliveries again (audit_log: 1)" in replayed.stdout
+    relayed = _manage("outbox_relay", "--once", env=embedded.env)
+    assert f'"id": {event},' in relayed.stderr
+    status = _manage(
+        "shell",
+        "-c",
+        f"from outbox.models import Delivery; print(Delivery.objects.get(event_id={event}, "
+        "consumer='audit_log').status)",
+        env=embedded.env,
+    )
+    assert status.stdout.strip().splitlines()[-1] == "done"
