@@ -1,0 +1,301 @@
+"""Replay in the admin, for operators: over HTTP, on real PostgreSQL, the messages sent to real Redis."""
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
+from django.test import Client
+
+from core import services
+from core.models import Customer, Order, Product
+from outbox.models import Delivery, Event, Replay, ReplayItem
+from tests.outbox.helpers import events
+
+pytestmark = pytest.mark.django_db
+
+DELIVERIES = "/admin/outbox/delivery/"
+EVENTS = "/admin/outbox/event/"
+QUEUES = {"audit_log": "audit", "inventory": "inventory", "email": "email"}
+
+
+@pytest.fixture(autouse=True)
+def empty_broker() -> Iterator[redis.Redis]:
+    """The test settings' Redis database, emptied before and after each test."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def queued(consumer: str) -> Counter[int]:
+    """Count, per event id, the messages waiting in the consumer's Dramatiq queue."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    counts: Counter[int] = Counter()
+    for raw in client.hvals(f"dramatiq:{QUEUES[consumer]}.msgs"):
+        message = json.loads(raw)
+        assert message["actor_name"] == consumer
+        counts.update(message["args"][0])
+    return counts
+
+
+@dataclass
+class Outcomes:
+    """One order's events, delivered: the placement failed in inventory, the cancellation dead in
+    e-mail; everything done in the audit log."""
+
+    placed: Event
+    cancelled: Event
+    failed: Delivery
+    dead: Delivery
+    done: Delivery
+
+
+@pytest.fixture
+def outcomes(customer: Customer, products: list[Product]) -> Outcomes:
+    order = services.order_create(customer=customer, lines=[services.LineRequest("KB-001", 1)], place=True)
+    services.order_set_status(order=order, status=Order.Status.CANCELLED)
+    by_type = {e.event_type: e for e in events().filter(aggregate_type="order")}
+    placed, cancelled = by_type["order.placed"], by_type["order.cancelled"]
+    failed = Delivery.objects.create(
+        event=placed, consumer="inventory", status=Delivery.Status.FAILED, attempts=1, last_error="Deadlock"
+    )
+    dead = Delivery.objects.create(
+        event=cancelled, consumer="email", status=Delivery.Status.DEAD, attempts=6, last_error="SMTP down"
+    )
+    done = Delivery.objects.create(event=placed, consumer="audit_log", status=Delivery.Status.DONE, attempts=1)
+    return Outcomes(placed=placed, cancelled=cancelled, failed=failed, dead=dead, done=done)
+
+
+def operator_client(*, replay: bool) -> Client:
+    """A staff user who may view events and deliveries, and replay them if `replay`."""
+    user = User.objects.create_user(f"op-{replay}", password="pw", is_staff=True)
+    codenames = ["view_event", "view_delivery", "view_replay"] + (["replay_delivery"] if replay else [])
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def texts(response: Any) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def replay_post(client: Client, deliveries: list[Delivery], **form: Any) -> Any:
+    data = {"action": "replay_deliveries", "_selected_action": [d.pk for d in deliveries], **form}
+    return client.post(DELIVERIES, data)
+
+
+def test_replay_shows_what_it_will_send_and_sends_nothing_yet(admin_client: Client, outcomes: Outcomes) -> None:
+    """The action's first step is a page: the deliveries, per consumer what goes out, the form; no send."""
+    response = replay_post(admin_client, [outcomes.failed, outcomes.dead, outcomes.done])
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "3 deliveries selected" in content
+    assert "1 to email" in content
+    assert "1 to inventory" in content
+    assert "1 done: left out, unless you tick" in content
+    assert "Deadlock" in content
+    assert 'name="reason"' in content
+    assert 'name="force"' in content
+    assert Replay.objects.count() == 0
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"failed", "dead", "done"}
+    assert not queued("inventory")
+
+
+def test_replay_needs_a_reason(admin_client: Client, outcomes: Outcomes) -> None:
+    """Confirming without a reason shows the form again with the error, and sends nothing."""
+    response = replay_post(admin_client, [outcomes.failed], confirm="yes", reason="   ")
+    assert response.status_code == 200
+    assert "This field is required." in response.content.decode()
+    assert Replay.objects.count() == 0
+    assert not queued("inventory")
+
+
+def test_replay_sends_failed_and_dead_deliveries_again_and_records_it(
+    admin_client: Client, outcomes: Outcomes, staff_user: User
+) -> None:
+    """Confirmed: each delivery is back to published, its message in Redis, the replay recorded."""
+    response = replay_post(
+        admin_client, [outcomes.failed, outcomes.dead], confirm="yes", reason="SMTP and DB were down at 03:00"
+    )
+    assert response.status_code == 302
+    record = Replay.objects.get()
+    assert (record.requested_by, record.source, record.forced, record.deliveries) == (
+        f"user:{staff_user.username}",
+        "admin",
+        False,
+        2,
+    )
+    assert record.reason == "SMTP and DB were down at 03:00"
+    assert sorted(record.criteria["delivery_ids"]) == sorted([outcomes.failed.pk, outcomes.dead.pk])
+    items = sorted(ReplayItem.objects.values_list("event_id", "consumer", "previous_status"))
+    assert items == sorted([(outcomes.placed.pk, "inventory", "failed"), (outcomes.cancelled.pk, "email", "dead")])
+    for delivery in (outcomes.failed, outcomes.dead):
+        delivery.refresh_from_db()
+        assert delivery.status == Delivery.Status.PUBLISHED
+        assert delivery.publications == 1
+    assert queued("inventory") == Counter({outcomes.placed.pk: 1})
+    assert queued("email") == Counter({outcomes.cancelled.pk: 1})
+    follow = admin_client.get(response["Location"])
+    assert f"Replay {record.pk}: sent 2 deliveries again (email: 1, inventory: 1)." in texts(follow)
+
+
+def test_done_deliveries_are_left_out_unless_forced(admin_client: Client, outcomes: Outcomes) -> None:
+    """A done delivery is not sent, with a warning that says how to force it; forced, it is sent."""
+    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="check the audit log")
+    assert response.status_code == 302
+    assert any("1 done deliveries were left out" in t for t in texts(admin_client.get(response["Location"])))
+    assert Replay.objects.count() == 0
+    assert not queued("audit_log")
+    outcomes.done.refresh_from_db()
+    assert outcomes.done.status == Delivery.Status.DONE
+
+    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="re-audit", force="on")
+    assert response.status_code == 302
+    record = Replay.objects.get()
+    assert record.forced is True
+    outcomes.done.refresh_from_db()
+    assert outcomes.done.status == Delivery.Status.PUBLISHED
+    assert queued("audit_log") == Counter({outcomes.placed.pk: 1})
+
+
+def test_replay_of_every_delivery_matching_the_filters(admin_client: Client, outcomes: Outcomes) -> None:
+    """With "select all matching", the filtered list is replayed, and its filters recorded."""
+    data = {
+        "action": "replay_deliveries",
+        "_selected_action": [outcomes.dead.pk],
+        "select_across": "1",
+        "confirm": "yes",
+        "reason": "every dead one",
+    }
+    response = admin_client.post(f"{DELIVERIES}?status__exact=dead", data)
+    assert response.status_code == 302
+    record = Replay.objects.get()
+    assert record.criteria["changelist"] == "status__exact=dead"
+    assert list(ReplayItem.objects.values_list("consumer", flat=True)) == ["email"]
+
+
+def test_refused_replay_is_reported_as_an_error(admin_client: Client, outcomes: Outcomes) -> None:
+    """A delivery to a consumer this deployment does not have: nothing is sent, the reason is shown."""
+    ghost = Delivery.objects.create(event=outcomes.placed, consumer="ghost", status=Delivery.Status.FAILED)
+    response = replay_post(admin_client, [ghost, outcomes.failed], confirm="yes", reason="try")
+    assert response.status_code == 302
+    errors = texts(admin_client.get(response["Location"]))
+    assert any(t.startswith("Nothing was sent: No consumer named ghost exists") for t in errors), errors
+    assert Replay.objects.count() == 0
+    outcomes.failed.refresh_from_db()
+    assert outcomes.failed.status == Delivery.Status.FAILED
+    assert not queued("inventory")
+
+
+def test_replay_needs_the_replay_permission(outcomes: Outcomes) -> None:
+    """A staff user who may view deliveries but not replay them is offered no replay action, and
+    posting it anyway sends nothing; with the permission, the action is there."""
+    viewer = operator_client(replay=False)
+    assert "replay_deliveries" not in viewer.get(DELIVERIES).content.decode()
+    assert "deliver_again" not in viewer.get(EVENTS).content.decode()
+    # The list has no action for them: the post just shows the list again.
+    response = replay_post(viewer, [outcomes.failed], confirm="yes", reason="let me")
+    assert response.status_code == 200
+    assert "What will be sent" not in response.content.decode()
+    response = viewer.post(
+        EVENTS,
+        {"action": "deliver_again", "_selected_action": [outcomes.placed.pk], "confirm": "yes", "reason": "x"},
+    )
+    assert response.status_code == 302
+    assert "No action selected." in texts(viewer.get(response["Location"]))
+    assert Replay.objects.count() == 0
+    assert not queued("inventory")
+
+    operator = operator_client(replay=True)
+    assert "replay_deliveries" in operator.get(DELIVERIES).content.decode()
+    assert "deliver_again" in operator.get(EVENTS).content.decode()
+    assert replay_post(operator, [outcomes.failed], confirm="yes", reason="allowed").status_code == 302
+    assert Replay.objects.get().requested_by == "user:op-True"
+
+
+def test_deliver_again_to_a_chosen_consumer(admin_client: Client, outcomes: Outcomes) -> None:
+    """From the event list: the page shows per consumer what would go out; confirmed, the events are
+    sent to that consumer, deliveries created for those that had none."""
+    chosen = [outcomes.placed.pk, outcomes.cancelled.pk]
+    first = admin_client.post(EVENTS, {"action": "deliver_again", "_selected_action": chosen})
+    assert first.status_code == 200
+    content = first.content.decode()
+    assert "<tr><td>audit_log</td><td>0</td><td>1</td><td>1</td></tr>" in content
+    assert "<tr><td>inventory</td><td>1</td><td>1</td><td>0</td></tr>" in content
+    assert 'name="consumer"' in content
+    assert Replay.objects.count() == 0
+
+    missing_reason = admin_client.post(
+        EVENTS, {"action": "deliver_again", "_selected_action": chosen, "confirm": "yes", "consumer": "inventory"}
+    )
+    assert missing_reason.status_code == 200
+    assert "This field is required." in missing_reason.content.decode()
+
+    response = admin_client.post(
+        EVENTS,
+        {
+            "action": "deliver_again",
+            "_selected_action": chosen,
+            "confirm": "yes",
+            "consumer": "inventory",
+            "reason": "stock was off",
+        },
+    )
+    assert response.status_code == 302
+    record = Replay.objects.get()
+    assert record.criteria == {"consumers": ["inventory"], "event_ids": sorted(chosen)}
+    statuses = dict(Delivery.objects.filter(consumer="inventory").values_list("event_id", "status"))
+    assert statuses == {outcomes.placed.pk: "published", outcomes.cancelled.pk: "published"}
+    assert queued("inventory") == Counter(dict.fromkeys(chosen, 1))
+
+
+def test_deliver_again_refuses_an_unknown_consumer(admin_client: Client, outcomes: Outcomes) -> None:
+    """The consumer comes from the routes: another name is a form error, and nothing is created."""
+    response = admin_client.post(
+        EVENTS,
+        {
+            "action": "deliver_again",
+            "_selected_action": [outcomes.placed.pk],
+            "confirm": "yes",
+            "consumer": "ghost",
+            "reason": "x",
+        },
+    )
+    assert response.status_code == 200
+    assert "Select a valid choice." in response.content.decode()
+    assert not Delivery.objects.filter(consumer="ghost").exists()
+
+
+def test_deliveries_and_replays_are_read_only(admin_client: Client, outcomes: Outcomes) -> None:
+    """Deliveries and replay records can be viewed, never changed or deleted, by a superuser either."""
+    replay_post(admin_client, [outcomes.failed], confirm="yes", reason="once")
+    record = Replay.objects.get()
+    for url in (f"{DELIVERIES}{outcomes.failed.pk}", f"/admin/outbox/replay/{record.pk}"):
+        assert admin_client.get(f"{url}/change/").status_code == 200
+        assert admin_client.post(f"{url}/change/", {}).status_code == 403
+        assert admin_client.post(f"{url}/delete/", {"post": "yes"}).status_code == 403
+    page = admin_client.get(f"/admin/outbox/replay/{record.pk}/change/").content.decode()
+    assert "once" in page
+    assert f'href="/admin/outbox/event/{outcomes.placed.pk}/change/"' in page  # the item, linked
+    assert admin_client.get("/admin/outbox/replay/").status_code == 200
+
+
+def test_delivery_list_filters_and_searches_by_event(admin_client: Client, outcomes: Outcomes) -> None:
+    """The operators' list: by consumer, by status, and by event id."""
+    content = admin_client.get(f"{DELIVERIES}?consumer=email&status__exact=dead").content.decode()
+    assert "SMTP down" in content
+    assert "Deadlock" not in content
+    by_event = admin_client.get(DELIVERIES, {"q": str(outcomes.cancelled.pk)}).content.decode()
+    assert "SMTP down" in by_event
+    assert "Deadlock" not in by_event
+    by_uuid = admin_client.get(DELIVERIES, {"q": str(outcomes.placed.event_id)}).content.decode()
+    assert "Deadlock" in by_uuid
+    assert "SMTP down" not in by_uuid
