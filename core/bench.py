@@ -122,7 +122,7 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-GROUPS = ("save", "relay", "latency", "pipeline")
+GROUPS = ("save", "relay", "latency", "pipeline", "eventlog")
 
 
 def settle_tables() -> None:
@@ -147,11 +147,14 @@ def bench_run(
     pipeline_threads: int,
     pipeline_inventory_threads: int,
     email_window_samples: int,
+    eventlog_events: int = 5_000_000,
+    eventlog_requests: int = 20,
     groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
     from core import bench_pipeline
+    from core.bench_eventlog import eventlog_figures
     from core.bench_relay import e2e_latency, relay_figures
 
     with scratch_database(verbosity=verbosity):
@@ -180,6 +183,9 @@ def bench_run(
             result.update(
                 relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size)
             )
+        # Last: it empties the event log, then fills it with exactly `eventlog_events` events.
+        if "eventlog" in run:
+            result.update(eventlog_figures(events=eventlog_events, requests=eventlog_requests))
         result["machine"] = machine_facts()
         result["parameters"] = {
             "samples": samples,
@@ -197,5 +203,7 @@ def bench_run(
             "pipeline_inventory_threads": pipeline_inventory_threads,
             "pipeline_relay_batch_size": outbox_conf.batch_size(),
             "email_window_samples": email_window_samples,
+            "eventlog_events": eventlog_events,
+            "eventlog_requests_per_page": eventlog_requests,
         }
     return result

@@ -33,6 +33,10 @@ FIGURES = [
     "pipeline_emails_received",
     "email_duplicate_window_ms_p50",
     "email_duplicate_window_ms_p99",
+    "eventlog_changelist_ms_p95",
+    "eventlog_changelist_ms_p50",
+    "aggregate_timeline_ms_p95",
+    "aggregate_timeline_ms_p50",
 ]
 
 
@@ -60,6 +64,10 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
             "30",
             "--email-window-samples",
             "20",
+            "--eventlog-events",
+            "2000",
+            "--eventlog-requests",
+            "2",
         ],
         cwd=REPO,
         env=env,
@@ -76,13 +84,19 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
     # 30 confirmations, and a cancellation notice for one order in ten.
     assert result["pipeline_emails_received"] == 33
     assert result["pipeline_failed_deliveries"] == 0
+    # Every event-log page was requested and answered (a page that did not answer 200 fails the run).
+    assert all(ms > 0 for ms in result["eventlog_changelist_ms_p95_by_page"].values())
+    assert {"list", "type_rare", "actor_rare", "date_day", "search_event_uuid", "delivery_inventory_dead"} <= set(
+        result["eventlog_changelist_ms_p95_by_page"]
+    )
+    assert result["parameters"]["eventlog_events"] == 2000
     assert result["machine"]["database"].startswith("PostgreSQL")
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
         names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
     assert not [name for name in names if name.endswith("_bench")]
 
 
-@pytest.mark.parametrize("flag", ["--samples", "--pipeline-orders", "--pipeline-threads"])
+@pytest.mark.parametrize("flag", ["--samples", "--pipeline-orders", "--pipeline-threads", "--eventlog-events"])
 def test_outbox_bench_rejects_a_count_below_one(flag: str) -> None:
     """A count below one is refused with a message naming the flag."""
     done = subprocess.run(

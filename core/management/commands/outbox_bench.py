@@ -69,6 +69,18 @@ class Command(BaseCommand):
             default=200,
             help="Order confirmations timed for the e-mail duplicate window (default 200).",
         )
+        parser.add_argument(
+            "--eventlog-events",
+            type=int,
+            default=5_000_000,
+            help="Events in the log whose admin pages are timed (default 5000000).",
+        )
+        parser.add_argument(
+            "--eventlog-requests",
+            type=int,
+            default=20,
+            help="Timed requests per event-log page, after one untimed (default 20).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         positive = (
@@ -82,6 +94,8 @@ class Command(BaseCommand):
             "pipeline_threads",
             "pipeline_inventory_threads",
             "email_window_samples",
+            "eventlog_events",
+            "eventlog_requests",
         )
         for flag in positive:
             if options[flag] < 1:
@@ -104,6 +118,8 @@ class Command(BaseCommand):
             pipeline_threads=options["pipeline_threads"],
             pipeline_inventory_threads=options["pipeline_inventory_threads"],
             email_window_samples=options["email_window_samples"],
+            eventlog_events=options["eventlog_events"],
+            eventlog_requests=options["eventlog_requests"],
             groups=groups,
         )
         if options["json"]:
