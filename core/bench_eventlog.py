@@ -161,8 +161,13 @@ EVENT_TYPES = [
 ]
 
 
-def eventlog_create(*, n: int, chunk: int = 500_000) -> None:
-    """Add `n` events as a year of a shop's history, with their deliveries; vacuum and analyze."""
+def eventlog_create(*, n: int, chunk: int = 100_000) -> None:
+    """Add `n` events as a year of a shop's history, with their deliveries; vacuum and analyze.
+
+    A statement per `chunk` events, each a few seconds long: a fast shutdown of PostgreSQL (the
+    chaos run restarts it) waited for a statement of 500,000 events past pg_ctl's 60 s, and the
+    restart failed.
+    """
     route_types, route_consumers = routing.route_pairs(EVENT_TYPES)
     with connection.cursor() as cursor:
         cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
