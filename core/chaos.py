@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -216,19 +216,25 @@ class Fleet:
     def stop_all(self) -> None:
         stop_children(list(self.running.values()))
 
+    def kill_all(self) -> None:
+        """SIGKILL whatever still runs (after a failed run): nothing may outlive the command."""
+        for name, process in self.running.items():
+            if process.poll() is None:
+                self.kill(name)
+
 
 # --- traffic ------------------------------------------------------------------------------------
 
 
 def _retrying(action: Callable[[], Any]) -> Any:
     """Run a business write; while the database is away (its restart), wait and try again."""
-    for _ in range(600):
+    for _ in range(1800):
         try:
             return action()
         except (OperationalError, InterfaceError):
             connection.close()
             time.sleep(0.1)
-    raise ChaosError("the database did not come back within a minute")
+    raise ChaosError("the database did not come back within three minutes")
 
 
 class Rollback(Exception):
@@ -319,7 +325,7 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
     faults = Faults()
     first_event = _max_event_id()
     try:
-        with notice_server() as (host, port, counter):
+        with ExitStack() as stack, notice_server() as (host, port, counter):
             env = child_env(
                 redis_url=redis_server.url,
                 EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
@@ -329,6 +335,7 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
                 OUTBOX_RELAY_POLL_SECONDS="0.5",
             )
             fleet = Fleet(env, workdir, scale)
+            stack.callback(fleet.kill_all)
             fleet.start_all()
             stop = threading.Event()
             plan = {"redis_at": rng.uniform(0.25, 0.4), "postgres_at": rng.uniform(0.6, 0.75)}
