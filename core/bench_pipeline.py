@@ -36,15 +36,12 @@ from core.models import Order
 from outbox import routing
 from outbox.models import Event
 
-# Two workers on a 2-core machine that also runs PostgreSQL, the relay and the SMTP server.
-# Inventory has one of its own with a single thread: it applies a message's events in one
-# transaction that holds each product row it moves until commit, so two of its messages at once
-# take the same rows in different orders and deadlock, PostgreSQL breaking one lock wait a second
-# (deadlock_timeout) while the rest wait: with 2 threads a 2,000-order backlog did not drain in
-# 120 s. The e-mail and audit-log consumers share the other worker, whose threads overlap their
-# waits on PostgreSQL and SMTP.
-INVENTORY_THREADS = 1
-PROCESSES = 1
+# Two workers, as compose runs them, on a 2-core machine that also runs PostgreSQL, the relay
+# and the SMTP server: inventory on one of its own (its messages lock sources and products in one
+# global order, so its threads wait for each other but never deadlock), the e-mail and audit-log
+# consumers on the other, two processes whose threads overlap their waits on PostgreSQL and SMTP.
+INVENTORY_THREADS = 2
+PROCESSES = 2
 THREADS = 4
 LINES_PER_ORDER = 3
 CANCEL_EVERY = 10  # one order in ten is cancelled
