@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from outbox import routing
 from outbox.models import Delivery, Event
 from outbox.replay import Criteria, ReplayRefused, deliveries_for, replay
+from outbox.replay import deliveries as count_deliveries
 
 # Larger replays belong to `python manage.py outbox_replay`, which sends in batches with progress.
 ADMIN_REPLAY_LIMIT = 10_000
@@ -133,7 +134,7 @@ def _send(
         return
     if summary.sent:
         consumers = ", ".join(f"{name}: {n}" for name, n in sorted(summary.by_consumer.items()))
-        sent = f"Replay {summary.replay_id}: sent {summary.sent} deliveries again ({consumers})."
+        sent = f"Replay {summary.replay_id}: sent {count_deliveries(summary.sent)} again ({consumers})."
         modeladmin.message_user(request, sent, messages.SUCCESS)
     if summary.refused_done:
         left_out = (

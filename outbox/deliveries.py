@@ -21,7 +21,7 @@ INSERT INTO outbox_delivery
 VALUES (%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
 ON CONFLICT (event_id, consumer) DO UPDATE
     SET status = 'done', attempts = outbox_delivery.attempts + 1, started_at = EXCLUDED.started_at,
-        done_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP
+        last_error = '', done_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP
     WHERE outbox_delivery.status <> 'done'
 RETURNING id
 """

@@ -118,6 +118,7 @@ class Delivery(models.Model):
 
     class Meta:
         db_table = "outbox_delivery"
+        verbose_name_plural = "deliveries"
         permissions = [("replay_delivery", "Can replay deliveries (send them to their consumer again)")]
         constraints = [
             models.UniqueConstraint(fields=["event", "consumer"], name="outbox_delivery_event_consumer_uniq"),

@@ -26,6 +26,11 @@ REPLAYABLE = (Delivery.Status.FAILED, Delivery.Status.DEAD, Delivery.Status.PUBL
 MESSAGE_SIZE = 1000
 
 
+def deliveries(count: int) -> str:
+    """'1 delivery', '2 deliveries'."""
+    return f"{count} delivery" if count == 1 else f"{count} deliveries"
+
+
 class ReplayRefused(Exception):
     """The replay was not sent: the reason says what to do."""
 

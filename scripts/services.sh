@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1.
+# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1, and Chromium is there.
 # Starts them when they are installed but stopped; says what is missing otherwise.
 set -u
 
@@ -38,6 +38,18 @@ if ! listening "$REDIS_PORT"; then
     else
         echo "error: Redis is not running on 127.0.0.1:$REDIS_PORT and is not installed here." >&2
         echo "       Install Redis 7 (Debian: apt-get install redis-server), or point REDIS_URL at one." >&2
+        status=1
+    fi
+fi
+
+# The browser tests drive Debian's Chromium (tests/browser): install it when it is missing.
+if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "Installing Chromium for the browser tests..."
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
+    fi
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "error: /usr/bin/chromium is missing; the browser tests need it (Debian: apt-get install chromium)." >&2
         status=1
     fi
 fi

@@ -271,7 +271,7 @@ def test_a_replay_on_the_embedded_default_is_delivered_by_the_relay(embedded: Em
     _manage("outbox_relay", "--once", env=embedded.env)
     event = _manage("shell", "-c", KILL_ONE_SCRIPT, env=embedded.env).stdout.split("EVENT=")[1].strip()
     replayed = _manage("outbox_replay", "--event-id", event, "--reason", "embedded test", env=embedded.env)
-    assert "Sent 1 deliveries again (audit_log: 1)" in replayed.stdout
+    assert "Sent 1 delivery again (audit_log: 1)" in replayed.stdout
     relayed = _manage("outbox_relay", "--once", env=embedded.env)
     assert f'"id": {event},' in relayed.stderr
     status = _manage(

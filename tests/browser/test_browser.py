@@ -60,7 +60,7 @@ def autocomplete(page: Page, field_id: str, search: str, choice: str) -> None:
 def open_deliveries(page: Page) -> None:
     """Go to the deliveries list from the admin index."""
     page.locator("#site-name a").click()
-    # By address: the link's label is the model's plural name, which reads "Deliverys" for now.
+    # By address, as an operator would bookmark it.
     page.locator("#content-main a[href='/admin/outbox/delivery/']").first.click()
     expect(page.locator("h1")).to_have_text("Select delivery to view")
 
@@ -308,7 +308,7 @@ def test_operator_replays_a_dead_delivery_with_a_reason_and_the_worker_applies_i
     shot(page, "replay confirmation")
     page.click("input[type=submit][value='Send again']")
 
-    expect(page.locator("ul.messagelist li.success")).to_contain_text("sent 1 deliveries again (audit_log: 1)")
+    expect(page.locator("ul.messagelist li.success")).to_contain_text("sent 1 delivery again (audit_log: 1)")
     shot(page, "replay sent")
     page.goto(f"/admin/outbox/delivery/{dead.pk}/change/")
     status = page.locator(".field-status .readonly")

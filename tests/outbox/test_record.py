@@ -5,6 +5,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import DatabaseError, connection, transaction
@@ -33,7 +34,7 @@ def settle(ids: list[int]) -> None:
     audit.audit_events(event_ids=ids)
 
 
-def behind_the_back(sql: str, params: list[object] | None = None) -> None:
+def behind_the_back(sql: str, params: list[Any] | None = None) -> None:
     """Change outbox_event as someone with direct database access would: triggers off."""
     with connection.cursor() as cursor:
         cursor.execute("ALTER TABLE outbox_event DISABLE TRIGGER outbox_event_append_only")

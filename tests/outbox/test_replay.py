@@ -1,6 +1,7 @@
 """Replay from the command line, and the roles' permissions over HTTP."""
 
 import json
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -83,10 +84,10 @@ def test_a_replay_sends_failed_and_dead_deliveries_and_is_recorded(deliveries: l
 def test_a_done_delivery_is_left_out_unless_forced(deliveries: list[Delivery]) -> None:
     done = deliveries[2]
     out = run("--event-id", str(done.event_id), "--status", "done", "--reason", "check")
-    assert "Left out 1 deliveries that are done" in out
+    assert "Left out 1 delivery already done" in out
     assert queued() == []
     out = run("--event-id", str(done.event_id), "--force", "--reason", "rebuild the audit file")
-    assert "Sent 1 deliveries again" in out
+    assert "Sent 1 delivery again" in out
     assert queued() == [done.event_id]
     assert Replay.objects.get().forced is True
 
@@ -94,7 +95,7 @@ def test_a_done_delivery_is_left_out_unless_forced(deliveries: list[Delivery]) -
 def test_filters_narrow_by_type_aggregate_and_time(deliveries: list[Delivery]) -> None:
     event = Event.objects.get(pk=deliveries[1].event_id)
     out = run("--dry-run", "--aggregate", f"customer:{event.aggregate_id}")
-    assert "Would send 1 deliveries" in out
+    assert "Would send 1 delivery" in out
     assert "No delivery matches" in run("--dry-run", "--type", "order.placed")
     assert "No delivery matches" in run("--dry-run", "--since", "2999-01-01")
     with pytest.raises(CommandError, match="--since takes a date or a time"):
@@ -128,7 +129,9 @@ def auditor(db: None) -> Client:
 def test_an_auditor_reads_but_cannot_change_delete_or_replay(auditor: Client, deliveries: list[Delivery]) -> None:
     order = services.order_create(
         customer=services.customer_create(name="Z", email="z@example.com"),
-        lines=[services.LineRequest(sku=services.product_create(sku="P1", name="P", price=1).sku, quantity=1)],
+        lines=[
+            services.LineRequest(sku=services.product_create(sku="P1", name="P", price=Decimal("1.00")).sku, quantity=1)
+        ],
     )
     assert auditor.get("/admin/core/order/").status_code == 200
     assert auditor.get(f"/admin/core/order/{order.pk}/change/").status_code == 200

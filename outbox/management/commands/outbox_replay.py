@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from outbox.models import Delivery
 from outbox.replay import Criteria, ReplayRefused, replay, select
+from outbox.replay import deliveries as count_deliveries
 
 STATUSES = [choice for choice, _ in Delivery.Status.choices]
 SHOWN = 50
@@ -90,14 +91,14 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
         per_consumer = ", ".join(f"{name}: {count}" for name, count in sorted(summary.by_consumer.items())) or "none"
         if summary.dry_run:
-            self.stdout.write(f"Would send {sum(summary.by_consumer.values())} deliveries ({per_consumer}).")
+            self.stdout.write(f"Would send {count_deliveries(sum(summary.by_consumer.values()))} ({per_consumer}).")
         else:
             self.stdout.write(
-                f"Sent {summary.sent} deliveries again ({per_consumer}); recorded as replay {summary.replay_id}."
+                f"Sent {count_deliveries(summary.sent)} again ({per_consumer}); recorded as replay {summary.replay_id}."
             )
         if summary.refused_done:
             self.stdout.write(
-                f"Left out {summary.refused_done} deliveries that are done: their consumer has applied them. "
+                f"Left out {count_deliveries(summary.refused_done)} already done: their consumer has applied them. "
                 "Use --force to run them again anyway."
             )
 
