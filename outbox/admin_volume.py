@@ -23,6 +23,8 @@ from outbox.models import Delivery
 
 # Choices listed by a filter; a value beyond them still filters when given in the URL.
 FILTER_CHOICES = 100
+# Up to this many failed, dead or in-flight deliveries, their events are named in the query.
+UNSETTLED_LISTED = 10_000
 
 
 class UncountedChangeList(ChangeList):
@@ -145,9 +147,15 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
         consumer, _, status = value.rpartition(":")
         if not consumer or status not in Delivery.Status.values:
             raise IncorrectLookupParameters(f"Unknown delivery status {value!r}: use <consumer>:<status>.")
-        # A semi-join: PostgreSQL reads the failed and dead ones from their partial index.
-        deliveries = Delivery.objects.filter(event_id=OuterRef("pk"), consumer=consumer, status=status)
-        return queryset.filter(Exists(deliveries))
+        deliveries = Delivery.objects.filter(consumer=consumer, status=status)
+        matching = queryset.filter(Exists(deliveries.filter(event_id=OuterRef("pk"))))
+        if status == Delivery.Status.DONE:
+            return matching
+        # Failed, dead and in-flight deliveries are few, each set on a partial index: naming their
+        # events lets PostgreSQL start from them. Left to itself, it may walk the delivery table
+        # back by event id instead, in parallel workers that each read to the end for a match.
+        events = list(deliveries.values_list("event_id", flat=True)[: UNSETTLED_LISTED + 1])
+        return matching if len(events) > UNSETTLED_LISTED else matching.filter(pk__in=events)
 
 
 class ConsumerFilter(admin.SimpleListFilter):

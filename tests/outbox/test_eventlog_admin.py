@@ -162,6 +162,15 @@ def test_each_filter_narrows_the_list(admin_client: Client, log: Log) -> None:
         assert listed_ids(admin_client.get(f"{CHANGELIST}?{query}")) == ids, query
 
 
+def test_delivery_status_filter_holds_with_more_unsettled_deliveries_than_it_lists(
+    admin_client: Client, log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the number of failed or dead deliveries whose events it names, the filter still selects them."""
+    monkeypatch.setattr("outbox.admin_volume.UNSETTLED_LISTED", 0)
+    assert listed_ids(admin_client.get(f"{CHANGELIST}?delivery=inventory:failed")) == [log.placed.id]
+    assert listed_ids(admin_client.get(f"{CHANGELIST}?delivery=email:dead")) == [log.cancelled.id]
+
+
 def test_filters_offer_the_logs_values_and_each_consumers_statuses(admin_client: Client, log: Log) -> None:
     """The sidebar lists the types, aggregate types and actors found in the log, and each consumer's statuses."""
     content = admin_client.get(CHANGELIST).content.decode()
