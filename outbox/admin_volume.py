@@ -23,8 +23,8 @@ from outbox.models import Delivery
 
 # Choices listed by a filter; a value beyond them still filters when given in the URL.
 FILTER_CHOICES = 100
-# Up to this many failed, dead or in-flight deliveries, their events are named in the query.
-UNSETTLED_LISTED = 10_000
+# Up to this many deliveries in flight to a consumer, the status filter names their events.
+IN_FLIGHT_LISTED = 10_000
 
 
 class UncountedChangeList(ChangeList):
@@ -149,13 +149,15 @@ class DeliveryStatusFilter(admin.SimpleListFilter):
             raise IncorrectLookupParameters(f"Unknown delivery status {value!r}: use <consumer>:<status>.")
         deliveries = Delivery.objects.filter(consumer=consumer, status=status)
         matching = queryset.filter(Exists(deliveries.filter(event_id=OuterRef("pk"))))
-        if status == Delivery.Status.DONE:
+        if status != Delivery.Status.PUBLISHED:
+            # Done: most events, met at once walking back from the newest. Failed and dead: read
+            # newest first from their partial index on (consumer, status, event_id), migration 0007.
             return matching
-        # Failed, dead and in-flight deliveries are few, each set on a partial index: naming their
-        # events lets PostgreSQL start from them. Left to itself, it may walk the delivery table
-        # back by event id instead, in parallel workers that each read to the end for a match.
-        events = list(deliveries.values_list("event_id", flat=True)[: UNSETTLED_LISTED + 1])
-        return matching if len(events) > UNSETTLED_LISTED else matching.filter(pk__in=events)
+        # In flight: a few recent deliveries, on the partial index of published ones. Naming
+        # their events lets PostgreSQL start from them; left to itself, it walked the delivery
+        # table back by event id in parallel workers, each reading to the end for a match.
+        events = list(deliveries.values_list("event_id", flat=True)[: IN_FLIGHT_LISTED + 1])
+        return matching if len(events) > IN_FLIGHT_LISTED else queryset.filter(pk__in=events)
 
 
 class ConsumerFilter(admin.SimpleListFilter):
