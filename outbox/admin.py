@@ -85,7 +85,7 @@ class DeliveryInline(admin.TabularInline[Delivery, Event]):
 
 
 @admin.register(Event)
-class EventAdmin(UncountedAdmin):
+class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
     """The event log for auditors: filter, search by exact ids, read an aggregate's timeline, export."""
 
     list_display = ["id", "created_at", "event_type", "aggregate", "aggregate_version", "actor", "source"]
@@ -220,7 +220,7 @@ def _show(value: object) -> str:
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(UncountedAdmin):
+class DeliveryAdmin(admin_replay.ReplayGuard, UncountedAdmin):
     """Deliveries for operators: find failed and dead ones, and replay them."""
 
     list_display = [

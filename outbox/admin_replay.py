@@ -32,6 +32,22 @@ def can_replay(request: HttpRequest) -> bool:
     return request.user.has_perm("outbox.replay_delivery")
 
 
+REPLAY_ACTIONS = frozenset({"replay_deliveries", "deliver_again"})
+
+
+class ReplayGuard:
+    """Mixed into the Event and Delivery admins: a replay posted without the permission is a 403.
+
+    The admin does not offer the actions to such a user, and would answer a forged post by showing
+    the list again; refusing it outright says plainly that it was not allowed.
+    """
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        if request.method == "POST" and request.POST.get("action") in REPLAY_ACTIONS and not can_replay(request):
+            raise PermissionDenied
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
 class ReplayForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),

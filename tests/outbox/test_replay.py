@@ -143,7 +143,7 @@ def test_an_auditor_reads_but_cannot_change_delete_or_replay(auditor: Client, de
     response = auditor.post(
         "/admin/outbox/delivery/", {"action": "replay_deliveries", "_selected_action": [deliveries[0].pk]}
     )
-    assert response.status_code in (200, 302, 403)
+    assert response.status_code == 403
     assert queued() == []
     assert not Replay.objects.exists()
 
