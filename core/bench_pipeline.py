@@ -240,7 +240,7 @@ def _drain(*, after: int, expected: dict[str, int], start: float, timeout: float
         time.sleep(POLL_SECONDS)
 
 
-def _bench_redis_url() -> str:
+def bench_redis_url() -> str:
     """Return REDIS_URL's server with the bench's own database, emptied of Dramatiq's keys."""
     url = urlunsplit(urlsplit(settings.REDIS_URL)._replace(path=f"/{REDIS_DB}"))
     client = redis.Redis.from_url(url)
@@ -268,7 +268,7 @@ def pipeline_throughput(
     settle_tables()
     received_before = smtp.counter.received
     env = child_env(
-        redis_url=_bench_redis_url(),
+        redis_url=bench_redis_url(),
         EMAIL_BACKEND=SMTP_BACKEND,
         EMAIL_HOST=smtp.host,
         EMAIL_PORT=str(smtp.port),
