@@ -118,7 +118,8 @@ def test_unsettled_counts_read_only_the_partial_indexes() -> None:
             plans.append("\n".join(row[0] for row in cursor.fetchall()))
     assert len(plans) == 2
     assert "outbox_delivery_inflight_idx" in plans[0], plans[0]
-    assert "outbox_delivery_unsettled_idx" in plans[1], plans[1]
+    # Either partial index over failed and dead deliveries serves it (the event log has one too).
+    assert any(name in plans[1] for name in ("outbox_delivery_unsettled_idx", "outbox_delivery_failed_event_idx"))
     assert not any("Seq Scan" in plan for plan in plans), plans
 
 
