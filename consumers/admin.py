@@ -3,24 +3,15 @@
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
+from outbox.admin_volume import ReadOnly
 
 
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+class ReadOnlyAdmin(ReadOnly, admin.ModelAdmin[Any]):
     """Written by consumers only: viewable, never added, changed or deleted in the admin."""
 
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(StockMovement)

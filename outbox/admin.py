@@ -28,6 +28,7 @@ from outbox.admin_volume import (
     CreatedRangeFilter,
     DeliveryStatusFilter,
     EventTypeFilter,
+    ReadOnly,
     UncountedAdmin,
 )
 from outbox.models import Delivery, Event, Replay, ReplayItem
@@ -59,7 +60,7 @@ def export_events_jsonl(modeladmin: "EventAdmin", request: HttpRequest, queryset
     return _export(queryset, "jsonl")
 
 
-class DeliveryInline(admin.TabularInline[Delivery, Event]):
+class DeliveryInline(ReadOnly, admin.TabularInline[Delivery, Event]):
     model = Delivery
     readonly_fields = fields = (
         "consumer",
@@ -73,15 +74,6 @@ class DeliveryInline(admin.TabularInline[Delivery, Event]):
     extra = 0
     can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Event)
@@ -299,7 +291,7 @@ class ItemsFormSet(forms.BaseInlineFormSet):
         return self._shown
 
 
-class ReplayItemInline(admin.TabularInline[ReplayItem, Replay]):
+class ReplayItemInline(ReadOnly, admin.TabularInline[ReplayItem, Replay]):
     model = ReplayItem
     formset = ItemsFormSet
     shown = 500
@@ -316,15 +308,6 @@ class ReplayItemInline(admin.TabularInline[ReplayItem, Replay]):
     def event(self, item: ReplayItem) -> str:
         url = reverse("admin:outbox_event_change", args=[item.event_id])
         return format_html('<a href="{}">{}</a>', url, item.event_id)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Replay)

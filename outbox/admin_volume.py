@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
-from django.db.models import Exists, Model, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -60,7 +60,21 @@ class UncountedChangeList(ChangeList):
             self.next_page_query = self.get_query_string({PAGE_VAR: page + 1})
 
 
-class UncountedAdmin(admin.ModelAdmin[Any]):
+class ReadOnly:
+    """Mixed into an admin or an inline whose records are written by the system only: viewable,
+    never added, changed or deleted."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class UncountedAdmin(ReadOnly, admin.ModelAdmin[Any]):
     """Read-only, and fast at volume: no counts, no facet counts, no sorting by other columns."""
 
     show_full_result_count = False
@@ -77,15 +91,6 @@ class UncountedAdmin(admin.ModelAdmin[Any]):
             extra_context or {}
         )
         return super().changelist_view(request, extra_context)
-
-    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
-        return False
 
 
 class EventColumnFilter(admin.SimpleListFilter):

@@ -214,18 +214,21 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
     seen: dict[tuple[str, str], int] = {}
     previous: dict[tuple[str, str], str] = {}
 
-    def gap_check(name: tuple[str, str], version: int) -> None:
-        last = seen.get(name, 0)
-        if version > last + 1:
+    def missing(name: tuple[str, str], first: int, last: int) -> None:
+        """Report versions `first`..`last` of the aggregate, if any, as gone without a trace."""
+        if last >= first:
             problems.append(
                 Problem(
                     "missing_versions",
                     ":".join(name),
                     None,
                     None,
-                    f"versions {last + 1}..{version - 1} have neither an event nor a seal: removed",
+                    f"versions {first}..{last} have neither an event nor a seal: removed",
                 )
             )
+
+    def gap_check(name: tuple[str, str], version: int) -> None:
+        missing(name, seen.get(name, 0) + 1, version - 1)
 
     while event is not None or sealed is not None:
         if sealed is not None and (event is None or position(sealed) < position(event)):
@@ -278,15 +281,5 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
     report.aggregates = len(seen)
     for counter in counters.iterator(chunk_size=5000):
         name = (counter.aggregate_type, counter.aggregate_id)
-        last = seen.get(name, 0)
-        if counter.version > last:
-            problems.append(
-                Problem(
-                    "missing_versions",
-                    ":".join(name),
-                    None,
-                    None,
-                    f"versions {last + 1}..{counter.version} have neither an event nor a seal: removed",
-                )
-            )
+        missing(name, seen.get(name, 0) + 1, counter.version)
     return report
