@@ -1,8 +1,11 @@
-"""Shared fixtures: business records made through the services, and logged-in admin clients."""
+"""Shared fixtures: business records made through the services, logged-in admin clients, Redis."""
 
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+import redis
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -34,3 +37,13 @@ def admin_client(staff_user: User) -> Client:
     client = Client()
     client.force_login(staff_user)
     return client
+
+
+@pytest.fixture
+def empty_queues() -> Iterator[None]:
+    """Empty the tests' Redis database before and after: relays publish there, and no message may
+    be left behind for another test's workers."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield
+    client.flushdb()

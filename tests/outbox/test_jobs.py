@@ -11,8 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
@@ -55,13 +53,8 @@ def no_calls() -> None:
     CALLS.clear()
 
 
-@pytest.fixture(autouse=True)
-def empty_queues() -> Iterator[None]:
-    """The relays here publish to Redis: leave no message behind for another test's workers."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
-    yield
-    client.flushdb()
+# The relays here publish to Redis: empty it around each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 @contextmanager

@@ -1,13 +1,10 @@
 """`/metrics` for Prometheus (the outbox's figures), and the workers' own Dramatiq metrics."""
 
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 from django.test.utils import override_settings
@@ -20,14 +17,8 @@ from outbox.writer import events_flush
 from tests.processes import processes, wait_until
 from tests.smtp import free_port
 
-
-@pytest.fixture(autouse=True)
-def empty_queues() -> Iterator[None]:
-    """The relays here publish to Redis: leave no message behind for another test's workers."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
-    yield
-    client.flushdb()
+# The relays here publish to Redis: empty it around each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

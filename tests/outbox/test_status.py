@@ -2,14 +2,11 @@
 
 import json
 import signal
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
 import psycopg
 import pytest
-import redis
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
@@ -22,14 +19,8 @@ from outbox.writer import events_flush
 from tests.outbox.helpers import conninfo
 from tests.processes import processes, wait_until
 
-
-@pytest.fixture(autouse=True)
-def empty_queues() -> Iterator[None]:
-    """The relays here publish to Redis: leave no message behind for another test's workers."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
-    yield
-    client.flushdb()
+# The relays here publish to Redis: empty it around each test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def make_events(n: int) -> list[int]:
