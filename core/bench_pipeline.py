@@ -7,22 +7,16 @@ are a backlog that one relay and two workers, each its own process, drain throug
 three consumers; their e-mails go to a real SMTP server (aiosmtpd) running in this process.
 """
 
-import logging
 import random
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from aiosmtpd.controller import Controller
 from django.conf import settings
 from django.core import mail
 from django.db import connection
@@ -32,8 +26,8 @@ from consumers.email import notify
 from core import services
 from core.bench import settle_tables
 from core.bench_relay import child_env, manage_start, percentile, stop_children
+from core.harness import SmtpServer, max_event_id, quiet, routed_deliveries, smtp_server
 from core.models import Order
-from outbox import routing
 from outbox.models import Event
 
 # Two workers, as compose runs them, on a 2-core machine that also runs PostgreSQL, the relay
@@ -60,63 +54,6 @@ SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 
 class PipelineError(RuntimeError):
     """The pipeline could not be measured: a process did not start, or the backlog did not drain."""
-
-
-# --- an SMTP server that counts --------------------------------------------------------------
-
-
-class SmtpCounter:
-    """An aiosmtpd handler that accepts every message and counts it."""
-
-    def __init__(self) -> None:
-        # Written only by the server's event-loop thread; read by the bench.
-        self.received = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received += 1
-        return "250 OK"
-
-
-@dataclass(frozen=True)
-class SmtpServer:
-    """Where the in-process SMTP server listens, and its counter."""
-
-    host: str
-    port: int
-    counter: SmtpCounter
-
-
-def free_port() -> int:
-    """Return a TCP port on loopback that nothing listens on (aiosmtpd needs an explicit one)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def quiet(name: str) -> Iterator[None]:
-    """Raise the logger `name` to WARNING until the block ends: its INFO lines are per message."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextmanager
-def smtp_server() -> Iterator[SmtpServer]:
-    """Run an SMTP server on a free loopback port, in a thread, until the block ends."""
-    server = SmtpServer(host="127.0.0.1", port=free_port(), counter=SmtpCounter())
-    controller = Controller(server.counter, hostname=server.host, port=server.port)
-    # aiosmtpd logs every session at INFO: thousands of lines on the bench's console otherwise.
-    with quiet("mail.log"):
-        controller.start()
-        try:
-            yield server
-        finally:
-            controller.stop()
 
 
 # --- traffic ----------------------------------------------------------------------------------
@@ -162,25 +99,6 @@ def traffic_create(*, orders: int, seed: int = 1) -> tuple[int, int]:
 
 
 # --- the database's view of the run -----------------------------------------------------------
-
-
-def max_event_id() -> int:
-    """Return the id of the latest event (0 when there is none)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
-        return int(cursor.fetchone()[0])
-
-
-def routed_deliveries(*, after: int) -> tuple[int, dict[str, int]]:
-    """Return the number of events after id `after` and, per consumer, the deliveries routed to it."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT type, count(*) FROM outbox_event WHERE id > %s GROUP BY type", [after])
-        rows = cursor.fetchall()
-    expected: dict[str, int] = {}
-    for event_type, count in rows:
-        for consumer in routing.consumers_for(event_type):
-            expected[consumer] = expected.get(consumer, 0) + count
-    return sum(count for _, count in rows), expected
 
 
 def delivery_counts(*, after: int) -> dict[tuple[str, str], int]:

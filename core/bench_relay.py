@@ -22,6 +22,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import override_settings
 
+from core.harness import max_event_id
 from outbox.relay import Relay
 
 BENCH_QUEUE = "outbox_bench"
@@ -221,7 +222,7 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     # The bench's own Redis database, emptied first: messages left by an earlier run would keep
     # the worker busy (and the latency high) while it works through them.
     env = child_env(redis_url=bench_redis_url())
-    first_id = _max_event_id()
+    first_id = max_event_id()
     customer = services.customer_create(name="Latency", email="latency@example.com")
     children = [
         manage_start(["outbox_relay"], env=env),
@@ -229,7 +230,7 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     ]
     try:
         _wait_for(lambda: _done_after(first_id) >= 1, timeout=60)  # both are up and the path works
-        start_id = _max_event_id()
+        start_id = max_event_id()
         count = int(rate * seconds)
         interval = 1.0 / rate
         next_at = time.monotonic()
@@ -249,12 +250,6 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
         "e2e_latency_ms_p50": round(percentile(latencies, 0.50), 2),
         "e2e_latency_ms_p99": round(percentile(latencies, 0.99), 2),
     }
-
-
-def _max_event_id() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
-        return int(cursor.fetchone()[0])
 
 
 def _done_after(event_id: int) -> int:

@@ -1,17 +1,10 @@
 """The chaos run: real relays and workers under faults, then the invariants checked.
 
-While orders are placed (and some transactions rolled back on purpose), relays and workers are
-SIGKILLed at random and started again, Redis is restarted once with its data lost, and
-PostgreSQL is restarted once. Then the run waits for the pipeline to drain and checks, from the
-database and from what the SMTP server received:
-
-- lost_events: routed (event, consumer) deliveries that never got done;
-- duplicate_effects: stock movements applied twice (same event and product);
-- stock_mismatches: products whose stock differs from receipts minus placed lines, or from their ledger;
-- duplicate_emails: notices the SMTP server received more than once (the design's one window);
-- rolled_back_published: events, deliveries or e-mails of rolled-back transactions;
-- version_regressions: a source's ledger applying a lower version after a higher one;
-- drain_seconds: from the last fault to every delivery done.
+While orders are placed, edited and cancelled (and some transactions rolled back on purpose),
+relays and workers are SIGKILLed at random and started again, Redis is restarted once with its
+data lost, and PostgreSQL is restarted once. Then the run waits for the pipeline to drain, and
+measures `drain_seconds` (from the last fault to every delivery done); `core.chaos_checks`
+checks the invariants.
 """
 
 import logging
@@ -24,48 +17,26 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
-from django.db.models import Count
 
 from core import services
-from core.bench_pipeline import free_port, quiet
 from core.bench_relay import child_env, manage_start, stop_children
-from core.models import Customer, Order, Product
+from core.chaos_checks import ROLLBACK_EMAIL, SKU_PREFIX, check
+from core.harness import HarnessError, LocalRedis, max_event_id, smtp_server, undone_deliveries, wait_for
+from core.models import Customer
+from core.traffic import Shopper, catalogue_ensure
 
 logger = logging.getLogger("core.chaos")
-
-SKU_PREFIX = "CHAOS-"
-ROLLBACK_EMAIL = "chaos-rollback@example.com"
 
 
 class ChaosError(RuntimeError):
     """The run could not be carried out (a tool missing, a service that did not come back)."""
-
-
-class NoticeCounter:
-    """An SMTP handler counting messages per (order, notice) from the consumer's headers."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.notices: Counter[tuple[str, str]] = Counter()
-        self.recipients: Counter[str] = Counter()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        head = envelope.content.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-        fields = dict(line.split(": ", 1) for line in head.split("\r\n") if ": " in line)
-        with self.lock:
-            self.notices[(fields.get("X-Order-Id", "?"), fields.get("X-Notice", "?"))] += 1
-            for rcpt in envelope.rcpt_tos:
-                self.recipients[rcpt] += 1
-        return "250 OK"
 
 
 @dataclass
@@ -93,56 +64,6 @@ class Faults:
 # --- services under our control ---------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A throwaway Redis without persistence, on its own port, restartable with its data lost."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            raise ChaosError("redis-server is not on PATH: the chaos run starts a Redis of its own.")
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        subprocess.run(  # noqa: S603
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                str(self.workdir / "redis.log"),
-            ],
-            check=True,
-            timeout=30,
-        )
-        _wait(self.ping, 15, "the private Redis to start")
-
-    def ping(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        import redis
-
-        with suppress(redis.RedisError):
-            redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2).shutdown(nosave=True)
-        _wait(lambda: not self.ping(), 15, "the private Redis to stop")
-
-
 def postgres_restart_command() -> list[str]:
     """The command that restarts this machine's PostgreSQL cluster (Debian's pg_ctlcluster)."""
     versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
@@ -160,14 +81,6 @@ def postgres_restart_command() -> list[str]:
         "-m",
         "fast",
     ]
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise ChaosError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _db_up() -> bool:
@@ -238,134 +151,132 @@ def _retrying(action: Callable[[], Any]) -> Any:
 
 
 class Rollback(Exception):
-    pass
+    """Raised inside a transaction to roll it back on purpose."""
 
 
 def traffic(scale: Scale, rng: random.Random, progress: Callable[[int], None] | None) -> dict[str, int]:
-    skus = [f"{SKU_PREFIX}{i:03d}" for i in range(1, 31)]
-    existing = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
-    for sku in skus:
-        if sku not in existing:
-            services.product_create(sku=sku, name=f"Chaos {sku}", price=Decimal("5.00"))
-            services.stock_receive(sku=sku, quantity=100_000, note="chaos: opening stock")
-    customers = [
-        Customer.objects.filter(email=f"chaos{i}@example.com").first()
-        or services.customer_create(name=f"Chaos {i}", email=f"chaos{i}@example.com")
-        for i in range(20)
-    ]
+    """Place `scale.orders` orders, every `rollback_every`th in a transaction rolled back on purpose,
+    editing and cancelling some and receiving stock between them; return what was done."""
+    catalogue = catalogue_ensure(prefix=SKU_PREFIX, products=30, customers=20, opening_stock=100_000, label="chaos")
     doomed = Customer.objects.filter(email=ROLLBACK_EMAIL).first() or services.customer_create(
         name="Rolled back", email=ROLLBACK_EMAIL
     )
-    counts: Counter[str] = Counter()
-    placed: list[int] = []
+    shopper = Shopper(catalogue, rng, run=_retrying, receive_range=(1, 20))
     for n in range(1, scale.orders + 1):
-        lines = [services.LineRequest(sku=s, quantity=rng.randint(1, 3)) for s in rng.sample(skus, rng.randint(1, 4))]
         if scale.rollback_every and n % scale.rollback_every == 0:
+            lines = shopper.lines()
 
             def rolled_back(lines: list[services.LineRequest] = lines) -> None:
-                try:
-                    with transaction.atomic():
-                        services.order_create(customer=doomed, lines=lines, place=True)
-                        raise Rollback
-                except Rollback:
-                    pass
+                with suppress(Rollback), transaction.atomic():
+                    services.order_create(customer=doomed, lines=lines, place=True)
+                    raise Rollback
 
             _retrying(rolled_back)
-            counts["rolled_back"] += 1
+            shopper.counts["rolled_back"] += 1
         else:
-            customer = rng.choice(customers)
-
-            def place(customer: Customer = customer, lines: list[services.LineRequest] = lines) -> Order:
-                return services.order_create(customer=customer, lines=lines, place=True)
-
-            order = _retrying(place)
-            placed.append(order.pk)
-            counts["placed"] += 1
-        if placed and rng.random() < 0.08:
-            order_id = placed.pop(rng.randrange(len(placed)))
-
-            def cancel(order_id: int = order_id) -> None:
-                order = Order.objects.get(pk=order_id)
-                if order.status == Order.Status.PLACED:
-                    services.order_set_status(order=order, status=Order.Status.CANCELLED)
-
-            _retrying(cancel)
-            counts["cancelled"] += 1
+            shopper.place()
+        if rng.random() < 0.10:
+            shopper.edit()
+        if rng.random() < 0.08:
+            shopper.cancel()
         if rng.random() < 0.05:
-            _retrying(lambda: services.stock_receive(sku=rng.choice(skus), quantity=rng.randint(1, 20)))
-            counts["received"] += 1
+            shopper.receive()
         if progress:
             progress(1)
-    return dict(counts)
+    return dict(shopper.counts)
 
 
 # --- the run ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def notice_server() -> Iterator[tuple[str, int, NoticeCounter]]:
-    counter = NoticeCounter()
-    port = free_port()
-    controller = Controller(counter, hostname="127.0.0.1", port=port)
-    with quiet("mail.log"):
-        controller.start()
-        try:
-            yield "127.0.0.1", port, counter
-        finally:
-            controller.stop()
+class Monkey:
+    """The faults: a random relay or worker SIGKILLed and started again about every
+    `kill_interval` seconds, Redis restarted once (data lost) and PostgreSQL once, each at a
+    random point of the traffic."""
+
+    def __init__(self, scale: Scale, rng: random.Random, fleet: Fleet, redis_server: LocalRedis) -> None:
+        self.scale, self.rng, self.fleet, self.redis = scale, rng, fleet, redis_server
+        self.restart_pg = postgres_restart_command() if scale.restart_postgres else None
+        self.redis_at = rng.uniform(0.25, 0.4)
+        self.postgres_at = rng.uniform(0.6, 0.75)
+        self.faults = Faults()
+        self.orders_done = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="chaos-monkey", daemon=True)
+
+    def _record(self, what: str) -> None:
+        self.faults.last_at = time.monotonic()
+        self.faults.log.append(f"{time.strftime('%H:%M:%S')} order {self.orders_done}: {what}")
+
+    def restart_redis(self) -> None:
+        self.redis.restart()
+        self.faults.redis_restarts += 1
+        self._record("Redis restarted, its data lost")
+
+    def restart_postgres(self) -> None:
+        assert self.restart_pg is not None
+        subprocess.run(self.restart_pg, check=True, timeout=180, capture_output=True)  # noqa: S603
+        self.faults.postgres_restarts += 1
+        self._record("PostgreSQL restarted")
+
+    def kill_one(self) -> None:
+        name = self.rng.choice(sorted(self.fleet.specs))
+        self.fleet.kill(name)
+        self.fleet.start(name)
+        self.faults.kills += 1
+        self._record(f"SIGKILL {name}, started again")
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.rng.uniform(0.5, 1.5) * self.scale.kill_interval):
+            share = self.orders_done / self.scale.orders
+            if self.faults.redis_restarts == 0 and share >= self.redis_at:
+                self.restart_redis()
+            elif self.restart_pg and self.faults.postgres_restarts == 0 and share >= self.postgres_at:
+                self.restart_postgres()
+            else:
+                self.kill_one()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> None:
+        """Stop the loop; cause the restarts that the traffic ended too soon for."""
+        self.stopping.set()
+        self.thread.join(timeout=240)
+        if self.faults.redis_restarts == 0:
+            self.restart_redis()
+        if self.restart_pg and self.faults.postgres_restarts == 0:
+            self.restart_postgres()
 
 
 def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the chaos scenario in the current database; return the figures."""
     rng = random.Random(scale.seed)  # noqa: S311 - fault timing, not secrets
-    restart_pg = postgres_restart_command() if scale.restart_postgres else None
     workdir = Path(tempfile.mkdtemp(prefix="outbox-chaos-"))
-    redis_server = PrivateRedis(workdir)
-    redis_server.start()
-    faults = Faults()
-    first_event = _max_event_id()
     try:
-        with ExitStack() as stack, notice_server() as (host, port, counter):
+        redis_server = LocalRedis(workdir)
+        redis_server.start()
+    except HarnessError as e:
+        raise ChaosError(str(e)) from e
+    first_event = max_event_id()
+    try:
+        with ExitStack() as stack, smtp_server() as smtp:
             env = child_env(
                 redis_url=redis_server.url,
                 EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-                EMAIL_HOST=host,
-                EMAIL_PORT=str(port),
+                EMAIL_HOST=smtp.host,
+                EMAIL_PORT=str(smtp.port),
                 OUTBOX_REDELIVERY_SECONDS=str(scale.redelivery_seconds),
                 OUTBOX_RELAY_POLL_SECONDS="0.5",
             )
             fleet = Fleet(env, workdir, scale)
             stack.callback(fleet.kill_all)
             fleet.start_all()
-            stop = threading.Event()
-            plan = {"redis_at": rng.uniform(0.25, 0.4), "postgres_at": rng.uniform(0.6, 0.75)}
-            done_orders = [0]
-
-            def chaos_monkey() -> None:
-                while not stop.wait(rng.uniform(0.5, 1.5) * scale.kill_interval):
-                    share = done_orders[0] / scale.orders
-                    if faults.redis_restarts == 0 and share >= plan["redis_at"]:
-                        redis_server.stop()
-                        redis_server.start()
-                        faults.redis_restarts += 1
-                        faults.log.append(f"{time.monotonic():.1f} redis restarted (data lost)")
-                    elif restart_pg and faults.postgres_restarts == 0 and share >= plan["postgres_at"]:
-                        subprocess.run(restart_pg, check=True, timeout=120, capture_output=True)  # noqa: S603
-                        faults.postgres_restarts += 1
-                        faults.log.append(f"{time.monotonic():.1f} postgres restarted")
-                    else:
-                        name = rng.choice(sorted(fleet.specs))
-                        fleet.kill(name)
-                        fleet.start(name)
-                        faults.kills += 1
-                        faults.log.append(f"{time.monotonic():.1f} SIGKILL {name}")
-                    faults.last_at = time.monotonic()
-
-            monkey = threading.Thread(target=chaos_monkey, name="chaos-monkey", daemon=True)
+            monkey = Monkey(scale, rng, fleet, redis_server)
             monkey.start()
 
             def counted(n: int) -> None:
-                done_orders[0] += n
+                monkey.orders_done += n
                 if progress:
                     progress(n)
 
@@ -373,32 +284,27 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             try:
                 made = traffic(scale, rng, counted)
             finally:
-                stop.set()
-                monkey.join(timeout=180)
-            # Every fault happens during the traffic; the missing ones happen now.
-            if faults.redis_restarts == 0:
-                redis_server.stop()
-                redis_server.start()
-                faults.redis_restarts += 1
-                faults.last_at = time.monotonic()
-            if restart_pg and faults.postgres_restarts == 0:
-                subprocess.run(restart_pg, check=True, timeout=120, capture_output=True)  # noqa: S603
-                faults.postgres_restarts += 1
-                faults.last_at = time.monotonic()
-            _wait(_db_up, 60, "PostgreSQL to answer again")
+                monkey.finish()
+            try:
+                wait_for(_db_up, timeout=60, what="PostgreSQL to answer again")
+            except HarnessError as e:
+                raise ChaosError(str(e)) from e
             traffic_seconds = time.monotonic() - started
             drained = _drain(first_event, scale.drain_timeout)
-            drain_seconds = time.monotonic() - faults.last_at
+            drain_seconds = time.monotonic() - monkey.faults.last_at
             fleet.stop_all()
-            figures = check(first_event, counter)
+            figures = check(first_event, smtp.counter)
     finally:
-        with suppress(ChaosError):
+        with suppress(HarnessError):
             redis_server.stop()
+    faults = monkey.faults
+    (workdir / "faults.log").write_text("\n".join(faults.log) + "\n")
     figures.update(
         {
             "drain_seconds": round(drain_seconds, 2),
             "drained": drained,
             "orders_placed": made.get("placed", 0),
+            "orders_edited": made.get("edited", 0),
             "orders_cancelled": made.get("cancelled", 0),
             "transactions_rolled_back": made.get("rolled_back", 0),
             "stock_receipts": made.get("received", 0),
@@ -412,104 +318,13 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
     return figures
 
 
-def _max_event_id() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(id), 0) FROM outbox_event")
-        return int(cursor.fetchone()[0])
-
-
-def _undone(first_event: int) -> int:
-    from outbox.models import Event
-    from outbox.routing import consumers_for
-
-    types = Counter(dict(Event.objects.filter(id__gt=first_event).values_list("event_type").annotate(Count("id"))))
-    routed = sum(n * len(consumers_for(t)) for t, n in types.items())
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM outbox_delivery WHERE event_id > %s AND status = 'done'", [first_event])
-        return routed - int(cursor.fetchone()[0])
-
-
 def _drain(first_event: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if _undone(first_event) == 0:
+            if undone_deliveries(after=first_event) == 0:
                 return True
         except DatabaseError:
             connection.close()
         time.sleep(0.5)
     return False
-
-
-_OVER_APPLIED = """
-WITH wanted AS (
-    SELECT 'order:' || o.id AS source, l.product_id, -sum(l.quantity) AS quantity
-    FROM core_order o JOIN core_orderline l ON l.order_id = o.id
-    WHERE o.status IN ('placed', 'fulfilled') GROUP BY 1, 2
-), applied AS (
-    SELECT source, product_id, sum(quantity) AS quantity FROM inventory_movement
-    WHERE source LIKE 'order:%%' GROUP BY 1, 2
-)
-SELECT count(*) FROM applied a FULL JOIN wanted w ON w.source = a.source AND w.product_id = a.product_id
-WHERE coalesce(a.quantity, 0) <> coalesce(w.quantity, 0)
-"""
-
-_TWICE = """
-SELECT count(*) FROM (SELECT 1 FROM inventory_movement GROUP BY event_id, product_id HAVING count(*) > 1) t
-"""
-
-_REGRESSIONS = """
-SELECT count(*) FROM (
-    SELECT version < lag(version) OVER (PARTITION BY source ORDER BY id) AS back FROM inventory_movement
-) t WHERE back
-"""
-
-_STOCK = """
-SELECT p.sku, p.stock,
-       coalesce((SELECT sum(quantity) FROM core_stockreceipt r WHERE r.product_id = p.id), 0)
-       - coalesce((SELECT sum(l.quantity) FROM core_orderline l JOIN core_order o ON o.id = l.order_id
-                   WHERE l.product_id = p.id AND o.status IN ('placed', 'fulfilled')), 0) AS expected,
-       coalesce((SELECT sum(quantity) FROM inventory_movement m WHERE m.product_id = p.id), 0) AS ledger
-FROM core_product p WHERE p.sku LIKE %s
-"""
-
-
-def check(first_event: int, counter: NoticeCounter) -> dict[str, Any]:
-    """Check the invariants over everything written since `first_event`."""
-    from outbox.models import Delivery, Event
-
-    doomed = Customer.objects.filter(email=ROLLBACK_EMAIL).values_list("id", flat=True).first()
-    with connection.cursor() as cursor:
-        cursor.execute(_TWICE)
-        twice = int(cursor.fetchone()[0])
-        cursor.execute(_OVER_APPLIED)
-        misapplied = int(cursor.fetchone()[0])
-        cursor.execute(_REGRESSIONS)
-        regressions = int(cursor.fetchone()[0])
-        cursor.execute(_STOCK, [SKU_PREFIX + "%"])
-        stock_rows = cursor.fetchall()
-    stock_mismatches = [
-        {"sku": sku, "stock": stock, "expected": expected, "ledger": ledger}
-        for sku, stock, expected, ledger in stock_rows
-        if not stock == expected == ledger
-    ]
-    rolled_back = Event.objects.filter(
-        id__gt=first_event, aggregate_type="order", payload__state__customer_id=doomed
-    ).count()
-    with counter.lock:
-        duplicate_emails = sum(n - 1 for n in counter.notices.values() if n > 1)
-        emails = sum(counter.notices.values())
-        rolled_back += counter.recipients.get(ROLLBACK_EMAIL, 0)
-    dead = Delivery.objects.filter(event_id__gt=first_event, status="dead").count()
-    return {
-        "lost_events": _undone(first_event),
-        "duplicate_effects": twice + misapplied,
-        "duplicate_emails": duplicate_emails,
-        "stock_mismatches": len(stock_mismatches),
-        "rolled_back_published": rolled_back,
-        "version_regressions": regressions,
-        "dead_deliveries": dead,
-        "emails_received": emails,
-        "events": Event.objects.filter(id__gt=first_event).count(),
-        "stock_mismatch_examples": stock_mismatches[:5],
-    }

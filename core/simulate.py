@@ -1,10 +1,9 @@
 """A traffic generator: realistic business changes at a given rate, then a consistency report.
 
-Orders are placed (one to four lines), edited (a line's quantity changed while placed),
-cancelled, and stock is received, through the same services the admin uses. The report then
-checks what the pipeline made of it: every event delivered, every product's stock equal to its
-receipts minus its placed lines (cancelled orders give theirs back) and to its ledger, one
-e-mail per notice.
+The changes are a `core.traffic.Shopper`'s: orders placed, edited, cancelled, and stock received,
+through the same services the admin uses. The report then checks what the pipeline made of it:
+every event delivered, every product's stock equal to its receipts minus its placed lines
+(cancelled orders give theirs back) and to its ledger, one e-mail per notice.
 """
 
 import random
@@ -12,21 +11,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Sum
 
 from consumers.models import EmailNotice, StockMovement
-from core import services
-from core.models import Customer, Order, OrderLine, Product, StockReceipt
+from core.models import Order, OrderLine, Product, StockReceipt
+from core.traffic import Shopper, catalogue_ensure
 from outbox.models import Delivery, Event, Pending
 from outbox.routing import consumers_for
 
 SKU_PREFIX = "SIM-"
-PRODUCTS = 20
-CUSTOMERS = 20
-OPENING_STOCK = 500
 ACTIONS = ["place", "edit", "cancel", "receive"]
 WEIGHTS = [60, 15, 10, 15]
 
@@ -43,63 +38,27 @@ class Traffic:
     seconds: float = 0.0
 
 
-def catalogue() -> tuple[list[str], list[Customer]]:
-    """The simulation's own products and customers, created once (with opening stock)."""
-    skus = [f"{SKU_PREFIX}{i:03d}" for i in range(1, PRODUCTS + 1)]
-    existing = set(Product.objects.filter(sku__in=skus).values_list("sku", flat=True))
-    for sku in skus:
-        if sku not in existing:
-            services.product_create(sku=sku, name=f"Simulated {sku}", price=Decimal("10.00") + int(sku[-3:]))
-            services.stock_receive(sku=sku, quantity=OPENING_STOCK, note="simulate: opening stock")
-    customers = []
-    for i in range(1, CUSTOMERS + 1):
-        email = f"sim{i}@example.com"
-        customer = Customer.objects.filter(email=email).first() or services.customer_create(
-            name=f"Simulated customer {i}", email=email
-        )
-        customers.append(customer)
-    return skus, customers
-
-
 def run_traffic(*, orders: int, rate: float, seed: int, progress: Callable[[int], None] | None = None) -> Traffic:
     """Generate traffic until `orders` orders were placed, at `rate` changes per second (0: flat out)."""
     rng = random.Random(seed)  # noqa: S311 - traffic, not secrets
-    skus, customers = catalogue()
-    traffic = Traffic(first_event_id=(Event.objects.order_by("-id").values_list("id", flat=True).first() or 0))
-    placed: list[int] = []
+    catalogue = catalogue_ensure(prefix=SKU_PREFIX, products=20, customers=20, opening_stock=500, label="sim")
+    shopper = Shopper(catalogue, rng)
+    first_event_id = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
     started = time.monotonic()
     next_at = started
-    while traffic.placed < orders:
-        action = rng.choices(ACTIONS, WEIGHTS)[0] if placed else "place"
-        if action == "place":
-            lines = [
-                services.LineRequest(sku=sku, quantity=rng.randint(1, 3)) for sku in rng.sample(skus, rng.randint(1, 4))
-            ]
-            placed.append(services.order_create(customer=rng.choice(customers), lines=lines, place=True).pk)
-            traffic.placed += 1
-            if progress:
-                progress(1)
-        elif action == "edit":
-            line = OrderLine.objects.filter(order_id=rng.choice(placed), order__status=Order.Status.PLACED).first()
-            if line is not None:
-                line.quantity = rng.randint(1, 5)
-                line.full_clean()
-                line.save()
-                traffic.edited += 1
-        elif action == "cancel":
-            order_id = placed.pop(rng.randrange(len(placed)))
-            order = Order.objects.get(pk=order_id)
-            if order.status == Order.Status.PLACED:
-                services.order_set_status(order=order, status=Order.Status.CANCELLED)
-                traffic.cancelled += 1
-        else:
-            services.stock_receive(sku=rng.choice(skus), quantity=rng.randint(5, 50), note="simulate")
-            traffic.received += 1
+    while shopper.counts["placed"] < orders:
+        action = rng.choices(ACTIONS, WEIGHTS)[0] if shopper.placed else "place"
+        getattr(shopper, action)()
+        if action == "place" and progress:
+            progress(1)
         if rate > 0:
             next_at += 1.0 / rate
             time.sleep(max(0.0, next_at - time.monotonic()))
-    traffic.seconds = time.monotonic() - started
-    return traffic
+    return Traffic(
+        first_event_id=first_event_id,
+        seconds=time.monotonic() - started,
+        **{key: shopper.counts[key] for key in ("placed", "edited", "cancelled", "received")},
+    )
 
 
 @dataclass

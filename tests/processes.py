@@ -16,6 +16,8 @@ from typing import IO, Any
 
 from django.db import connection
 
+from core.harness import LocalRedis
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -140,54 +142,11 @@ def processes(tmp: Path, **env: str) -> Iterator[Processes]:
 
 
 @contextmanager
-def private_redis(port: int, tmp: Path) -> Iterator[Callable[[], None]]:
-    """Run a throwaway Redis on 127.0.0.1:`port`; yield a function that starts it again after a stop."""
-
-    def start() -> None:
-        subprocess.run(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(tmp),
-                "--logfile",
-                str(tmp / f"redis-{port}.log"),
-            ],
-            check=True,
-            timeout=30,
-        )
-        wait_until(lambda: redis_ping(port), timeout=15, what=f"Redis on port {port}")
-
-    start()
+def private_redis(tmp: Path) -> Iterator[LocalRedis]:
+    """Run a throwaway Redis on a free loopback port until the block ends; `.stop()` and `.start()` it at will."""
+    server = LocalRedis(tmp)
+    server.start()
     try:
-        yield start
+        yield server
     finally:
-        redis_stop(port)
-
-
-def redis_ping(port: int) -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def redis_stop(port: int) -> None:
-    """Stop the Redis on `port` without saving (its data is lost, as in a crash)."""
-    import redis
-
-    # SHUTDOWN closes the connection it arrived on, which the client reports as an error.
-    with suppress(redis.RedisError):
-        redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).shutdown(nosave=True)
-    wait_until(lambda: not redis_ping(port), timeout=15, what=f"Redis on port {port} to stop")
+        server.stop()

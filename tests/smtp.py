@@ -3,7 +3,6 @@
 import email
 import email.message
 import email.policy
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from core.harness import free_port
+
+__all__ = ["Mailbox", "free_port", "smtp_server"]
 
 
 @dataclass
@@ -39,12 +42,6 @@ class Mailbox:
     def count(self) -> int:
         with self.lock:
             return len(self.messages)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -8,7 +8,6 @@ import http.cookiejar
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from core.harness import free_port
 
 pytestmark = pytest.mark.embedded
 
@@ -101,13 +102,6 @@ def _open(
     return response
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_until_answering(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     max_attempts = int(SERVER_START_TIMEOUT / POLL_INTERVAL) + 1
@@ -141,7 +135,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Embedded:
 @pytest.fixture(scope="module")
 def server(embedded: Embedded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`manage.py runserver` on a free port, serving the embedded database; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("runserver") / "runserver.log"
     with log.open("wb") as log_file:

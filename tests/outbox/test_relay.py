@@ -18,7 +18,7 @@ from core.models import Customer
 from outbox.models import Delivery, Pending
 from outbox.writer import events_flush
 from tests.outbox.helpers import committed_count, conninfo
-from tests.processes import private_redis, processes, redis_stop, wait_until
+from tests.processes import private_redis, processes, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -166,25 +166,23 @@ def test_relay_killed_before_publishing_loses_nothing(tmp_path: Path) -> None:
 
 def test_redis_outage_burns_no_attempt_and_the_backlog_drains(tmp_path: Path) -> None:
     """With Redis down the relay backs off, logs once, counts no claim; when it returns, all drain."""
-    port = 6391
-    url = f"redis://127.0.0.1:{port}/0"
     with (
-        private_redis(port, tmp_path) as start_redis,
-        processes(tmp_path, OUTBOX_RELAY_POLL_SECONDS="0.2", REDIS_URL=url) as procs,
+        private_redis(tmp_path) as redis_server,
+        processes(tmp_path, OUTBOX_RELAY_POLL_SECONDS="0.2", REDIS_URL=redis_server.url) as procs,
     ):
-        redis_stop(port)
+        redis_server.stop()
         ids = make_events(50)
         relay = procs.relay("r1", "--batch-size", "10")
         wait_until(lambda: "Broker unavailable" in relay.output(), timeout=60, what="the outage to be noticed")
         assert committed_count("outbox_pending") == 50
         assert set(Pending.objects.values_list("claims", flat=True)) == {0}
-        start_redis()
+        redis_server.start()
         wait_until(lambda: committed_count("outbox_pending") == 0, timeout=60, what="the backlog to drain")
         assert relay.stop() == 0
         log = relay.output()
         assert log.count("Broker unavailable") == 1
         assert log.count("Broker available again") == 1
-        assert queued_event_ids(url) == Counter(dict.fromkeys(ids, 1))
+        assert queued_event_ids(redis_server.url) == Counter(dict.fromkeys(ids, 1))
     assert set(Delivery.objects.values_list("publications", flat=True)) == {1}
 
 
