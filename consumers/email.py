@@ -18,6 +18,7 @@ import smtplib
 import time
 from datetime import timedelta
 from decimal import Decimal
+from email.utils import parseaddr
 from typing import Any
 
 from django.conf import settings
@@ -119,18 +120,33 @@ def render(kind: str, order_id: int, orders: OrderCache | None = None) -> mail.E
     )
 
 
+# On PostgreSQL the lease is taken and tested on the database's clock, so that workers on
+# machines whose clocks disagree still agree on whose lease has run out. (The embedded default
+# runs its one worker on the machine of its SQLite file: its clock is the only one.)
 _CLAIM = """
 INSERT INTO email_notice (order_id, kind, event_id, recipient, subject, status, sends, lease_until, created_at)
-VALUES (%s, %s, %s, %s, %s, 'sending', 1, %s, CURRENT_TIMESTAMP)
+VALUES (%s, %s, %s, %s, %s, 'sending', 1, {lease_until}, CURRENT_TIMESTAMP)
 ON CONFLICT (order_id, kind) DO UPDATE
     SET sends = email_notice.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
     WHERE email_notice.status = 'sending'
-      AND (email_notice.lease_until IS NULL OR email_notice.lease_until < %s)
+      AND (email_notice.lease_until IS NULL OR email_notice.lease_until < {now})
 RETURNING id
 """
+_CLAIM_POSTGRESQL = _CLAIM.format(
+    lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
+)
+_CLAIM_LOCAL_CLOCK = _CLAIM.format(lease_until="%s", now="%s")
 
 
 _SENT = "UPDATE email_notice SET status = 'sent', sent_at = %s, lease_until = NULL WHERE id = %s"
+
+
+def message_id(*, notice_id: int, kind: str, order_id: int) -> str:
+    """Return the notice's Message-ID: the same on every send of it, so that a copy sent again
+    after a crash (the duplicate window) is recognisably the same message to the recipient's mail
+    system, which can drop it."""
+    domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or "localhost"
+    return f"<notice-{notice_id}.{kind}.order-{order_id}@{domain}>"
 
 
 def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> int | None:
@@ -138,11 +154,15 @@ def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> int | None:
 
     Raises NoticeBusy when another worker holds the notice's lease.
     """
-    now = timezone.now()
-    lease_until = now + timedelta(seconds=lease_seconds())
     order_id = int(event.aggregate_id)
+    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject)]
+    if db_connection.vendor == "postgresql":
+        statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
+    else:
+        now = timezone.now()
+        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=lease_seconds()), now]
     with db_connection.cursor() as cursor:
-        cursor.execute(_CLAIM, [order_id, kind, event.id, message.to[0], str(message.subject), lease_until, now])
+        cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is not None:
         return int(row[0])
@@ -172,6 +192,7 @@ def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -
         with transaction.atomic():
             delivery_begin(event_id=event.id, consumer=CONSUMER)
         return None
+    message.extra_headers["Message-ID"] = message_id(notice_id=notice_id, kind=kind, order_id=int(event.aggregate_id))
     try:
         if connection is not None:
             connection.open()  # once per batch: later sends reuse it

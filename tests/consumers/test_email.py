@@ -124,3 +124,58 @@ def test_a_worker_that_died_after_the_smtp_accept_leaves_the_one_duplicate_windo
     assert mailbox.count() == 1
     notice = EmailNotice.objects.get()
     assert (notice.status, notice.sends) == ("sent", 2)
+
+
+def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """The duplicate the design admits is the same message: one Message-ID per notice, on every
+    send, so that the recipient's mail system can tell the copy from a second confirmation."""
+    order = place(customer, products)
+    ids = routed_ids("email")
+    email.send_notices(event_ids=ids)
+    # A worker that died after the SMTP accept, before recording it: the notice is still
+    # `sending` with its lease run out, and the delivery not done.
+    notice = EmailNotice.objects.get()
+    EmailNotice.objects.filter(pk=notice.pk).update(status="sending", lease_until=timezone.now() - timedelta(seconds=1))
+    Delivery.objects.filter(consumer="email").update(status="published")
+    email.send_notices(event_ids=ids)
+
+    assert mailbox.count() == 2
+    first, second = (m["Message-ID"] for m in mailbox.messages)
+    assert first == second == f"<notice-{notice.pk}.order_confirmation.order-{order.pk}@localhost>"
+    assert EmailNotice.objects.get().sends == 2
+
+
+def test_the_lease_of_another_worker_is_judged_by_the_database_clock(
+    mailbox: Mailbox, customer: Customer, products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers whose clocks are off still agree on leases: with this worker's clock an hour fast, a
+    lease that PostgreSQL's clock says runs for another minute is still busy; with it an hour slow,
+    one that ran out a second ago is taken over."""
+    from django.db import connection
+
+    order = place(customer, products)
+    event = Event.objects.get(pk=routed_ids("email")[0])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        db_now = cursor.fetchone()[0]
+    notice = EmailNotice.objects.create(
+        order_id=order.pk,
+        kind="order_confirmation",
+        event_id=event.pk,
+        recipient="ada@example.com",
+        subject="s",
+        status="sending",
+        sends=1,
+        lease_until=db_now + timedelta(minutes=1),
+    )
+    monkeypatch.setattr(timezone, "now", lambda: db_now + timedelta(hours=1))
+    with pytest.raises(email.NoticeBusy):
+        email.notify(event, connection=None)
+    assert mailbox.count() == 0
+
+    EmailNotice.objects.filter(pk=notice.pk).update(lease_until=db_now - timedelta(seconds=1))
+    monkeypatch.setattr(timezone, "now", lambda: db_now - timedelta(hours=1))
+    email.notify(event, connection=None)
+    assert mailbox.count() == 1
