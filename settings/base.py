@@ -161,6 +161,9 @@ OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 # beat is older than the second figure.
 OUTBOX_HEARTBEAT_SECONDS = env.float("OUTBOX_HEARTBEAT_SECONDS", default=5.0)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", default=30.0)
+# The event log's seal key (outbox/sealing.py). Empty: derived from SECRET_KEY, which then can
+# never be rotated without breaking the chains. Set it, the same on every machine, in production.
+OUTBOX_SEAL_KEY = env.str("OUTBOX_SEAL_KEY", default="")
 
 # The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
 # them, which doubles from the minimum up to the maximum, with jitter.

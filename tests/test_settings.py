@@ -99,3 +99,28 @@ def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
 
     assert report["ENGINE"] == "outbox.backends.postgresql"  # Django's backend, events written with COMMIT
     assert report["BROKER"] == "WakingRedisBroker"  # Dramatiq's RedisBroker, waking idle workers on enqueue
+
+
+SEAL_KEY_SCRIPT = """
+from outbox.sealing import seal_key
+print("KEY=" + seal_key().hex())
+"""
+
+
+def _seal_key(**values: str) -> str:
+    result = _manage("shell", "-c", SEAL_KEY_SCRIPT, env=_env(DJANGO_SETTINGS_MODULE="settings.local", **values))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return next(line for line in result.stdout.splitlines() if line.startswith("KEY="))
+
+
+def test_seal_key_comes_from_the_environment_and_survives_a_secret_key_rotation(tmp_path: Path) -> None:
+    """OUTBOX_SEAL_KEY from the environment seals the event log whatever SECRET_KEY is; without it the
+    key follows SECRET_KEY, so rotating SECRET_KEY would change it."""
+    sqlite = str(tmp_path / "db.sqlite3")
+    old = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="old-" + secrets.token_urlsafe(20), OUTBOX_SEAL_KEY="seal-1")
+    new = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="new-" + secrets.token_urlsafe(20), OUTBOX_SEAL_KEY="seal-1")
+    assert old == new == "KEY=" + b"seal-1".hex()
+
+    derived_old = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="old-secret", OUTBOX_SEAL_KEY="")
+    derived_new = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="new-secret", OUTBOX_SEAL_KEY="")
+    assert derived_old != derived_new
