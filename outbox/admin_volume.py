@@ -192,7 +192,7 @@ def _moment(value: str) -> datetime:
 
 class CreatedRangeFilter(admin.DateFieldListFilter):
     """Django's date links (today, past 7 days, this month, this year) plus a from/before form
-    for any range. Answered by the BRIN index on created_at: the cost follows the range's rows."""
+    for any range. Answered by the index on created_at, newest first."""
 
     template = "admin/outbox/date_range_filter.html"
 

@@ -285,8 +285,8 @@ def _percentile(values: list[float], q: float) -> float:
 def throughput_last_hour(*, now: datetime | None = None) -> list[tuple[datetime, int]]:
     """Return (minute, events committed) for each of the 60 minutes up to `now`, zeros included.
 
-    On PostgreSQL the BRIN index on outbox_event.created_at keeps the scan to the last hour's
-    blocks; it still counts that hour's events, so its cost follows the hour's traffic.
+    On PostgreSQL the index on outbox_event.created_at keeps the scan to the last hour's events;
+    it still counts them, so its cost follows the hour's traffic.
     """
     now = now or database_now()
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
