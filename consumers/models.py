@@ -91,6 +91,10 @@ class EmailNotice(models.Model):
     class Meta:
         db_table = "email_notice"
         constraints = [models.UniqueConstraint(fields=["order_id", "kind"], name="email_notice_order_kind_uniq")]
+        indexes = [
+            # The admin's "sent more than once" filter: the few notices of the duplicate window.
+            models.Index(fields=["id"], name="email_notice_resent_idx", condition=models.Q(sends__gt=1)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} for order {self.order_id}: {self.status}"

@@ -80,6 +80,7 @@ class DeliveryInline(ReadOnly, admin.TabularInline[Delivery, Event]):
 class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
     """The event log for auditors: filter, search by exact ids, read an aggregate's timeline, export."""
 
+    change_list_template = "admin/outbox/event/change_list.html"  # the export links, on the uncounted list
     list_display = ["id", "created_at", "event_type", "aggregate", "aggregate_version", "actor", "source"]
     list_display_links = ["id"]
     list_filter = [

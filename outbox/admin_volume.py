@@ -8,18 +8,20 @@ choices come from an index skip scan or from configuration.
 """
 
 from datetime import datetime, time
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, Model, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from outbox import eventlog, routing
 from outbox.models import Delivery
+
+M = TypeVar("M", bound=Model)
 
 # Choices listed by a filter; a value beyond them still filters when given in the URL.
 FILTER_CHOICES = 100
@@ -74,13 +76,19 @@ class ReadOnly:
         return False
 
 
-class UncountedAdmin(ReadOnly, admin.ModelAdmin[Any]):
-    """Read-only, and fast at volume: no counts, no facet counts, no sorting by other columns."""
+class Uncounted(admin.ModelAdmin[M]):
+    """The admin of a table that grows without bound (events, the stock ledger, orders): pages
+    that never count, no facet counts, no date hierarchy (it lists the table's distinct dates),
+    and only the admin's own ordering, which the primary key or an index serves. Its change list
+    template, used by every app's admin that subclasses this, has a pagination, a search form and
+    an action bar that name no total."""
 
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     sortable_by = ()
     list_per_page = 50
+    date_hierarchy = None
+    change_list_template = "admin/outbox/change_list.html"
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return UncountedChangeList
@@ -91,6 +99,10 @@ class UncountedAdmin(ReadOnly, admin.ModelAdmin[Any]):
             extra_context or {}
         )
         return super().changelist_view(request, extra_context)
+
+
+class UncountedAdmin(ReadOnly, Uncounted[Any]):
+    """Read-only, and fast at volume: no counts, no facet counts, no sorting by other columns."""
 
 
 class EventColumnFilter(admin.SimpleListFilter):
