@@ -4,16 +4,23 @@ Each figure is measured side by side in one run on a scratch database, created f
 dropped after it, so that the numbers compare like with like and no real data is touched.
 """
 
+import functools
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import django
 import dramatiq
+from django.conf import settings
 from django.db import connection, transaction
 
 from core import services
@@ -41,21 +48,65 @@ def scratch_database(*, verbosity: int = 0, suffix: str = "bench") -> Iterator[s
         settings_dict["TEST"]["NAME"] = saved_test_name
 
 
+def _proc_field(path: str, name: str) -> str:
+    """The value of `name: value` in a /proc file, or "" where there is none (not Linux)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _revision() -> str:
+    """The code's git revision, marked `-dirty` when the work tree has changes, or "" outside git."""
+    try:
+        run = functools.partial(subprocess.run, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=10)
+        head = run(["git", "rev-parse", "--short", "HEAD"], check=True).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("-dirty" if dirty else "")
+
+
 def machine_facts() -> dict[str, Any]:
-    """Return what the figures depend on: CPU, Python, database."""
+    """Return what the figures depend on: when, which code, CPU, memory, Python, database, broker."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SHOW server_version")
             db_version = f"PostgreSQL {cursor.fetchone()[0]}"
+            cursor.execute("SHOW synchronous_commit")
+            synchronous_commit = cursor.fetchone()[0]
         else:
             cursor.execute("SELECT sqlite_version()")
-            db_version = f"SQLite {cursor.fetchone()[0]}"
+            db_version, synchronous_commit = f"SQLite {cursor.fetchone()[0]}", None
+    redis_version = None
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            info = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5).info("server")
+            redis_version = str(info["redis_version"])
+        except redis.RedisError as e:
+            redis_version = f"unreachable: {e}"
+    memory_kb = _proc_field("/proc/meminfo", "MemTotal").split(" ")[0]
     return {
-        "broker": type(dramatiq.get_broker()).__name__,
+        "measured_at": datetime.now(dt_timezone.utc).isoformat(timespec="seconds"),
+        "revision": _revision(),
         "cpus": os.cpu_count(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
         "machine": platform.machine(),
+        "memory_gib": round(int(memory_kb) / 1024 / 1024, 1) if memory_kb.isdigit() else None,
+        "kernel": platform.release(),
         "python": platform.python_version(),
+        "django": django.get_version(),
+        "dramatiq": dramatiq.__version__,
         "database": db_version,
+        "synchronous_commit": synchronous_commit,
+        "broker": type(dramatiq.get_broker()).__name__,
+        "redis": redis_version,
     }
 
 
