@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
-from outbox.admin_volume import UncountedAdmin
+from outbox.admin_volume import UncountedAdmin, as_id
 
 SOURCE = re.compile(r"(order|receipt):\d+")
 
@@ -20,22 +20,18 @@ SOURCE = re.compile(r"(order|receipt):\d+")
 @admin.register(StockMovement)
 class StockMovementAdmin(UncountedAdmin):
     list_display = ["id", "created_at", "product", "quantity", "stock_after", "event_type", "source", "event_id"]
-    search_fields = ["source"]  # shows the search box; get_search_results() decides what a term means
+    search_fields = ["source"]  # shows the search box; search_exact() decides what a term means
     search_help_text = "An event id (42), a source (order:7 or receipt:3), or a product's exact SKU."
     list_select_related = ["product"]
     raw_id_fields = ["product"]
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if term.isdigit():
-            return queryset.filter(event_id=int(term)), False
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
+        event_id = as_id(term)
+        if event_id is not None:
+            return queryset.filter(event_id=event_id)
         if SOURCE.fullmatch(term):
-            return queryset.filter(source=term), False
-        return queryset.filter(product__sku=term), False
+            return queryset.filter(source=term)
+        return queryset.filter(product__sku=term)
 
 
 class ResentFilter(admin.SimpleListFilter):
@@ -59,13 +55,9 @@ class EmailNoticeAdmin(UncountedAdmin):
     search_fields = ["order_id"]
     search_help_text = "An order id."
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if not term.isdigit():
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
+        order_id = as_id(term)
+        if order_id is None:
             messages.warning(request, f"Search e-mail notices by order id (digits only): {term!r} is not one.")
-            return queryset.none(), False
-        return queryset.filter(order_id=int(term)), False
+            return queryset.none()
+        return queryset.filter(order_id=order_id)

@@ -16,7 +16,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 
 from core import services
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
-from outbox.admin_volume import Uncounted
+from outbox.admin_volume import Uncounted, as_id
 
 
 class _Echo:
@@ -130,29 +130,23 @@ class OrderAdmin(Uncounted[Order]):
     inlines = [OrderLineInline]
     list_display = ["__str__", "customer", "status", "created_at", "placed_at"]
     list_filter = ["status", "created_at"]
-    search_fields = ["customer__email"]  # shows the search box; get_search_results() decides what a term means
+    search_fields = ["customer__email"]  # shows the search box; search_exact() decides what a term means
     search_help_text = "An order number (7), a customer's exact e-mail, or part of a customer's name."
     autocomplete_fields = ["customer"]
     readonly_fields = ["created_at", "updated_at", "placed_at", "closed_at"]
     list_select_related = ["customer"]
     actions = [export_csv, "place_orders", "cancel_orders"]
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Order], search_term: str
-    ) -> tuple[QuerySet[Order], bool]:
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[Order], term: str) -> QuerySet[Order]:
         # Each form of term rides an index: the primary key, the unique e-mail, or the customers
         # found by name and then their orders by customer, never a scan of every order.
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if term.lstrip("#").isdigit():
-            return queryset.filter(pk=int(term.lstrip("#"))), False
+        order_id = as_id(term)
+        if order_id is not None:
+            return queryset.filter(pk=order_id)
         if "@" in term:
-            return queryset.filter(customer__email=term), False
-        customers = list(
-            Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)[:ORDER_SEARCH_CUSTOMERS]
-        )
-        return queryset.filter(customer_id__in=customers), False
+            return queryset.filter(customer__email=term)
+        customers = Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)
+        return queryset.filter(customer_id__in=list(customers[:ORDER_SEARCH_CUSTOMERS]))
 
     def save_model(self, request: HttpRequest, obj: Order, form: forms.ModelForm[Order], change: bool) -> None:
         previous = form.initial.get("status") if change else Order.Status.DRAFT

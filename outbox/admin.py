@@ -30,6 +30,7 @@ from outbox.admin_volume import (
     EventTypeFilter,
     ReadOnly,
     UncountedAdmin,
+    as_id,
 )
 from outbox.models import Delivery, Event, Replay, ReplayItem
 
@@ -90,7 +91,7 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
         DeliveryStatusFilter,
         ("created_at", CreatedRangeFilter),
     ]
-    # Marks the search box; get_search_results() does the search, by exact ids only.
+    # Marks the search box; search_exact() does the search, by exact ids only.
     search_fields = ["=id"]
     search_help_text = "An event id or UUID, or an aggregate: 7 (any type) or order:7. Exact matches only."
     actions = [export_events_csv, export_events_jsonl, "deliver_again"]
@@ -134,12 +135,8 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
             return ["-created_at", "-id"]
         return ["-id"]
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Event], search_term: str
-    ) -> tuple[QuerySet[Event], bool]:
-        if not search_term.strip():
-            return queryset, False
-        return queryset.filter(eventlog.event_search(search_term)), False
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[Event], term: str) -> QuerySet[Event]:
+        return queryset.filter(eventlog.event_search(term))
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return admin_replay.can_replay(request)
@@ -250,16 +247,11 @@ class DeliveryAdmin(admin_replay.ReplayGuard, UncountedAdmin):
         "last_error",
     )
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Delivery], search_term: str
-    ) -> tuple[QuerySet[Delivery], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if term.isascii() and term.isdigit() and int(term) <= eventlog.BIGINT_MAX:
-            return queryset.filter(event_id=int(term)), False
-        events = Event.objects.filter(eventlog.event_search(term)).values("id")
-        return queryset.filter(event_id__in=events), False
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[Delivery], term: str) -> QuerySet[Delivery]:
+        event_id = as_id(term)
+        if event_id is not None:
+            return queryset.filter(event_id=event_id)
+        return queryset.filter(event_id__in=Event.objects.filter(eventlog.event_search(term)).values("id"))
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return admin_replay.can_replay(request)

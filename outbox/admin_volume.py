@@ -62,6 +62,15 @@ class UncountedChangeList(ChangeList):
             self.next_page_query = self.get_query_string({PAGE_VAR: page + 1})
 
 
+def as_id(term: str) -> int | None:
+    """Return the term as a row id if it is one (ASCII digits within PostgreSQL's bigint, an
+    optional leading '#'), else None: a longer number would be a database error, not a miss."""
+    digits = term.removeprefix("#")
+    if digits.isascii() and digits.isdigit() and int(digits) <= eventlog.BIGINT_MAX:
+        return int(digits)
+    return None
+
+
 class ReadOnly:
     """Mixed into an admin or an inline whose records are written by the system only: viewable,
     never added, changed or deleted."""
@@ -92,6 +101,19 @@ class Uncounted(admin.ModelAdmin[M]):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return UncountedChangeList
+
+    def search_exact(self, request: HttpRequest, queryset: QuerySet[M], term: str) -> QuerySet[M] | None:
+        """Return the rows a (stripped, non-empty) search term names, found by an index; None for
+        Django's own search, which ORs a substring match over every search field (a scan: fine for
+        a small table or `=` fields only). Each admin of a large table says what a term means."""
+        return None
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[M], search_term: str
+    ) -> tuple[QuerySet[M], bool]:
+        term = search_term.strip()
+        found = self.search_exact(request, queryset, term) if term else queryset
+        return (found, False) if found is not None else super().get_search_results(request, queryset, search_term)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         # The action bar's "All N selected" would name the rows of this page: say "matching" instead.

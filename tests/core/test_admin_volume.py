@@ -127,3 +127,18 @@ def test_a_long_order_list_pages_by_next_and_previous(
     assert 'rel="prev"' in second
     assert 'rel="next"' not in second
     assert Order.objects.count() == 51
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/core/order/?q=99999999999999999999",
+        "/admin/consumers/stockmovement/?q=99999999999999999999",
+        "/admin/consumers/emailnotice/?q=99999999999999999999",
+        "/admin/outbox/delivery/?q=99999999999999999999",
+    ],
+)
+def test_a_number_too_large_for_an_id_finds_nothing_instead_of_failing(admin_client: Client, url: str) -> None:
+    """Beyond PostgreSQL's bigint a number is no id: the search misses instead of a database error."""
+    page = _listed(admin_client, url)
+    assert "/change/" not in page
