@@ -77,7 +77,8 @@ def machine_facts() -> dict[str, Any]:
         if connection.vendor == "postgresql":
             cursor.execute("SHOW server_version")
             db_version = f"PostgreSQL {cursor.fetchone()[0]}"
-            cursor.execute("SHOW synchronous_commit")
+            # The server's setting, not this session's: the relay turns it off for its own commits.
+            cursor.execute("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'")
             synchronous_commit = cursor.fetchone()[0]
         else:
             cursor.execute("SELECT sqlite_version()")

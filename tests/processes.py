@@ -33,6 +33,23 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, inter
         time.sleep(interval)
 
 
+def manage_run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `manage.py <args>` to its end in a fresh process, its output captured as text.
+
+    `env` is the child's whole environment; by default this one's, with the test settings.
+    The exit code is the caller's to check.
+    """
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"} if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def database_url() -> str:
     """The test database's URL, for processes started by a test."""
     s = connection.settings_dict

@@ -4,41 +4,20 @@
 """
 
 import json
-import os
-import subprocess
-import sys
 
 from django.db import connections
 
-from tests.processes import REPO
+from tests.processes import manage_run
 
 INVARIANTS = ("lost_events", "duplicate_effects", "stock_mismatches", "rolled_back_published", "version_regressions")
 
 
 def test_nothing_is_lost_or_applied_twice_under_faults() -> None:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "manage.py",
-                "outbox_chaos",
-                "--json",
-                "--orders",
-                "400",
-                "--kill-interval",
-                "1",
-                "--redelivery-seconds",
-                "5",
-                "--drain-timeout",
-                "240",
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
+        done = manage_run(
+            *("outbox_chaos", "--json", "--orders", "400", "--kill-interval", "1"),
+            *("--redelivery-seconds", "5", "--drain-timeout", "240"),
             timeout=600,
-            check=False,
         )
     finally:
         connections.close_all()  # PostgreSQL was restarted: this process reconnects on its next query

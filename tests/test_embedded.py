@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from core.harness import free_port
+from tests.processes import manage_run
 
 pytestmark = pytest.mark.embedded
 
@@ -63,15 +64,7 @@ class Server:
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    result = manage_run(*args, env=env, timeout=TIMEOUT)
     assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
     return result
 

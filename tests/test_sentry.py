@@ -5,10 +5,8 @@ The DSN points at a closed loopback port, and nothing is captured: no event is s
 
 import json
 import os
-import subprocess
-import sys
 
-from tests.processes import REPO
+from tests.processes import manage_run
 
 REPORT = """
 import json, sentry_sdk
@@ -24,15 +22,7 @@ print(json.dumps({
 
 def sentry_report(**env: str) -> dict:
     base = {key: value for key, value in os.environ.items() if not key.startswith("SENTRY_")}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", REPORT],
-        cwd=REPO,
-        env={**base, "DJANGO_SETTINGS_MODULE": "settings.test", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = manage_run("shell", "-c", REPORT, env={**base, "DJANGO_SETTINGS_MODULE": "settings.test", **env})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -1,6 +1,7 @@
 """The e-mail consumer against a real SMTP server on loopback (aiosmtpd)."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -17,6 +18,20 @@ from tests.smtp import Mailbox, free_port
 def place(customer: Customer, products: list[Product]) -> Order:
     lines = [services.LineRequest(sku=p.sku, quantity=q) for p, q in zip(products, (2, 1, 3), strict=True)]
     return services.order_create(customer=customer, lines=lines, place=True)
+
+
+def sending(order: Order, event: Event, *, lease_until: Any) -> EmailNotice:
+    """The confirmation's notice as a worker leaves it while it sends: `sending`, under a lease."""
+    return EmailNotice.objects.create(
+        order_id=order.pk,
+        kind="order_confirmation",
+        event_id=event.pk,
+        recipient="ada@example.com",
+        subject="s",
+        status="sending",
+        sends=1,
+        lease_until=lease_until,
+    )
 
 
 def test_a_placed_order_sends_one_confirmation_listing_its_lines(
@@ -88,16 +103,7 @@ def test_a_notice_another_worker_is_sending_is_not_sent_twice(
 ) -> None:
     order = place(customer, products)
     event = Event.objects.get(pk=routed_ids("email")[0])
-    EmailNotice.objects.create(
-        order_id=order.pk,
-        kind="order_confirmation",
-        event_id=event.pk,
-        recipient="ada@example.com",
-        subject="s",
-        status="sending",
-        sends=1,
-        lease_until=timezone.now() + timedelta(seconds=30),
-    )
+    sending(order, event, lease_until=timezone.now() + timedelta(seconds=30))
     with pytest.raises(email.NoticeBusy, match="Another worker is sending"):
         email.notify(event, connection=None)
     assert mailbox.count() == 0
@@ -110,16 +116,7 @@ def test_a_worker_that_died_after_the_smtp_accept_leaves_the_one_duplicate_windo
     again. `sends` counts it, and notify() returns how long that window was on this send."""
     order = place(customer, products)
     event = Event.objects.get(pk=routed_ids("email")[0])
-    EmailNotice.objects.create(
-        order_id=order.pk,
-        kind="order_confirmation",
-        event_id=event.pk,
-        recipient="ada@example.com",
-        subject="s",
-        status="sending",
-        sends=1,
-        lease_until=timezone.now() - timedelta(seconds=1),
-    )
+    sending(order, event, lease_until=timezone.now() - timedelta(seconds=1))
     email.send_notices(event_ids=[event.pk])
     assert mailbox.count() == 1
     notice = EmailNotice.objects.get()
@@ -160,16 +157,7 @@ def test_the_lease_of_another_worker_is_judged_by_the_database_clock(
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement_timestamp()")
         db_now = cursor.fetchone()[0]
-    notice = EmailNotice.objects.create(
-        order_id=order.pk,
-        kind="order_confirmation",
-        event_id=event.pk,
-        recipient="ada@example.com",
-        subject="s",
-        status="sending",
-        sends=1,
-        lease_until=db_now + timedelta(minutes=1),
-    )
+    notice = sending(order, event, lease_until=db_now + timedelta(minutes=1))
     monkeypatch.setattr(timezone, "now", lambda: db_now + timedelta(hours=1))
     with pytest.raises(email.NoticeBusy):
         email.notify(event, connection=None)

@@ -1,13 +1,12 @@
 """The benchmark command runs end to end and reports every figure (short form; no timing asserted)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.processes import manage_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,38 +42,11 @@ FIGURES = [
 def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None:
     """`outbox_bench --json` prints each figure as a positive number, with the machine's facts;
     the pipeline's workers handle every event, and the SMTP server receives every notice."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "outbox_bench",
-            "--json",
-            "--samples",
-            "20",
-            "--backlog",
-            "300",
-            "--history",
-            "300",
-            "--rss-backlog",
-            "300",
-            "--latency-seconds",
-            "1",
-            "--pipeline-orders",
-            "30",
-            "--email-window-samples",
-            "20",
-            "--eventlog-events",
-            "2000",
-            "--eventlog-requests",
-            "2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = manage_run(
+        *("outbox_bench", "--json", "--samples", "20", "--backlog", "300", "--history", "300"),
+        *("--rss-backlog", "300", "--latency-seconds", "1", "--pipeline-orders", "30"),
+        *("--email-window-samples", "20", "--eventlog-events", "2000", "--eventlog-requests", "2"),
         timeout=300,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -99,14 +71,6 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
 @pytest.mark.parametrize("flag", ["--samples", "--pipeline-orders", "--pipeline-threads", "--eventlog-events"])
 def test_outbox_bench_rejects_a_count_below_one(flag: str) -> None:
     """A count below one is refused with a message naming the flag."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", "outbox_bench", flag, "0"],
-        cwd=REPO,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = manage_run("outbox_bench", flag, "0", timeout=60)
     assert done.returncode != 0
     assert f"{flag} must be at least 1" in done.stderr

@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.processes import REPO, processes
+from tests.processes import manage_run, processes
 from tests.smtp import smtp_server
 
 SELECTING = ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "EMAIL_HOST", "EMAIL_BACKEND", "SQLITE_PATH")
@@ -18,16 +16,9 @@ SELECTING = ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "EMAIL_HOST"
 def test_simulate_on_the_embedded_default_reports_a_consistent_pipeline(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in SELECTING}
     env |= {"SQLITE_PATH": str(tmp_path / "db.sqlite3"), "EMAIL_FILE_PATH": str(tmp_path / "mail")}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True, timeout=120)
-    done = subprocess.run(
-        [sys.executable, "manage.py", "simulate", "--orders", "25", "--rate", "0", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    migrated = manage_run("migrate", "-v0", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    done = manage_run("simulate", "--orders", "25", "--rate", "0", "--json", env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["consistent"] is True

@@ -1,8 +1,6 @@
 """Who made a change: the admin user over HTTP, or the command that ran."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from django.test import Client
 from core.models import Customer, Order, Product
 from tests.core.test_admin import ADD_URL, order_form
 from tests.outbox.helpers import events
+from tests.processes import manage_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +52,8 @@ def test_management_command_changes_are_made_by_the_system_actor() -> None:
         "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
     }
     code = "from core import services; services.customer_create(name='Cmd', email='cmd@example.com')"
-    subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env, check=True, timeout=60)
+    result = manage_run("shell", "-c", code, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
     event = events().get(event_type="customer.registered")
     assert (event.actor, event.source) == ("system", "command:shell")
     assert len(event.correlation_id) == 32

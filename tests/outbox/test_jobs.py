@@ -1,8 +1,6 @@
 """Periodic jobs run by the relay loop: once per period across relays, failures recorded, the sales summary."""
 
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,7 @@ from outbox.jobs import JobRunner, jobs_configured
 from outbox.models import JobRun, Pending, RelayHeartbeat
 from outbox.relay import Relay
 from tests.outbox.helpers import committed_count
-from tests.processes import REPO, processes, wait_until
+from tests.processes import manage_run, processes, wait_until
 from tests.smtp import smtp_server
 
 CALLS: list[str] = []
@@ -170,15 +168,8 @@ def test_the_retention_purge_is_registered_only_with_a_retention_period() -> Non
         "SALES_SUMMARY_AT": "06:00",
         "DJANGO_SETTINGS_MODULE": "settings.test",
     }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", script],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = manage_run("shell", "-c", script, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
     assert "['retention_purge', 'sales_summary']" in result.stdout
     assert "'callable': 'outbox.purge.purge_settled'" in result.stdout
     assert "'older_than': datetime.timedelta(days=30), 'batch_size': 200" in result.stdout

@@ -4,10 +4,9 @@ import json
 import logging
 import os
 import subprocess
-import sys
 
 from outbox.logging import JsonFormatter
-from tests.processes import REPO
+from tests.processes import manage_run
 
 LOG_SCRIPT = """
 import logging
@@ -21,15 +20,7 @@ except ZeroDivisionError:
 
 
 def run_logging(**env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", LOG_SCRIPT],
-        cwd=REPO,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return manage_run("shell", "-c", LOG_SCRIPT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", **env})
 
 
 def test_log_format_json_writes_one_object_per_line_with_extra_fields() -> None:
@@ -58,15 +49,7 @@ def test_logs_stay_plain_text_by_default() -> None:
 
 def test_unknown_log_format_is_refused_with_the_choices() -> None:
     """A typo in LOG_FORMAT stops the process at start, naming the setting and its values."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=REPO,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "LOG_FORMAT": "xml"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = manage_run("check", env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "LOG_FORMAT": "xml"})
     assert result.returncode != 0
     assert "LOG_FORMAT must be 'plain' or 'json' (got 'xml')" in result.stderr
 

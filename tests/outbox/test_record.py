@@ -1,8 +1,6 @@
 """The event log as a record: append-only in PostgreSQL, sealed, verified, purged only when settled."""
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from outbox.models import Delivery, Event, Pending, Replay, Seal
 from outbox.purge import parse_age, purge_settled
 from outbox.sealing import verify
 from tests.outbox.helpers import events
-from tests.processes import REPO, database_url
+from tests.processes import database_url, manage_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -107,20 +105,11 @@ def test_outbox_verify_command_reports_and_exits_1_on_tampering() -> None:
     ids = registered(2)
     settle(ids)
     env = {"DJANGO_SETTINGS_MODULE": "settings.test", "DATABASE_URL": database_url(), "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run(
-        [sys.executable, "manage.py", "outbox_verify"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
+    ok = manage_run("outbox_verify", env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "Verified 2 events in 2 aggregates: the chains hold." in ok.stdout
     behind_the_back("UPDATE outbox_event SET payload = '{\"state\": {}}' WHERE id = %s", [ids[0]])
-    bad = subprocess.run(
-        [sys.executable, "manage.py", "outbox_verify", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = manage_run("outbox_verify", "--json", env=env, timeout=60)
     assert bad.returncode == 1
     report = json.loads(bad.stdout)
     assert [(p["kind"], p["event_id"]) for p in report["problems"]] == [("changed", ids[0])]
