@@ -80,9 +80,11 @@ def machine_facts() -> dict[str, Any]:
             # The server's setting, not this session's: the relay turns it off for its own commits.
             cursor.execute("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'")
             synchronous_commit = cursor.fetchone()[0]
+            cursor.execute("SHOW shared_buffers")
+            shared_buffers = cursor.fetchone()[0]
         else:
             cursor.execute("SELECT sqlite_version()")
-            db_version, synchronous_commit = f"SQLite {cursor.fetchone()[0]}", None
+            db_version, synchronous_commit, shared_buffers = f"SQLite {cursor.fetchone()[0]}", None, None
     redis_version = None
     if settings.REDIS_URL:
         import redis
@@ -106,6 +108,7 @@ def machine_facts() -> dict[str, Any]:
         "dramatiq": dramatiq.__version__,
         "database": db_version,
         "synchronous_commit": synchronous_commit,
+        "shared_buffers": shared_buffers,
         "broker": type(dramatiq.get_broker()).__name__,
         "redis": redis_version,
     }

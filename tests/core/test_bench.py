@@ -62,6 +62,11 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
         result["eventlog_changelist_ms_p95_by_page"]
     )
     assert result["parameters"]["eventlog_events"] == 2000
+    # The event log's deliveries have every status, after the relay figures' events as alone: the
+    # delivery filters' pages were measured over done, failed, dead and in-flight ones.
+    statuses = result["eventlog_deliveries_by_status"]
+    assert set(statuses) == {"done", "failed", "dead", "published"}, statuses
+    assert statuses["published"] < statuses["done"], statuses
     assert result["machine"]["database"].startswith("PostgreSQL")
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
         names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
