@@ -51,3 +51,36 @@ def check_routes_name_existing_actors(app_configs: Any = None, **kwargs: Any) ->
                 )
             )
     return errors
+
+
+@checks.register()
+def check_seal_key_format(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A `hex:` OUTBOX_SEAL_KEY must be 32 bytes of hex, or no event could be sealed."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    from outbox.sealing import parse_key
+
+    try:
+        parse_key(str(getattr(settings, "OUTBOX_SEAL_KEY", "")))
+    except ImproperlyConfigured as e:
+        return [checks.Error(str(e), id="outbox.E003")]
+    return []
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_seal_key_set(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """In production the seal key should not hang on SECRET_KEY."""
+    from django.conf import settings
+
+    if getattr(settings, "OUTBOX_SEAL_KEY", ""):
+        return []
+    return [
+        checks.Warning(
+            "OUTBOX_SEAL_KEY is not set, so the event log's seals are made with a key derived from "
+            "SECRET_KEY: rotating SECRET_KEY would make every earlier seal report CHANGED.",
+            hint="Run `python manage.py outbox_seal_key` with the current settings and set the value it "
+            "prints as OUTBOX_SEAL_KEY on every machine (docs/auditing.md, The key).",
+            id="outbox.W001",
+        )
+    ]

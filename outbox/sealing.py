@@ -8,6 +8,8 @@ event that was edited or removed behind the application's back.
 
 The key is OUTBOX_SEAL_KEY (by default derived from SECRET_KEY): whoever can write the database
 but does not hold the key cannot forge a chain that verifies. Keep the key out of the database.
+`python manage.py outbox_seal_key` prints the key in use in a form OUTBOX_SEAL_KEY takes, so that
+a log sealed with the derived key can keep its key when SECRET_KEY changes.
 """
 
 import hashlib
@@ -20,20 +22,48 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.utils import timezone
 
 from outbox.models import AggregateVersion, Event, Seal
 
 GENESIS = ""
+HEX_PREFIX = "hex:"
+KEY_BYTES = 32
+
+
+def parse_key(text: str) -> bytes:
+    """The key OUTBOX_SEAL_KEY names: `hex:` and 64 hex digits for 32 raw bytes, else its text.
+
+    Raises ImproperlyConfigured, saying what to set, when a `hex:` key is not 32 bytes of hex.
+    """
+    if not text.startswith(HEX_PREFIX):
+        return text.encode()
+    digits = text[len(HEX_PREFIX) :]
+    try:
+        key = bytes.fromhex(digits)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise ImproperlyConfigured(
+            f"OUTBOX_SEAL_KEY starts with {HEX_PREFIX!r} but is not followed by {KEY_BYTES * 2} hex digits "
+            f"(got {len(digits)} characters). Set it to what `python manage.py outbox_seal_key` prints."
+        )
+    return key
 
 
 def seal_key() -> bytes:
     """The chain's key: OUTBOX_SEAL_KEY, or one derived from SECRET_KEY."""
-    configured = getattr(settings, "OUTBOX_SEAL_KEY", "")
+    configured = str(getattr(settings, "OUTBOX_SEAL_KEY", ""))
     if configured:
-        return str(configured).encode()
+        return parse_key(configured)
     return hashlib.sha256(b"outbox-seal:" + settings.SECRET_KEY.encode()).digest()
+
+
+def key_setting(key: bytes) -> str:
+    """The value of OUTBOX_SEAL_KEY that names `key`."""
+    return HEX_PREFIX + key.hex()
 
 
 def facts(event: Event) -> bytes:

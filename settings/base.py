@@ -5,6 +5,7 @@ With no environment at all the project runs on the *embedded default*: SQLite an
 in-process broker, so that a laptop with nothing but Python can run it.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,15 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
+
+def secret(name: str, default: str = "") -> str:
+    """A secret from the environment, verbatim. (django-environ would read a value that starts
+    with `$` as the name of another variable, and a generated key may start with one.)"""
+    return os.environ.get(name, default)
+
+
 # An insecure key is only acceptable on the embedded default; settings.production refuses it.
-SECRET_KEY = env.str("SECRET_KEY", default="django-insecure-embedded-default-key-do-not-use-in-production")
+SECRET_KEY = secret("SECRET_KEY", default="django-insecure-embedded-default-key-do-not-use-in-production")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -161,9 +169,10 @@ OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 # beat is older than the second figure.
 OUTBOX_HEARTBEAT_SECONDS = env.float("OUTBOX_HEARTBEAT_SECONDS", default=5.0)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", default=30.0)
-# The event log's seal key (outbox/sealing.py). Empty: derived from SECRET_KEY, which then can
-# never be rotated without breaking the chains. Set it, the same on every machine, in production.
-OUTBOX_SEAL_KEY = env.str("OUTBOX_SEAL_KEY", default="")
+# The event log's seal key (outbox/sealing.py): text, or hex:<64 hex digits>. Empty: derived from
+# SECRET_KEY, which then can never be rotated without breaking the chains. Set it, the same on
+# every machine, in production (`python manage.py outbox_seal_key` prints the one in use).
+OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")
 
 # The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
 # them, which doubles from the minimum up to the maximum, with jitter.
@@ -184,7 +193,7 @@ EMAIL_FILE_PATH = Path(env.str("EMAIL_FILE_PATH", default=str(BASE_DIR / "var" /
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
-EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_HOST_PASSWORD = secret("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
@@ -219,7 +228,7 @@ if OUTBOX_RETENTION_DAYS is not None:
 
 # --- Observability ------------------------------------------------------------------------------
 # /metrics answers a logged-in staff user, or a scraper sending "Authorization: Bearer <token>".
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_TOKEN = secret("METRICS_TOKEN")
 # Error reports to Sentry when a DSN is set; nothing is sent otherwise.
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 if SENTRY_DSN:

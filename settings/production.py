@@ -7,15 +7,15 @@ SECRET_KEY is a real secret.
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import env, secret
 
-if "SECRET_KEY" not in env:
+if not secret("SECRET_KEY"):
     raise ImproperlyConfigured(
         "SECRET_KEY is not set. Production settings refuse to start without one: generate it with "
         "`python -c 'import secrets; print(secrets.token_urlsafe(50))'` and set it in the "
         "environment."
     )
-SECRET_KEY = env.str("SECRET_KEY")
+SECRET_KEY = secret("SECRET_KEY")
 DEBUG = env.bool("DEBUG", default=False)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -9,7 +9,15 @@ from tests.processes import manage_run
 
 TIMEOUT = 120  # seconds for any one manage.py run
 # Variables that select a deployment: removed from every child's environment, then set per test.
-SELECTING_VARS = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "DEBUG", "SQLITE_PATH")
+SELECTING_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "OUTBOX_SEAL_KEY",
+    "DJANGO_SETTINGS_MODULE",
+    "DEBUG",
+    "SQLITE_PATH",
+)
 REAL_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 REAL_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -46,8 +54,14 @@ def _report(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_production_settings_pass_deploy_checks_with_a_real_secret_key() -> None:
-    """`check --deploy` on settings.production reports no issues, warnings included, given a real secret."""
-    env = _env(SECRET_KEY=secrets.token_urlsafe(50), DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+    """`check --deploy` on settings.production reports no issues, warnings included, given a real
+    secret and a seal key of its own."""
+    env = _env(
+        SECRET_KEY=secrets.token_urlsafe(50),
+        OUTBOX_SEAL_KEY="hex:" + secrets.token_hex(32),
+        DATABASE_URL=REAL_DATABASE_URL,
+        REDIS_URL=REAL_REDIS_URL,
+    )
 
     result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
 
@@ -116,3 +130,53 @@ def test_seal_key_comes_from_the_environment_and_survives_a_secret_key_rotation(
     derived_old = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="old-secret", OUTBOX_SEAL_KEY="")
     derived_new = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="new-secret", OUTBOX_SEAL_KEY="")
     assert derived_old != derived_new
+
+
+def test_deploy_checks_warn_when_the_seal_key_hangs_on_secret_key() -> None:
+    """Without OUTBOX_SEAL_KEY, `check --deploy` warns (outbox.W001) and says how to keep the key."""
+    env = _env(SECRET_KEY=secrets.token_urlsafe(50), DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "outbox.W001" in output, output
+    assert "python manage.py outbox_seal_key" in output, output
+
+
+def test_the_printed_seal_key_keeps_a_derived_key_across_a_secret_key_rotation(tmp_path: Path) -> None:
+    """A log sealed with the key derived from SECRET_KEY keeps it: `outbox_seal_key` prints it as an
+    OUTBOX_SEAL_KEY value, which gives the same key under a new SECRET_KEY."""
+    sqlite = str(tmp_path / "db.sqlite3")
+    base = {"DJANGO_SETTINGS_MODULE": "settings.local", "SQLITE_PATH": sqlite}
+    old_secret = {**base, "SECRET_KEY": "old-" + secrets.token_urlsafe(20)}
+    printed = _manage("outbox_seal_key", env=_env(**old_secret))
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    assert "from SECRET_KEY" in printed.stderr
+    name, _, value = printed.stdout.strip().partition("=")
+    assert name == "OUTBOX_SEAL_KEY"
+    assert value.startswith("hex:")
+
+    derived = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY=old_secret["SECRET_KEY"])
+    kept = _seal_key(SQLITE_PATH=sqlite, SECRET_KEY="new-" + secrets.token_urlsafe(20), OUTBOX_SEAL_KEY=value)
+    assert kept == derived == "KEY=" + value.removeprefix("hex:")
+
+
+def test_a_seal_key_is_read_verbatim_even_when_it_starts_with_a_dollar(tmp_path: Path) -> None:
+    """A generated key may start with `$`: it is the key, not the name of another variable."""
+    key = _seal_key(SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_SEAL_KEY="$HOME-is-not-read")
+    assert key == "KEY=" + b"$HOME-is-not-read".hex()
+
+
+def test_a_malformed_hex_seal_key_stops_every_command_with_what_to_set(tmp_path: Path) -> None:
+    """`hex:` with anything but 64 hex digits is a configuration error (outbox.E003), not a key."""
+    sqlite = str(tmp_path / "db.sqlite3")
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=sqlite, OUTBOX_SEAL_KEY="hex:abc")
+
+    result = _manage("check", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "outbox.E003" in output, output
+    assert "64 hex digits" in output, output
+    assert "outbox_seal_key" in output, output
