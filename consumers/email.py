@@ -15,7 +15,9 @@ transaction; no transaction is open during the SMTP call.
 
 import logging
 import smtplib
+import socket
 import time
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from email.utils import parseaddr
@@ -25,7 +27,7 @@ from django.conf import settings
 from django.core import mail
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -124,13 +126,14 @@ def render(kind: str, order_id: int, orders: OrderCache | None = None) -> mail.E
 # machines whose clocks disagree still agree on whose lease has run out. (The embedded default
 # runs its one worker on the machine of its SQLite file: its clock is the only one.)
 _CLAIM = """
-INSERT INTO email_notice (order_id, kind, event_id, recipient, subject, status, sends, lease_until, created_at)
-VALUES (%s, %s, %s, %s, %s, 'sending', 1, {lease_until}, CURRENT_TIMESTAMP)
+INSERT INTO email_notice
+    (order_id, kind, event_id, recipient, subject, token, status, sends, lease_until, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, 'sending', 1, {lease_until}, CURRENT_TIMESTAMP)
 ON CONFLICT (order_id, kind) DO UPDATE
     SET sends = email_notice.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
     WHERE email_notice.status = 'sending'
       AND (email_notice.lease_until IS NULL OR email_notice.lease_until < {now})
-RETURNING id
+RETURNING id, token
 """
 _CLAIM_POSTGRESQL = _CLAIM.format(
     lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
@@ -138,24 +141,43 @@ _CLAIM_POSTGRESQL = _CLAIM.format(
 _CLAIM_LOCAL_CLOCK = _CLAIM.format(lease_until="%s", now="%s")
 
 
-_SENT = "UPDATE email_notice SET status = 'sent', sent_at = %s, lease_until = NULL WHERE id = %s"
+# sent_at on the same clock as the lease.
+_SENT = "UPDATE email_notice SET status = 'sent', sent_at = {now}, lease_until = NULL WHERE id = %s"
+_SENT_POSTGRESQL = _SENT.format(now="statement_timestamp()")
+_SENT_LOCAL_CLOCK = _SENT.format(now="%s")
 
 
-def message_id(*, notice_id: int, kind: str, order_id: int) -> str:
+def message_id(*, notice_id: int, kind: str, order_id: int, token: uuid.UUID | None) -> str:
     """Return the notice's Message-ID: the same on every send of it, so that a copy sent again
     after a crash (the duplicate window) is recognisably the same message to the recipient's mail
-    system, which can drop it."""
+    system, which can drop it.
+
+    The notice's random token makes it no other notice's, even one with the same id in a restored
+    or copied database. (Notices recorded before the token existed have none.)
+    """
     domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or "localhost"
-    return f"<notice-{notice_id}.{kind}.order-{order_id}@{domain}>"
+    if token is None:
+        return f"<notice-{notice_id}.{kind}.order-{order_id}@{domain}>"
+    # Short enough not to be folded onto a second header line (the order and kind have headers).
+    return f"<notice-{notice_id}.{token.hex}@{domain}>"
 
 
-def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> int | None:
-    """Record the intent to send, in one statement; return the notice's id, or None if it was sent.
+def not_taken(exc: BaseException) -> bool:
+    """Whether the SMTP server certainly did not take the message: it answered the send with an
+    error, or no session was made. (A session lost mid-send may have delivered it.)"""
+    return isinstance(
+        exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused, ConnectionRefusedError, socket.gaierror)
+    )
+
+
+def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> tuple[int, uuid.UUID | None] | None:
+    """Record the intent to send, in one statement; return the notice's id and token, or None if
+    it was sent.
 
     Raises NoticeBusy when another worker holds the notice's lease.
     """
     order_id = int(event.aggregate_id)
-    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject)]
+    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject), uuid.uuid4()]
     if db_connection.vendor == "postgresql":
         statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
     else:
@@ -165,7 +187,8 @@ def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> int | None:
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is not None:
-        return int(row[0])
+        token = row[1] if row[1] is None or isinstance(row[1], uuid.UUID) else uuid.UUID(str(row[1]))
+        return int(row[0]), token
     notice = EmailNotice.objects.get(order_id=order_id, kind=kind)
     if notice.status == EmailNotice.Status.SENT:
         return None
@@ -187,20 +210,25 @@ def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -
             "Remove the route in settings/routes.py; the event itself is fine."
         )
     message = render(kind, int(event.aggregate_id), orders)
-    notice_id = claim(kind=kind, event=event, message=message)
-    if notice_id is None:
+    claimed = claim(kind=kind, event=event, message=message)
+    if claimed is None:
         with transaction.atomic():
             delivery_begin(event_id=event.id, consumer=CONSUMER)
         return None
-    message.extra_headers["Message-ID"] = message_id(notice_id=notice_id, kind=kind, order_id=int(event.aggregate_id))
+    notice_id, token = claimed
+    message.extra_headers["Message-ID"] = message_id(
+        notice_id=notice_id, kind=kind, order_id=int(event.aggregate_id), token=token
+    )
     try:
         if connection is not None:
             connection.open()  # once per batch: later sends reuse it
             message.connection = connection
         message.send()
     except Exception as exc:
-        # Give the lease back: the next attempt need not wait for it.
-        EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.SENDING).update(lease_until=None)
+        # Give the lease back: the next attempt need not wait for it. A send the server certainly
+        # did not take is not counted, so that `sends` above 1 means "may have been sent twice".
+        uncount = {"sends": F("sends") - 1} if not_taken(exc) else {}
+        EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.SENDING).update(lease_until=None, **uncount)
         if connection is not None:
             connection.close()  # a broken session is not reused
         if isinstance(exc, smtplib.SMTPRecipientsRefused) or (
@@ -210,7 +238,10 @@ def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -
         raise
     accepted = time.monotonic()
     with transaction.atomic(), db_connection.cursor() as cursor:
-        cursor.execute(_SENT, [timezone.now(), notice_id])
+        if db_connection.vendor == "postgresql":
+            cursor.execute(_SENT_POSTGRESQL, [notice_id])
+        else:
+            cursor.execute(_SENT_LOCAL_CLOCK, [timezone.now(), notice_id])
         delivery_begin(event_id=event.id, consumer=CONSUMER)
     window = time.monotonic() - accepted
     logger.info(

@@ -17,8 +17,9 @@ class StockMovement(models.Model):
 
     event_id = models.BigIntegerField(help_text="The outbox event that caused the movement.")
     event_type = models.CharField(max_length=100)
+    # Indexed with the id below, not on its own: one product's movements in ledger order.
     product = models.ForeignKey(
-        "core.Product", on_delete=models.DO_NOTHING, db_constraint=False, related_name="movements"
+        "core.Product", on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="movements"
     )
     quantity = models.IntegerField(help_text="Signed: negative takes stock out, positive puts it back.")
     source = models.CharField(max_length=100, help_text="`order:<id>` or `receipt:<id>`.")
@@ -32,7 +33,10 @@ class StockMovement(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["event_id", "product"], name="inventory_movement_event_product_uniq"),
         ]
-        indexes = [models.Index(fields=["source"], name="inventory_movement_source_idx")]
+        indexes = [
+            models.Index(fields=["source"], name="inventory_movement_source_idx"),
+            models.Index(fields=["product", "id"], name="inventory_movement_product_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.quantity:+d} product {self.product_id} ({self.event_type} {self.source})"
@@ -82,8 +86,11 @@ class EmailNotice(models.Model):
     recipient = models.EmailField()
     subject = models.CharField(max_length=200)
     status = models.CharField(max_length=20, choices=Status.choices)
-    # SMTP sessions started for this notice: above 1 means it may have been delivered twice.
+    # Sends that may have reached the SMTP server (a refusal or a failed connection is not
+    # counted): above 1 means it may have been delivered twice.
     sends = models.PositiveIntegerField(default=0)
+    # Random, in the notice's Message-ID: unique to it even in a restored or copied database.
+    token = models.UUIDField(null=True, blank=True, editable=False)
     lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     sent_at = models.DateTimeField(null=True, blank=True, help_text="When the SMTP server accepted it.")

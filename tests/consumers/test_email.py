@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection as db_connection
 from django.utils import timezone
 
 from consumers import email
@@ -84,6 +85,7 @@ def test_a_refused_message_is_dead_with_the_servers_reply_and_a_replay_sends_it(
     email.send_notices(event_ids=ids)  # what outbox_replay sends: a new message
     assert mailbox.count() == 1
     assert Delivery.objects.get(consumer="email").status == "done"
+    assert EmailNotice.objects.get().sends == 1  # the refusal is not a send
 
 
 def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
@@ -96,6 +98,7 @@ def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
     delivery = Delivery.objects.get(consumer="email")
     assert delivery.status == "dead"  # a direct call is its message's only attempt
     assert "ConnectionRefusedError" in delivery.last_error
+    assert EmailNotice.objects.get().sends == 0  # nothing reached a server
 
 
 def test_a_notice_another_worker_is_sending_is_not_sent_twice(
@@ -128,7 +131,7 @@ def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id
 ) -> None:
     """The duplicate the design admits is the same message: one Message-ID per notice, on every
     send, so that the recipient's mail system can tell the copy from a second confirmation."""
-    order = place(customer, products)
+    place(customer, products)
     ids = routed_ids("email")
     email.send_notices(event_ids=ids)
     # A worker that died after the SMTP accept, before recording it: the notice is still
@@ -140,8 +143,50 @@ def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id
 
     assert mailbox.count() == 2
     first, second = (m["Message-ID"] for m in mailbox.messages)
-    assert first == second == f"<notice-{notice.pk}.order_confirmation.order-{order.pk}@localhost>"
+    assert notice.token is not None
+    assert first == second == f"<notice-{notice.pk}.{notice.token.hex}@localhost>"
     assert EmailNotice.objects.get().sends == 2
+
+
+def test_each_notice_has_a_message_id_of_its_own_even_where_ids_repeat(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """A restored or copied database reuses notice and order ids: the token keeps each notice's
+    Message-ID its own, so no mail system drops a new confirmation as an old one's copy."""
+    order = place(customer, products)
+    ids = routed_ids("email")
+    email.send_notices(event_ids=ids)
+    # The same ids again, as in a copy of the database taken before this notice was sent.
+    first_id = EmailNotice.objects.get().pk
+    EmailNotice.objects.all().delete()
+    with db_connection.cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('email_notice', 'id'), %s, false)", [first_id])
+    Delivery.objects.filter(consumer="email").update(status="published")
+    email.send_notices(event_ids=ids)
+
+    assert EmailNotice.objects.get().pk == first_id
+    first, second = (m["Message-ID"] for m in mailbox.messages)
+    assert first != second
+    assert all(m["X-Order-Id"] == str(order.pk) for m in mailbox.messages)
+
+
+def test_a_send_the_server_refused_is_not_counted_as_sent(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """`sends` counts the sends that may have reached the server: after a refusal (5xx or 4xx) and
+    a send that went out, the notice says "sent once" and is not among those sent more than once."""
+    place(customer, products)
+    ids = routed_ids("email")
+    mailbox.refuse_with = "451 4.3.0 Try again later"
+    email.send_notices(event_ids=ids)
+    assert (EmailNotice.objects.get().status, EmailNotice.objects.get().sends) == ("sending", 0)
+    mailbox.refuse_with = ""
+    Delivery.objects.filter(consumer="email").update(status="published")
+    email.send_notices(event_ids=ids)
+
+    assert mailbox.count() == 1
+    notice = EmailNotice.objects.get()
+    assert (notice.status, notice.sends) == ("sent", 1)
 
 
 def test_the_lease_of_another_worker_is_judged_by_the_database_clock(
