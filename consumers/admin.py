@@ -8,10 +8,11 @@ import re
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
+from core.models import Product
 from outbox.admin_volume import UncountedAdmin, as_id
 
 SOURCE = re.compile(r"(order|receipt):\d+")
@@ -26,23 +27,25 @@ class StockMovementAdmin(UncountedAdmin):
     raw_id_fields = ["product"]
 
     def search_exact(self, request: HttpRequest, queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
-        event_id = as_id(term)
-        if event_id is not None:
-            return queryset.filter(event_id=event_id)
         if SOURCE.fullmatch(term):
             return queryset.filter(source=term)
-        return queryset.filter(product__sku=term)
+        # The product first (SKUs are unique), then its movements on the (product, id) index.
+        by_sku = Q(product_id__in=list(Product.objects.filter(sku=term).values_list("pk", flat=True)[:1]))
+        event_id = as_id(term)
+        # Digits may be an event id or a numeric SKU: either matches.
+        return queryset.filter(by_sku | Q(event_id=event_id) if event_id is not None else by_sku)
 
 
 class ResentFilter(admin.SimpleListFilter):
-    """Notices sent more than once: the duplicate window (a worker died between the SMTP server's
-    accept and its record). A partial index holds just these."""
+    """Notices that may have been sent more than once: the duplicate window (a worker died between
+    the SMTP server's accept and its record). A send the server refused is not counted. A partial
+    index holds just these."""
 
     title = "sends"
     parameter_name = "sends"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("more_than_once", "Sent more than once")]
+        return [("more_than_once", "Possibly sent more than once")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(sends__gt=1) if self.value() == "more_than_once" else queryset

@@ -145,8 +145,17 @@ class OrderAdmin(Uncounted[Order]):
             return queryset.filter(pk=order_id)
         if "@" in term:
             return queryset.filter(customer__email=term)
-        customers = Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)
-        return queryset.filter(customer_id__in=list(customers[:ORDER_SEARCH_CUSTOMERS]))
+        customers = list(
+            Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)[: ORDER_SEARCH_CUSTOMERS + 1]
+        )
+        if len(customers) > ORDER_SEARCH_CUSTOMERS:
+            customers = customers[:ORDER_SEARCH_CUSTOMERS]
+            messages.warning(
+                request,
+                f"More than {ORDER_SEARCH_CUSTOMERS} customers' names contain {term!r}: these are the orders "
+                f"of the first {ORDER_SEARCH_CUSTOMERS} by name. Search more of the name, or the exact e-mail.",
+            )
+        return queryset.filter(customer_id__in=customers)
 
     def save_model(self, request: HttpRequest, obj: Order, form: forms.ModelForm[Order], change: bool) -> None:
         previous = form.initial.get("status") if change else Order.Status.DRAFT

@@ -65,10 +65,7 @@ class UncountedChangeList(ChangeList):
 def as_id(term: str) -> int | None:
     """Return the term as a row id if it is one (ASCII digits within PostgreSQL's bigint, an
     optional leading '#'), else None: a longer number would be a database error, not a miss."""
-    digits = term.removeprefix("#")
-    if digits.isascii() and digits.isdigit() and int(digits) <= eventlog.BIGINT_MAX:
-        return int(digits)
-    return None
+    return eventlog.as_bigint(term.removeprefix("#"))
 
 
 class ReadOnly:

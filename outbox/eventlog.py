@@ -50,6 +50,15 @@ SELECT value FROM v WHERE value IS NOT NULL LIMIT %s
 BIGINT_MAX = 2**63 - 1
 
 
+def as_bigint(term: str) -> int | None:
+    """The term as a PostgreSQL bigint if it is one (ASCII digits only), else None. A longer
+    number is a miss, not a database error, and is never converted (Python refuses to parse
+    integers of thousands of digits)."""
+    if term.isascii() and term.isdigit() and len(term) <= len(str(BIGINT_MAX)) and int(term) <= BIGINT_MAX:
+        return int(term)
+    return None
+
+
 def distinct_values(column: str, *, limit: int = 200) -> list[str]:
     """Return up to `limit` distinct values of an event column, in order.
 
@@ -78,8 +87,9 @@ def event_search(term: str) -> Q:
         return Q(aggregate_type=kind, aggregate_id=ident)
     # Naming the aggregate types lets PostgreSQL use the (type, id, version) index for an id alone.
     condition = Q(aggregate_type__in=distinct_values("aggregatetype"), aggregate_id=term)
-    if term.isascii() and term.isdigit() and int(term) <= BIGINT_MAX:
-        condition |= Q(pk=int(term))
+    pk = as_bigint(term)
+    if pk is not None:
+        condition |= Q(pk=pk)
     with contextlib.suppress(ValueError):
         condition |= Q(event_id=uuid.UUID(term))
     return condition

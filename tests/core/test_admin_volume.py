@@ -1,6 +1,7 @@
 """The lists that grow with the business (orders, receipts, the stock ledger, e-mail notices):
 never counted, never a DISTINCT over the table, each search answered by an index."""
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -94,6 +95,44 @@ def test_ledger_search_by_event_source_or_sku(admin_client: Client, shop: dict[s
         assert not any(f"/admin/consumers/stockmovement/{m.pk}/change/" in page for m in others), term
 
 
+def test_ledger_search_by_a_numeric_sku_finds_its_movements(admin_client: Client, shop: dict[str, Any]) -> None:
+    """Digits may be an event id or a SKU: a product whose SKU is all digits is found by it."""
+    product = services.product_create(sku="4006381333931", name="Pencil", price=Decimal("1.20"))
+    services.stock_receive(sku=product.sku, quantity=5)
+    inventory.apply_events(event_ids=routed_ids("inventory"))
+    movement = StockMovement.objects.get(product=product)
+
+    page = _listed(admin_client, f"/admin/consumers/stockmovement/?q={product.sku}")
+
+    assert f"/admin/consumers/stockmovement/{movement.pk}/change/" in page
+    others = StockMovement.objects.exclude(pk=movement.pk)
+    assert not any(f"/admin/consumers/stockmovement/{m.pk}/change/" in page for m in others)
+
+
+def test_one_products_movements_newest_first_are_read_from_an_index_in_order(shop: dict[str, Any]) -> None:
+    """The ledger by SKU reads only the page it shows: the (product, id) index gives the movements
+    newest first, with no sort of every movement of the product."""
+    product = Product.objects.get(sku="KB-001")
+    query = StockMovement.objects.filter(product_id=product.pk).order_by("-id")[:51]
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # the tables are tiny; ask what an index does
+        plan = query.explain()
+    assert "inventory_movement_product_idx" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+def test_an_order_search_matching_too_many_names_says_so(admin_client: Client, customer: Customer) -> None:
+    """A name part matching more customers than a search takes lists the first ones and says what
+    to search instead, rather than silently leaving orders out."""
+    Customer.objects.bulk_create(
+        Customer(name=f"Common Name {i:03d}", email=f"common{i}@example.com") for i in range(201)
+    )
+    page = _listed(admin_client, "/admin/core/order/?q=common")
+    assert "More than 200 customers" in page
+    assert "Search more of the name, or the exact e-mail." in page
+    assert "More than 200 customers" not in _listed(admin_client, "/admin/core/order/?q=lovel")
+
+
 def test_notices_sent_more_than_once_are_a_filter_and_orders_a_search(
     admin_client: Client, shop: dict[str, Any]
 ) -> None:
@@ -136,6 +175,9 @@ def test_a_long_order_list_pages_by_next_and_previous(
         "/admin/consumers/stockmovement/?q=99999999999999999999",
         "/admin/consumers/emailnotice/?q=99999999999999999999",
         "/admin/outbox/delivery/?q=99999999999999999999",
+        "/admin/outbox/event/?q=99999999999999999999",
+        "/admin/core/order/?q=" + "9" * 5000,  # beyond what Python parses as an integer
+        "/admin/outbox/event/?q=" + "9" * 5000,
     ],
 )
 def test_a_number_too_large_for_an_id_finds_nothing_instead_of_failing(admin_client: Client, url: str) -> None:

@@ -1,0 +1,63 @@
+"""The stock ledger's index by product becomes (product_id, id): the admin's list of one
+product's movements, newest first, reads just the page it shows, where the foreign key's own
+index on product_id made it read and sort every movement of the product. The new index answers
+every lookup by product too, so the old one is dropped.
+
+Built and dropped CONCURRENTLY, outside a transaction: the inventory consumer goes on writing.
+"""
+
+from typing import Any
+
+from django.db import migrations, models
+
+NEW = "inventory_movement_product_idx"
+
+
+def _product_index(schema_editor: Any) -> str:
+    # The name Django gave the foreign key's index (inventory_movement_product_id_<hash>).
+    return str(schema_editor._create_index_name("inventory_movement", ["product_id"], suffix=""))
+
+
+def _concurrently(schema_editor: Any) -> str:
+    return "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
+
+
+def forward(apps: Any, schema_editor: Any) -> None:
+    how = _concurrently(schema_editor)
+    schema_editor.execute(f"CREATE INDEX {how}IF NOT EXISTS {NEW} ON inventory_movement (product_id, id)")
+    schema_editor.execute(f"DROP INDEX {how}IF EXISTS {_product_index(schema_editor)}")
+
+
+def backward(apps: Any, schema_editor: Any) -> None:
+    how = _concurrently(schema_editor)
+    old = _product_index(schema_editor)
+    schema_editor.execute(f"CREATE INDEX {how}IF NOT EXISTS {old} ON inventory_movement (product_id)")
+    schema_editor.execute(f"DROP INDEX {how}IF EXISTS {NEW}")
+
+
+class Migration(migrations.Migration):
+    atomic = False
+    dependencies = [("consumers", "0003_notice_token"), ("core", "0001_initial")]
+
+    operations = [
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="stockmovement",
+                    name="product",
+                    field=models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=models.DO_NOTHING,
+                        related_name="movements",
+                        to="core.product",
+                    ),
+                ),
+                migrations.AddIndex(
+                    model_name="stockmovement",
+                    index=models.Index(fields=["product", "id"], name=NEW),
+                ),
+            ],
+            database_operations=[migrations.RunPython(forward, backward)],
+        ),
+    ]
