@@ -82,9 +82,13 @@ def machine_facts() -> dict[str, Any]:
             synchronous_commit = cursor.fetchone()[0]
             cursor.execute("SHOW shared_buffers")
             shared_buffers = cursor.fetchone()[0]
+            # The bench vacuums what it measures either way; with autovacuum on, it also runs meanwhile.
+            cursor.execute("SHOW autovacuum")
+            autovacuum = cursor.fetchone()[0]
         else:
             cursor.execute("SELECT sqlite_version()")
             db_version, synchronous_commit, shared_buffers = f"SQLite {cursor.fetchone()[0]}", None, None
+            autovacuum = None
     redis_version = None
     if settings.REDIS_URL:
         import redis
@@ -109,6 +113,7 @@ def machine_facts() -> dict[str, Any]:
         "database": db_version,
         "synchronous_commit": synchronous_commit,
         "shared_buffers": shared_buffers,
+        "autovacuum": autovacuum,
         "broker": type(dramatiq.get_broker()).__name__,
         "redis": redis_version,
     }

@@ -68,6 +68,11 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
     assert set(statuses) == {"done", "failed", "dead", "published"}, statuses
     assert statuses["published"] < statuses["done"], statuses
     assert result["machine"]["database"].startswith("PostgreSQL")
+    assert result["machine"]["autovacuum"] in {"on", "off"}
+    # Each arm's median comes from three drains, each from a checkpoint (the suite runs as a superuser).
+    assert [len(rates) for rates in result["relay_drain_rates"].values()] == [3, 3]
+    assert all(rate > 0 for rates in result["relay_drain_rates"].values() for rate in rates)
+    assert result["relay_drains_checkpointed"] is True
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
         names = [row[0] for row in admin.execute("SELECT datname FROM pg_database")]
     assert not [name for name in names if name.endswith("_bench")]
