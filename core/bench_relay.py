@@ -130,7 +130,8 @@ def drain_prepare() -> bool:
     delete), at the low end of the index that claims walk in id order. Left to autovacuum (or to
     nothing, where it is off), a drain pays for the dead rows of the drains before it or not, by
     chance: claims measured here at 30 ms a batch after a vacuum and 56-62 ms without one, and
-    slowdowns of 0.78 to 0.98 from that alone. Vacuuming before each drain makes the figure compare the history, as it should.
+    slowdowns of 0.78 to 0.98 from that alone. Vacuuming before each drain makes the figure
+    compare the history, as it should.
 
     The checkpoint writes out what the setup left dirty (the history is millions of rows written
     a moment before): without it, the drain after the history shares the disk and the buffer
