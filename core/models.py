@@ -53,6 +53,12 @@ class Order(EmittingModel):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [
+            # The daily sales summary's two days of orders (core/reports.py): placed that day, and
+            # cancelled that day. Partial: drafts and open orders are in neither.
+            models.Index(fields=["placed_at"], name="order_placed_at_idx", condition=models.Q(placed_at__isnull=False)),
+            models.Index(fields=["closed_at"], name="order_cancelled_at_idx", condition=models.Q(status="cancelled")),
+        ]
 
     def __str__(self) -> str:
         return f"Order #{self.pk}" if self.pk else "New order"
