@@ -177,7 +177,9 @@ def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> tuple[int, 
     Raises NoticeBusy when another worker holds the notice's lease.
     """
     order_id = int(event.aggregate_id)
-    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject), uuid.uuid4()]
+    # As the backend stores a UUIDField: a uuid on PostgreSQL, 32 hex digits on SQLite.
+    token = EmailNotice._meta.get_field("token").get_db_prep_value(uuid.uuid4(), db_connection)
+    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject), token]
     if db_connection.vendor == "postgresql":
         statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
     else:
