@@ -34,9 +34,9 @@ KEY_BYTES = 32
 
 
 def parse_key(text: str) -> bytes:
-    """The key OUTBOX_SEAL_KEY names: `hex:` and 64 hex digits for 32 raw bytes, else its text.
+    """The key OUTBOX_SEAL_KEY names: `hex:` and hex digits for raw bytes, else its text.
 
-    Raises ImproperlyConfigured, saying what to set, when a `hex:` key is not 32 bytes of hex.
+    Raises ImproperlyConfigured, saying what to set, when a `hex:` key is not hex.
     """
     if not text.startswith(HEX_PREFIX):
         return text.encode()
@@ -45,10 +45,11 @@ def parse_key(text: str) -> bytes:
         key = bytes.fromhex(digits)
     except ValueError:
         key = b""
-    if len(key) != KEY_BYTES:
+    if not key:
         raise ImproperlyConfigured(
-            f"OUTBOX_SEAL_KEY starts with {HEX_PREFIX!r} but is not followed by {KEY_BYTES * 2} hex digits "
-            f"(got {len(digits)} characters). Set it to what `python manage.py outbox_seal_key` prints."
+            f"OUTBOX_SEAL_KEY starts with {HEX_PREFIX!r}, but what follows is not an even number of hex "
+            f"digits (got {len(digits)} characters). Set it to the value recorded when the log's key was "
+            "chosen; for a log with no seals yet, `python manage.py outbox_seal_key --new` prints a new one."
         )
     return key
 

@@ -23,9 +23,19 @@ env = environ.Env()
 
 
 def secret(name: str, default: str = "") -> str:
-    """A secret from the environment, verbatim. (django-environ would read a value that starts
-    with `$` as the name of another variable, and a generated key may start with one.)"""
-    return os.environ.get(name, default)
+    """A secret from the environment, verbatim: a generated key may start with `$`.
+
+    django-environ would read such a value as the name of another variable. So that a setting
+    written for that (SECRET_KEY=$VAULT_SECRET) does not silently become its own text, a value
+    that is `$` and the name of a variable that exists is refused.
+    """
+    value = os.environ.get(name, default)
+    if value.startswith("$") and value[1:] in os.environ:
+        raise ImproperlyConfigured(
+            f"{name} is {value!r}, the name of another environment variable: secrets are read verbatim, "
+            f"not looked up. Set {name} to the value itself."
+        )
+    return value
 
 
 # An insecure key is only acceptable on the embedded default; settings.production refuses it.

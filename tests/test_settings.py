@@ -178,5 +178,39 @@ def test_a_malformed_hex_seal_key_stops_every_command_with_what_to_set(tmp_path:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "outbox.E003" in output, output
-    assert "64 hex digits" in output, output
-    assert "outbox_seal_key" in output, output
+    assert "even number of hex digits" in output, output
+    assert "outbox_seal_key --new" in output, output
+    # The command that remedy names runs while the key is malformed.
+    fresh = _manage("outbox_seal_key", "--new", env=env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert fresh.stdout.startswith("OUTBOX_SEAL_KEY=hex:")
+
+
+def test_a_text_seal_key_printed_as_hex_is_the_same_key(tmp_path: Path) -> None:
+    """What `outbox_seal_key` prints for a text key of any length is accepted, and is that key."""
+    sqlite = str(tmp_path / "db.sqlite3")
+    printed = _manage(
+        "outbox_seal_key",
+        env=_env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=sqlite, OUTBOX_SEAL_KEY="my-passphrase"),
+    )
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    value = printed.stdout.strip().partition("=")[2]
+    assert _seal_key(SQLITE_PATH=sqlite, OUTBOX_SEAL_KEY=value) == "KEY=" + b"my-passphrase".hex()
+
+
+def test_a_secret_naming_another_variable_is_refused_not_taken_as_its_text(tmp_path: Path) -> None:
+    """SECRET_KEY=$VAULT_SECRET was a lookup for django-environ; read verbatim it would silently
+    become the text "$VAULT_SECRET", so it is refused, saying what to set instead."""
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        VAULT_SECRET=secrets.token_urlsafe(20),
+        SECRET_KEY="$VAULT_SECRET",
+    )
+
+    result = _manage("check", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is '$VAULT_SECRET', the name of another environment variable" in output, output
+    assert "Set SECRET_KEY to the value itself." in output, output

@@ -10,6 +10,8 @@ from outbox.sealing import KEY_BYTES, key_setting, seal_key
 
 
 class Command(BaseCommand):
+    # It must run to print a new key while the configured one is malformed (check outbox.E003).
+    requires_system_checks: list[str] = []
     help = (
         "Print the seal key in use as an OUTBOX_SEAL_KEY value. Set that value on every machine "
         "to keep the seals valid when SECRET_KEY changes; --new prints a fresh key for a new log."
