@@ -9,6 +9,8 @@ from typing import Any
 
 from django.db import migrations, models
 
+from outbox.ddl import index_create, index_drop
+
 INDEXES = [
     models.Index(fields=["id"], name="email_notice_resent_idx", condition=models.Q(sends__gt=1)),
 ]
@@ -16,17 +18,13 @@ WHERE = {"email_notice_resent_idx": "sends > 1"}
 
 
 def create(apps: Any, schema_editor: Any) -> None:
-    concurrently = "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
     for index in INDEXES:
-        schema_editor.execute(
-            f"CREATE INDEX {concurrently}IF NOT EXISTS {index.name} ON email_notice (id) WHERE {WHERE[index.name]}"
-        )
+        index_create(schema_editor, name=index.name, table="email_notice", columns="id", where=WHERE[index.name])
 
 
 def drop(apps: Any, schema_editor: Any) -> None:
-    concurrently = "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
     for index in INDEXES:
-        schema_editor.execute(f"DROP INDEX {concurrently}IF EXISTS {index.name}")
+        index_drop(schema_editor, name=index.name)
 
 
 class Migration(migrations.Migration):

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.db import migrations, models
 
+from outbox.ddl import index_create, index_drop
+
 NEW = "inventory_movement_product_idx"
 
 
@@ -18,21 +20,15 @@ def _product_index(schema_editor: Any) -> str:
     return str(schema_editor._create_index_name("inventory_movement", ["product_id"], suffix=""))
 
 
-def _concurrently(schema_editor: Any) -> str:
-    return "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
-
-
 def forward(apps: Any, schema_editor: Any) -> None:
-    how = _concurrently(schema_editor)
-    schema_editor.execute(f"CREATE INDEX {how}IF NOT EXISTS {NEW} ON inventory_movement (product_id, id)")
-    schema_editor.execute(f"DROP INDEX {how}IF EXISTS {_product_index(schema_editor)}")
+    # The old index goes only once the new one is built: a failed build stops here.
+    index_create(schema_editor, name=NEW, table="inventory_movement", columns="product_id, id")
+    index_drop(schema_editor, name=_product_index(schema_editor))
 
 
 def backward(apps: Any, schema_editor: Any) -> None:
-    how = _concurrently(schema_editor)
-    old = _product_index(schema_editor)
-    schema_editor.execute(f"CREATE INDEX {how}IF NOT EXISTS {old} ON inventory_movement (product_id)")
-    schema_editor.execute(f"DROP INDEX {how}IF EXISTS {NEW}")
+    index_create(schema_editor, name=_product_index(schema_editor), table="inventory_movement", columns="product_id")
+    index_drop(schema_editor, name=NEW)
 
 
 class Migration(migrations.Migration):

@@ -9,26 +9,22 @@ from typing import Any
 
 from django.db import migrations, models
 
+from outbox.ddl import index_create, index_drop
+
 INDEXES = {
     "order_placed_at_idx": ("placed_at", "placed_at IS NOT NULL"),
     "order_cancelled_at_idx": ("closed_at", "status = 'cancelled'"),
 }
 
 
-def _concurrently(schema_editor: Any) -> str:
-    return "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
-
-
 def create(apps: Any, schema_editor: Any) -> None:
     for name, (column, where) in INDEXES.items():
-        schema_editor.execute(
-            f"CREATE INDEX {_concurrently(schema_editor)}IF NOT EXISTS {name} ON core_order ({column}) WHERE {where}"
-        )
+        index_create(schema_editor, name=name, table="core_order", columns=column, where=where)
 
 
 def drop(apps: Any, schema_editor: Any) -> None:
     for name in INDEXES:
-        schema_editor.execute(f"DROP INDEX {_concurrently(schema_editor)}IF EXISTS {name}")
+        index_drop(schema_editor, name=name)
 
 
 class Migration(migrations.Migration):
