@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
@@ -22,18 +22,20 @@ SOURCE = re.compile(r"(order|receipt):\d+")
 class StockMovementAdmin(UncountedAdmin):
     list_display = ["id", "created_at", "product", "quantity", "stock_after", "event_type", "source", "event_id"]
     search_fields = ["source"]  # shows the search box; search_exact() decides what a term means
-    search_help_text = "An event id (42), a source (order:7 or receipt:3), or a product's exact SKU."
+    search_help_text = "A product's exact SKU, a source (order:7 or receipt:3), or an event id (42)."
     list_select_related = ["product"]
     raw_id_fields = ["product"]
 
     def search_exact(self, request: HttpRequest, queryset: QuerySet[Any], term: str) -> QuerySet[Any]:
         if SOURCE.fullmatch(term):
             return queryset.filter(source=term)
-        # The product first (SKUs are unique), then its movements on the (product, id) index.
-        by_sku = Q(product_id__in=list(Product.objects.filter(sku=term).values_list("pk", flat=True)[:1]))
+        # A product's SKU first (digits included: SKUs may be numeric), its movements read from
+        # the (product, id) index; else digits are an event id.
+        product_id = Product.objects.filter(sku=term).values_list("pk", flat=True).first()
+        if product_id is not None:
+            return queryset.filter(product_id=product_id)
         event_id = as_id(term)
-        # Digits may be an event id or a numeric SKU: either matches.
-        return queryset.filter(by_sku | Q(event_id=event_id) if event_id is not None else by_sku)
+        return queryset.filter(event_id=event_id) if event_id is not None else queryset.none()
 
 
 class ResentFilter(admin.SimpleListFilter):

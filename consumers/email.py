@@ -164,7 +164,8 @@ def message_id(*, notice_id: int, kind: str, order_id: int, token: uuid.UUID | N
 
 def not_taken(exc: BaseException) -> bool:
     """Whether the SMTP server certainly did not take the message: it answered the send with an
-    error, or no session was made. (A session lost mid-send may have delivered it.)"""
+    error, or no session was made (a session the batch's connection failed to open is not taken
+    either, whatever the error). A session lost mid-send may have delivered it."""
     return isinstance(
         exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused, ConnectionRefusedError, socket.gaierror)
     )
@@ -221,15 +222,18 @@ def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -
     message.extra_headers["Message-ID"] = message_id(
         notice_id=notice_id, kind=kind, order_id=int(event.aggregate_id), token=token
     )
+    opened = False
     try:
         if connection is not None:
             connection.open()  # once per batch: later sends reuse it
             message.connection = connection
+        opened = True
         message.send()
     except Exception as exc:
         # Give the lease back: the next attempt need not wait for it. A send the server certainly
-        # did not take is not counted, so that `sends` above 1 means "may have been sent twice".
-        uncount = {"sends": F("sends") - 1} if not_taken(exc) else {}
+        # did not take (no session, or a refusal) is not counted, so that `sends` above 1 means
+        # "may have been sent twice".
+        uncount = {"sends": F("sends") - 1} if not opened or not_taken(exc) else {}
         EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.SENDING).update(lease_until=None, **uncount)
         if connection is not None:
             connection.close()  # a broken session is not reused

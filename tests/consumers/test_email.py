@@ -101,6 +101,21 @@ def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
     assert EmailNotice.objects.get().sends == 0  # nothing reached a server
 
 
+def test_a_session_that_could_not_be_opened_is_not_counted_as_a_send(
+    mailbox: Mailbox, settings: Any, customer: Customer, products: list[Product]
+) -> None:
+    """Any failure to open the SMTP session (here STARTTLS, which the server does not offer)
+    means nothing was sent: the notice's `sends` stays 0."""
+    settings.EMAIL_USE_TLS = True
+    place(customer, products)
+    email.send_notices(event_ids=routed_ids("email"))
+    delivery = Delivery.objects.get(consumer="email")
+    assert delivery.status == "dead"
+    assert "STARTTLS" in delivery.last_error
+    assert mailbox.count() == 0
+    assert EmailNotice.objects.get().sends == 0
+
+
 def test_a_notice_another_worker_is_sending_is_not_sent_twice(
     mailbox: Mailbox, customer: Customer, products: list[Product]
 ) -> None:
