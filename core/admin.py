@@ -150,11 +150,13 @@ class OrderAdmin(Uncounted[Order]):
         )
         if len(customers) > ORDER_SEARCH_CUSTOMERS:
             customers = customers[:ORDER_SEARCH_CUSTOMERS]
-            messages.warning(
-                request,
-                f"More than {ORDER_SEARCH_CUSTOMERS} customers' names contain {term!r}: these are the orders "
-                f"of the first {ORDER_SEARCH_CUSTOMERS} by name. Search more of the name, or the exact e-mail.",
-            )
+            # Once, on the page shown: an action's POST runs the search too, then redirects here.
+            if request.method == "GET":
+                messages.warning(
+                    request,
+                    f"More than {ORDER_SEARCH_CUSTOMERS} customers' names contain {term!r}: these are the orders "
+                    f"of the first {ORDER_SEARCH_CUSTOMERS} by name. Search more of the name, or the exact e-mail.",
+                )
         return queryset.filter(customer_id__in=customers)
 
     def save_model(self, request: HttpRequest, obj: Order, form: forms.ModelForm[Order], change: bool) -> None:

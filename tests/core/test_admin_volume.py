@@ -131,6 +131,9 @@ def test_an_order_search_matching_too_many_names_says_so(admin_client: Client, c
     assert "More than 200 customers" in page
     assert "Search more of the name, or the exact e-mail." in page
     assert "More than 200 customers" not in _listed(admin_client, "/admin/core/order/?q=lovel")
+    # An action posted from the searched list redirects back to it: the warning shows once.
+    response = admin_client.post("/admin/core/order/?q=common", {"action": "place_orders", "index": 0}, follow=True)
+    assert response.content.decode().count("More than 200 customers") == 1
 
 
 def test_notices_sent_more_than_once_are_a_filter_and_orders_a_search(
