@@ -178,8 +178,9 @@ def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> tuple[int, 
     Raises NoticeBusy when another worker holds the notice's lease.
     """
     order_id = int(event.aggregate_id)
-    # As the backend stores a UUIDField: a uuid on PostgreSQL, 32 hex digits on SQLite.
-    token = EmailNotice._meta.get_field("token").get_db_prep_value(uuid.uuid4(), db_connection)
+    # As the backend stores a UUIDField (a uuid on PostgreSQL, 32 hex digits on SQLite), and back.
+    token_field = EmailNotice._meta.get_field("token")
+    token = token_field.get_db_prep_value(uuid.uuid4(), db_connection)
     params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject), token]
     if db_connection.vendor == "postgresql":
         statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
@@ -190,8 +191,7 @@ def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> tuple[int, 
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is not None:
-        token = row[1] if row[1] is None or isinstance(row[1], uuid.UUID) else uuid.UUID(str(row[1]))
-        return int(row[0]), token
+        return int(row[0]), token_field.to_python(row[1])
     notice = EmailNotice.objects.get(order_id=order_id, kind=kind)
     if notice.status == EmailNotice.Status.SENT:
         return None

@@ -24,13 +24,20 @@ def _invalid(schema_editor: Any, name: str) -> bool:
         return cursor.fetchone() is not None
 
 
-def index_create(schema_editor: Any, *, name: str, table: str, columns: str, where: str = "") -> None:
-    """Create the index `name` on `table (columns)`, partial when `where` is given (SQL text)."""
+def foreign_key_index(schema_editor: Any, *, table: str, column: str) -> str:
+    """The name Django gives a foreign key's own index (<table>_<column>_<hash>)."""
+    return str(schema_editor._create_index_name(table, [column], suffix=""))
+
+
+def index_create(schema_editor: Any, *, name: str, table: str, columns: str, where: str = "", method: str = "") -> None:
+    """Create the index `name` on `table (columns)`: partial when `where` is given (SQL text), of
+    another access method than btree when `method` names one (PostgreSQL's `brin`, say)."""
     if _invalid(schema_editor, name):
         index_drop(schema_editor, name=name)
+    using = f" USING {method}" if method else ""
     condition = f" WHERE {where}" if where else ""
     schema_editor.execute(
-        f"CREATE INDEX {_concurrently(schema_editor)}IF NOT EXISTS {name} ON {table} ({columns}){condition}"
+        f"CREATE INDEX {_concurrently(schema_editor)}IF NOT EXISTS {name} ON {table}{using} ({columns}){condition}"
     )
 
 

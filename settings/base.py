@@ -179,7 +179,7 @@ OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 # beat is older than the second figure.
 OUTBOX_HEARTBEAT_SECONDS = env.float("OUTBOX_HEARTBEAT_SECONDS", default=5.0)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", default=30.0)
-# The event log's seal key (outbox/sealing.py): text, or hex:<64 hex digits>. Empty: derived from
+# The event log's seal key (outbox/sealing.py): text, or hex:<hex digits>. Empty: derived from
 # SECRET_KEY, which then can never be rotated without breaking the chains. Set it, the same on
 # every machine, in production (`python manage.py outbox_seal_key` prints the one in use).
 OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")

@@ -9,13 +9,13 @@ from django.core.exceptions import ImproperlyConfigured
 from .base import *  # noqa: F403
 from .base import env, secret
 
-if not secret("SECRET_KEY"):
+SECRET_KEY = secret("SECRET_KEY")
+if not SECRET_KEY:
     raise ImproperlyConfigured(
         "SECRET_KEY is not set. Production settings refuse to start without one: generate it with "
         "`python -c 'import secrets; print(secrets.token_urlsafe(50))'` and set it in the "
         "environment."
     )
-SECRET_KEY = secret("SECRET_KEY")
 DEBUG = env.bool("DEBUG", default=False)
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

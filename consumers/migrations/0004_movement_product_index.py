@@ -10,14 +10,13 @@ from typing import Any
 
 from django.db import migrations, models
 
-from outbox.ddl import index_create, index_drop
+from outbox.ddl import foreign_key_index, index_create, index_drop
 
 NEW = "inventory_movement_product_idx"
 
 
 def _product_index(schema_editor: Any) -> str:
-    # The name Django gave the foreign key's index (inventory_movement_product_id_<hash>).
-    return str(schema_editor._create_index_name("inventory_movement", ["product_id"], suffix=""))
+    return foreign_key_index(schema_editor, table="inventory_movement", column="product_id")
 
 
 def forward(apps: Any, schema_editor: Any) -> None:

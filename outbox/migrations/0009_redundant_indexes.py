@@ -13,29 +13,25 @@ from typing import Any
 
 from django.db import migrations, models
 
+from outbox.ddl import foreign_key_index, index_create, index_drop
+
+BRIN = "outbox_event_created_brin"  # PostgreSQL only (0002)
+
 
 def _delivery_event_index(schema_editor: Any) -> str:
-    # The name Django gave the foreign key's index (outbox_delivery_event_id_<hash>).
-    return str(schema_editor._create_index_name("outbox_delivery", ["event_id"], suffix=""))
+    return foreign_key_index(schema_editor, table="outbox_delivery", column="event_id")
 
 
 def drop(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute("DROP INDEX CONCURRENTLY IF EXISTS outbox_event_created_brin")
-        schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_delivery_event_index(schema_editor)}")
-    else:
-        schema_editor.execute(f"DROP INDEX IF EXISTS {_delivery_event_index(schema_editor)}")
+        index_drop(schema_editor, name=BRIN)
+    index_drop(schema_editor, name=_delivery_event_index(schema_editor))
 
 
 def create(apps: Any, schema_editor: Any) -> None:
-    name = _delivery_event_index(schema_editor)
+    index_create(schema_editor, name=_delivery_event_index(schema_editor), table="outbox_delivery", columns="event_id")
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON outbox_delivery (event_id)")
-        schema_editor.execute(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_event_created_brin ON outbox_event USING brin (created_at)"
-        )
-    else:
-        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON outbox_delivery (event_id)")
+        index_create(schema_editor, name=BRIN, table="outbox_event", columns="created_at", method="brin")
 
 
 class Migration(migrations.Migration):
