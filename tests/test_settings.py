@@ -5,6 +5,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+from django.conf import settings
+
 from tests.processes import manage_run
 
 TIMEOUT = 120  # seconds for any one manage.py run
@@ -19,7 +21,7 @@ SELECTING_VARS = (
     "SQLITE_PATH",
 )
 REAL_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-REAL_REDIS_URL = "redis://127.0.0.1:6379/15"
+REAL_REDIS_URL = settings.REDIS_URL
 
 # Prints one KEY=value line per fact; other shell output (auto-import notices) is ignored.
 REPORT_SCRIPT = """

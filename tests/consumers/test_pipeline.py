@@ -12,6 +12,7 @@ import dramatiq
 import psycopg
 import pytest
 import redis
+from django.conf import settings
 from django.db import connection
 from django.test import Client
 
@@ -28,7 +29,8 @@ from tests.smtp import Mailbox, smtp_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_DB_URL = "redis://127.0.0.1:6379/15"
+# The suite's own Redis database (settings.test; REDIS_URL overrides it).
+REDIS_DB_URL = settings.REDIS_URL
 QUEUES = ("inventory", "email", "audit")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from django.conf import settings
 
 from tests.processes import manage_run, processes
 from tests.smtp import smtp_server
@@ -33,10 +34,10 @@ def test_simulate_on_the_embedded_default_reports_a_consistent_pipeline(tmp_path
 
 @pytest.mark.django_db(transaction=True)
 def test_simulate_on_the_real_stack_with_relay_and_worker_processes(tmp_path: Path) -> None:
-    redis.Redis.from_url("redis://127.0.0.1:6379/15").flushdb()
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
     with smtp_server() as mail:
         env = {
-            "REDIS_URL": "redis://127.0.0.1:6379/15",
+            "REDIS_URL": settings.REDIS_URL,
             "OUTBOX_RELAY_POLL_SECONDS": "0.2",
             "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
             "EMAIL_HOST": mail.host,

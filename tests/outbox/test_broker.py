@@ -5,11 +5,12 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from dramatiq import Message
 
 from outbox.broker import WakingRedisBroker, wake_key
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = settings.REDIS_URL
 IDLE_TIMEOUT_MS = 30_000
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -22,7 +23,8 @@ from tests.processes import private_redis, processes, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_DB_URL = "redis://127.0.0.1:6379/15"
+# The suite's own Redis database (settings.test; REDIS_URL overrides it).
+REDIS_DB_URL = settings.REDIS_URL
 FAST = {"OUTBOX_RELAY_POLL_SECONDS": "0.2", "REDIS_URL": REDIS_DB_URL}
 
 

@@ -6,6 +6,7 @@ from io import StringIO
 
 import pytest
 import redis
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -14,7 +15,8 @@ from core import services
 from outbox.models import Delivery, Event, Replay, ReplayItem
 from tests.outbox.helpers import events
 
-REDIS_DB_URL = "redis://127.0.0.1:6379/15"
+# The suite's own Redis database (settings.test; REDIS_URL overrides it).
+REDIS_DB_URL = settings.REDIS_URL
 
 
 @pytest.fixture(autouse=True)
