@@ -33,6 +33,7 @@ from django.db import connection
 from core.models import Order, Product
 from outbox.consuming import PermanentError, consume
 from outbox.models import Event
+from outbox.tagging import tag_valid
 
 CONSUMER = "inventory"
 TAKING_STATUSES = (Order.Status.PLACED, Order.Status.FULFILLED)
@@ -152,15 +153,19 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
     top = todo[-1].aggregate_version
     missing = [v for v in range(applied_version + 1, top + 1) if v not in known]
     read: dict[int, tuple[str, Any]] = {}
+    refused: set[int] = set()
     if missing:
         first = todo[0]
-        rows = Event.objects.filter(
+        for row in Event.objects.filter(
             aggregate_type=first.aggregate_type, aggregate_id=first.aggregate_id, aggregate_version__in=missing
-        ).values_list("aggregate_version", "event_type", "payload")
-        read = {version: (event_type, payload) for version, event_type, payload in rows}
-        if len(read) != len(missing):
+        ):
+            if tag_valid(row):
+                read[row.aggregate_version] = (row.event_type, row.payload)
+            else:  # not written by the writer: it changes nothing
+                refused.add(row.aggregate_version)
+        if len(read) + len(refused) != len(missing):
             # Versions are taken under a lock held to commit, so this means a purge or a damaged log.
-            gone = sorted(set(missing) - set(read))
+            gone = sorted(set(missing) - set(read) - refused)
             raise VersionGap(
                 f"Order {first.aggregate_id}: versions {gone} are missing from the event log; "
                 "run outbox_verify to see what happened to them."
@@ -170,6 +175,8 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
         if version in known:
             event = known[version]
             steps.append((version, event.event_type, event.payload, event))
+        elif version in refused:
+            continue
         else:
             steps.append((version, *read[version], None))
     return steps

@@ -62,3 +62,8 @@ def periodic_jobs() -> dict[str, dict[str, Any]]:
 def metrics_token() -> str:
     """The bearer token that lets a scraper read /metrics without a staff login ("" = none)."""
     return str(getattr(settings, "METRICS_TOKEN", ""))
+
+
+def checkpoint_seconds() -> float:
+    """How often a relay records a signed checkpoint of the sealed event log."""
+    return float(getattr(settings, "OUTBOX_CHECKPOINT_SECONDS", 60.0))

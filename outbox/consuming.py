@@ -21,7 +21,9 @@ from django.db import connection, transaction
 from dramatiq.middleware import CurrentMessage
 
 from outbox.deliveries import deliveries_begin, delivery_fail
+from outbox.keys import seal_key
 from outbox.models import Delivery, Event
+from outbox.tagging import forged_reason, tag_valid
 
 logger = logging.getLogger("outbox.consumer")
 
@@ -138,7 +140,13 @@ def consume(
                 f"Event {event_id} does not exist (purged, or never written). Nothing was applied."
             )
             permanent.add(event_id)
-    runnable = [events[i] for i in sorted(events)]
+    # A row the writer did not write (its tag does not verify) is refused before any handler.
+    key = seal_key()
+    for event_id, event in events.items():
+        if not tag_valid(event, key):
+            outcome.failed[event_id] = forged_reason(event)
+            permanent.add(event_id)
+    runnable = [events[i] for i in sorted(events) if i not in outcome.failed]
     if atomic:
 
         def split(events: list[Event]) -> list[list[Event]]:

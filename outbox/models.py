@@ -24,6 +24,12 @@ class Event(models.Model):
     correlation_id = models.CharField(max_length=64)
     source = models.CharField(max_length=100)
     created_at = models.DateTimeField(db_default=Now())
+    # The writer's HMAC over the event's facts (outbox.tagging): a row inserted by SQL has none
+    # that verifies, and is refused by every consumer and by the sealer.
+    tag = models.CharField(max_length=64, blank=True, db_default="", default="", editable=False)
+
+    # The database grants the application's role only these on the table (outbox_grants).
+    outbox_privileges = ("SELECT", "INSERT")
 
     class Meta:
         db_table = "outbox_event"
@@ -53,6 +59,9 @@ class AggregateVersion(models.Model):
     aggregate_type = models.CharField(max_length=100, db_column="aggregatetype")
     aggregate_id = models.CharField(max_length=100, db_column="aggregateid")
     version = models.PositiveIntegerField()
+
+    # Only ever counted up (a trigger refuses anything else, migration 0010).
+    outbox_privileges = ("SELECT", "INSERT", "UPDATE")
 
     class Meta:
         db_table = "outbox_aggregate"
@@ -119,6 +128,9 @@ class Delivery(models.Model):
     done_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())
 
+    # No DELETE: only the retention purge removes deliveries, through outbox_purge_events().
+    outbox_privileges = ("SELECT", "INSERT", "UPDATE")
+
     class Meta:
         db_table = "outbox_delivery"
         verbose_name_plural = "deliveries"
@@ -161,6 +173,8 @@ class Seal(models.Model):
     # Set by the retention purge when it deletes the event: the seal stays, for the chain.
     purged_at = models.DateTimeField(null=True, blank=True)
 
+    outbox_privileges = ("SELECT", "INSERT")
+
     class Meta:
         db_table = "outbox_seal"
         constraints = [
@@ -186,6 +200,8 @@ class Replay(models.Model):
     deliveries = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(db_default=Now())
 
+    outbox_privileges = ("SELECT", "INSERT")
+
     class Meta:
         db_table = "outbox_replay"
         ordering = ["-id"]
@@ -203,12 +219,45 @@ class ReplayItem(models.Model):
     consumer = models.CharField(max_length=100)
     previous_status = models.CharField(max_length=20, blank=True)
 
+    outbox_privileges = ("SELECT", "INSERT")
+
     class Meta:
         db_table = "outbox_replay_item"
         indexes = [models.Index(fields=["event_id"], name="outbox_replay_item_event_idx")]
 
     def __str__(self) -> str:
         return f"{self.event_id} → {self.consumer}"
+
+
+class Checkpoint(models.Model):
+    """A signed count of the sealed events, so that a log emptied or cut short is named by verify.
+
+    Seals are never deleted (the purge stamps them), so the number of seals with ids up to
+    `last_event_id` can only grow: a checkpoint that counted more than the log now holds names a
+    removal of events together with their seals. Each checkpoint signs its figures and the
+    previous checkpoint's signature with the seal key; the relay takes one every
+    OUTBOX_CHECKPOINT_SECONDS. The application's role may only add checkpoints.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    sealed = models.BigIntegerField(help_text="Seals of events with ids up to last_event_id, counted so far.")
+    last_event_id = models.BigIntegerField()
+    taken_at = models.DateTimeField()
+    previous = models.CharField(max_length=64, blank=True)
+    signature = models.CharField(max_length=64)
+
+    outbox_privileges = ("SELECT", "INSERT")
+
+    class Meta:
+        db_table = "outbox_checkpoint"
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.pk}: {self.sealed} sealed events up to {self.last_event_id}"
+
+    @property
+    def token(self) -> str:
+        """The checkpoint as an auditor keeps it outside the database (`outbox_verify --expect`)."""
+        return f"{self.pk}:{self.sealed}:{self.last_event_id}:{self.signature}"
 
 
 class RelayHeartbeat(models.Model):

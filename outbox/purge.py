@@ -2,10 +2,10 @@
 
 Settled means: not waiting in outbox_pending, no delivery that is not done (published, failed or
 dead), and sealed (outbox_seal), so that the chain still verifies after the purge. Anything else
-is kept, whatever its age. On PostgreSQL the event table's trigger enforces the same rule: the
-purge's transaction sets `outbox.purge = on`, and the trigger refuses any event that is not
-settled. The seals of purged events stay, stamped `purged_at`, so outbox_verify can tell a purge
-from a removal.
+is kept, whatever its age. On PostgreSQL the deletes go through `outbox_purge_events()`, a
+function that runs as the tables' owner (the application's role may not delete events itself),
+and the event table's trigger refuses any event that is not settled, whoever asks. The seals of
+purged events stay, stamped `purged_at`, so outbox_verify can tell a purge from a removal.
 """
 
 import json
@@ -78,6 +78,23 @@ def _archive_rows(ids: list[int], out: IO[str]) -> None:
         out.write(json.dumps(row, sort_keys=True) + "\n")
 
 
+def _delete(ids: list[int]) -> int:
+    """Delete the settled events among `ids`, their deliveries, and stamp their seals; return how many.
+
+    On PostgreSQL through outbox_purge_events() (migration 0010), which runs as the tables' owner
+    and deletes only settled, sealed events: the application's role holds no DELETE of its own.
+    """
+    if connection.vendor == "postgresql":
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [ids])
+            return int(cursor.fetchone()[0])
+    with transaction.atomic():
+        Seal.objects.filter(event_id__in=ids).update(purged_at=timezone.now())
+        Delivery.objects.filter(event_id__in=ids).delete()
+        deleted, _ = Event.objects.filter(id__in=ids).delete()
+    return deleted
+
+
 def purge_settled(
     *,
     older_than: timedelta,
@@ -105,20 +122,15 @@ def purge_settled(
                 break
             after = ids[-1]
             summary.batches += 1
-            summary.events += len(ids)
             if dry_run:
+                summary.events += len(ids)
                 continue
             if out is not None:
                 _archive_rows(ids, out)
                 out.flush()
                 os.fsync(out.fileno())
-            with transaction.atomic():
-                if connection.vendor == "postgresql":
-                    with connection.cursor() as cursor:
-                        cursor.execute("SET LOCAL outbox.purge = 'on'")
-                Seal.objects.filter(event_id__in=ids).update(purged_at=timezone.now())
-                Delivery.objects.filter(event_id__in=ids).delete()
-                Event.objects.filter(id__in=ids).delete()
+            # Fewer than asked when an event was replayed in the meantime: it is kept.
+            summary.events += _delete(ids)
             if progress:
                 progress(len(ids))
     finally:

@@ -6,8 +6,9 @@ transaction). Between batches an idle relay waits on PostgreSQL's LISTEN for the
 notification, or polls where there is none. A broker outage releases the batch uncounted and
 backs off with jitter; a database outage does the same on the database side.
 
-Between batches the relay also beats its heartbeat (outbox_relay_heartbeat, for status reports)
-and starts the periodic jobs that are due (outbox/jobs.py).
+Between batches the relay also beats its heartbeat (outbox_relay_heartbeat, for status reports),
+takes a checkpoint of the sealed log (outbox/checkpoints.py) and starts the periodic jobs that
+are due (outbox/jobs.py).
 """
 
 import logging
@@ -30,6 +31,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from outbox import claims, conf, routing, sweeper
+from outbox.checkpoints import checkpoint_take
 from outbox.heartbeats import heartbeat_beat, heartbeat_forget
 from outbox.jobs import JobRunner
 
@@ -96,6 +98,8 @@ class Relay:
     _listener: psycopg.Connection[Any] | None = None
     _next_sweep: float = 0.0
     _next_beat: float = 0.0
+    checkpoint_every: float = field(default_factory=conf.checkpoint_seconds)
+    _next_checkpoint: float = 0.0
 
     # --- one batch ----------------------------------------------------------------------------
 
@@ -184,6 +188,9 @@ class Relay:
                 if time.monotonic() >= self._next_beat:
                     self._next_beat = time.monotonic() + self.heartbeat
                     self.beat()
+                if not once and time.monotonic() >= self._next_checkpoint:
+                    self._next_checkpoint = time.monotonic() + self.checkpoint_every
+                    checkpoint_take()
                 if not once:
                     self.jobs.run_due(runner=self.name)
                 self.database.succeeded()

@@ -21,50 +21,16 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 import orjson
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.utils import timezone
 
-from outbox.models import AggregateVersion, Event, Seal
+from outbox.keys import HEX_PREFIX, KEY_BYTES, key_setting, parse_key, seal_key
+from outbox.models import AggregateVersion, Checkpoint, Event, Seal
+from outbox.tagging import forged_reason, tag_valid
+
+__all__ = ["HEX_PREFIX", "KEY_BYTES", "chain", "key_setting", "parse_key", "seal", "seal_key", "seal_many", "verify"]
 
 GENESIS = ""
-HEX_PREFIX = "hex:"
-KEY_BYTES = 32
-
-
-def parse_key(text: str) -> bytes:
-    """The key OUTBOX_SEAL_KEY names: `hex:` and hex digits for raw bytes, else its text.
-
-    Raises ImproperlyConfigured, saying what to set, when a `hex:` key is not hex.
-    """
-    if not text.startswith(HEX_PREFIX):
-        return text.encode()
-    digits = text[len(HEX_PREFIX) :]
-    try:
-        key = bytes.fromhex(digits)
-    except ValueError:
-        key = b""
-    if not key:
-        raise ImproperlyConfigured(
-            f"OUTBOX_SEAL_KEY starts with {HEX_PREFIX!r}, but what follows is not an even number of hex "
-            f"digits (got {len(digits)} characters). Set it to the value recorded when the log's key was "
-            "chosen; for a log with no seals yet, `python manage.py outbox_seal_key --new` prints a new one."
-        )
-    return key
-
-
-def seal_key() -> bytes:
-    """The chain's key: OUTBOX_SEAL_KEY, or one derived from SECRET_KEY."""
-    configured = str(getattr(settings, "OUTBOX_SEAL_KEY", ""))
-    if configured:
-        return parse_key(configured)
-    return hashlib.sha256(b"outbox-seal:" + settings.SECRET_KEY.encode()).digest()
-
-
-def key_setting(key: bytes) -> str:
-    """The value of OUTBOX_SEAL_KEY that names `key`."""
-    return HEX_PREFIX + key.hex()
 
 
 def facts(event: Event) -> bytes:
@@ -97,8 +63,17 @@ class SealGap(Exception):
     """Events of the aggregate between its last seal and this event are missing."""
 
 
+class ForgedEvent(Exception):
+    """The event's write-time tag does not verify: the outbox's writer did not write it."""
+
+
 def seal(event: Event) -> str:
-    """Seal the event, and any earlier unsealed event of its aggregate; return its seal."""
+    """Seal the event, and any earlier unsealed event of its aggregate; return its seal.
+
+    Raises ForgedEvent for an event that the writer did not write: it is never sealed.
+    """
+    if not tag_valid(event):
+        raise ForgedEvent(forged_reason(event))
     return seal_many([event])[event.id]
 
 
@@ -174,6 +149,8 @@ def seal_many(events: list[Event]) -> dict[int, str]:
                 )
         for version in needed:
             item = known[version]
+            if not tag_valid(item, key):
+                continue  # not written by the writer: never sealed, and the chain goes past it
             previous = chain(previous, item, key)
             result[item.id] = previous
             rows.append(
@@ -210,19 +187,30 @@ class Report:
     events: int = 0
     aggregates: int = 0
     problems: list[Problem] | None = None
+    # The newest checkpoint whose signature holds, when the whole log was verified.
+    checkpoint: Checkpoint | None = None
 
 
 def _ordered(queryset: Any) -> Iterator[Any]:
     return iter(queryset.order_by("aggregate_type", "aggregate_id", "aggregate_version").iterator(chunk_size=5000))
 
 
-def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelta = timedelta(minutes=5)) -> Report:
+def verify(
+    *,
+    aggregate: tuple[str, str] | None = None,
+    unsealed_grace: timedelta = timedelta(minutes=5),
+    expect: str | None = None,
+) -> Report:
     """Recompute every aggregate's chain (or one's) and return what does not match.
 
     - changed: the event's facts (or its seal) no longer give its seal;
     - removed: a sealed event is gone and the purge did not remove it;
     - unsealed: an event older than `unsealed_grace` has no seal (is the audit consumer running?);
-    - missing_versions: the aggregate's counter is past its last event and seal.
+    - missing_versions: the aggregate's counter is past its last event and seal;
+    - forged: an event the writer did not write (its tag does not verify);
+    - and, over the whole log, what outbox.checkpoints.checkpoints_check() finds: sealed events
+      gone since a checkpoint counted them, an emptied log, forged or missing checkpoints, and a
+      log behind the checkpoint `expect` (a token an auditor kept, outbox_verify --expect).
     """
     events = Event.objects.all()
     seals = Seal.objects.all()
@@ -283,9 +271,29 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
         name = (event.aggregate_type, event.aggregate_id)
         gap_check(name, event.aggregate_version)
         report.events += 1
+        at_seal = sealed is not None and position(sealed) == position(event)
+        if not at_seal and not tag_valid(event, key):
+            # The sealer never seals such a row, so the chain goes on past it.
+            problems.append(
+                Problem(
+                    "forged",
+                    ":".join(name),
+                    event.aggregate_version,
+                    event.id,
+                    "not written by the outbox's writer: its tag does not verify (a row inserted by SQL, or "
+                    "edited before it was sealed); every consumer refused it and it is not sealed",
+                )
+            )
+            seen[name] = event.aggregate_version
+            event = next(event_iter, None)
+            continue
         if sealed is not None and position(sealed) == position(event):
             expected = chain(previous.get(name, GENESIS), event, key)
-            if sealed.event_id != event.id or not hmac.compare_digest(expected, sealed.seal):
+            if (
+                sealed.event_id != event.id
+                or not hmac.compare_digest(expected, sealed.seal)
+                or not tag_valid(event, key)
+            ):
                 problems.append(
                     Problem(
                         "changed",
@@ -313,4 +321,9 @@ def verify(*, aggregate: tuple[str, str] | None = None, unsealed_grace: timedelt
     for counter in counters.iterator(chunk_size=5000):
         name = (counter.aggregate_type, counter.aggregate_id)
         missing(name, seen.get(name, 0) + 1, counter.version)
+    if aggregate is None:
+        from outbox.checkpoints import checkpoints_check
+
+        report.checkpoint, found = checkpoints_check(key=key, expect=expect)
+        problems.extend(found)
     return report

@@ -28,6 +28,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from outbox import conf
 from outbox.context import current
 from outbox.errors import NotInTransactionError
+from outbox.tagging import tag
 
 
 # Plain slotted dataclasses: every save builds a few, and frozen ones cost more to build.
@@ -39,7 +40,7 @@ class NewEvent:
     aggregate_type: str
     aggregate_id: str
     payload: dict[str, Any]
-    # None lets the database generate it (gen_random_uuid() on PostgreSQL).
+    # None: a new random one, given when the event is written (the write-time tag covers it).
     event_id: uuid.UUID | None = None
 
 
@@ -56,6 +57,8 @@ class _Row:
     correlation_id: str
     source: str
     doc: bytes  # JSON: the whole event on PostgreSQL, the payload elsewhere (see _row)
+    event_id: uuid.UUID
+    tag: str
 
 
 # The whole batch travels as one JSON array and PostgreSQL unpacks it: one parameter to send,
@@ -66,8 +69,8 @@ WITH b AS (
     FROM ROWS FROM (
         jsonb_to_recordset(%s::jsonb) AS (
             event_id uuid, type text, aggregatetype text, aggregateid text, payload jsonb, actor text,
-            correlation_id text, source text)
-    ) WITH ORDINALITY AS b(event_id, type, aggregatetype, aggregateid, payload, actor, correlation_id, source, seq)
+            correlation_id text, source text, tag text)
+    ) WITH ORDINALITY AS b(event_id, type, aggregatetype, aggregateid, payload, actor, correlation_id, source, tag, seq)
 ), v AS (
     INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version)
     SELECT aggregatetype, aggregateid, count(*) FROM b GROUP BY 1, 2 ORDER BY 1, 2
@@ -75,9 +78,9 @@ WITH b AS (
     RETURNING aggregatetype, aggregateid, version
 ), e AS (
     INSERT INTO outbox_event
-        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
-    SELECT coalesce(b.event_id, gen_random_uuid()), b.type, b.aggregatetype, b.aggregateid,
-           v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source
+        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
+    SELECT b.event_id, b.type, b.aggregatetype, b.aggregateid,
+           v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source, b.tag
     FROM b JOIN v USING (aggregatetype, aggregateid)
     ORDER BY b.seq
     RETURNING id, type
@@ -98,8 +101,8 @@ SELECT id, type, '', 0 FROM outbox_event WHERE event_id IN ({})
 
 _PORTABLE_EVENT = """
 INSERT INTO outbox_event
-    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
@@ -120,8 +123,20 @@ def _dumps(data: Any) -> bytes:
 def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole: bool) -> _Row:
     """Return the event as a row to write: `doc` is the whole event's JSON when `whole` (for the
     PostgreSQL statement, which unpacks it), else only the payload's (for the portable insert)."""
+    event_id = event.event_id or uuid.uuid4()
+    mark = tag(
+        event_id=str(event_id),
+        event_type=event.event_type,
+        aggregate_type=event.aggregate_type,
+        aggregate_id=event.aggregate_id,
+        payload=event.payload,
+        actor=actor,
+        correlation_id=correlation_id,
+        source=source,
+        default=_default,
+    )
     if not whole:
-        return _Row(event, actor, correlation_id, source, _dumps(event.payload))
+        return _Row(event, actor, correlation_id, source, _dumps(event.payload), event_id, mark)
     doc: dict[str, Any] = {
         "type": event.event_type,
         "aggregatetype": event.aggregate_type,
@@ -130,10 +145,10 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
         "correlation_id": correlation_id,
         "source": source,
         "payload": event.payload,
+        "event_id": event_id.hex,
+        "tag": mark,
     }
-    if event.event_id is not None:
-        doc["event_id"] = event.event_id.hex
-    return _Row(event, actor, correlation_id, source, _dumps(doc))
+    return _Row(event, actor, correlation_id, source, _dumps(doc), event_id, mark)
 
 
 def require_atomic(connection: BaseDatabaseWrapper) -> None:
@@ -235,7 +250,7 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
         for r in rows:
             e = r.event
             key = (e.aggregate_type, e.aggregate_id)
-            event_id = (e.event_id or uuid.uuid4()).hex
+            event_id = r.event_id.hex
             values.append(
                 (
                     event_id,
@@ -246,6 +261,7 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
                     r.actor,
                     r.correlation_id,
                     r.source,
+                    r.tag,
                 )
             )
             next_version[key] += 1

@@ -183,6 +183,9 @@ OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", def
 # SECRET_KEY, which then can never be rotated without breaking the chains. Set it, the same on
 # every machine, in production (`python manage.py outbox_seal_key` prints the one in use).
 OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")
+# How often a relay records a signed checkpoint of the sealed log (outbox/checkpoints.py), so that
+# outbox_verify names a log emptied or cut short.
+OUTBOX_CHECKPOINT_SECONDS = env.float("OUTBOX_CHECKPOINT_SECONDS", default=60.0)
 
 # The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
 # them, which doubles from the minimum up to the maximum, with jitter.

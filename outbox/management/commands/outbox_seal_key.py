@@ -26,8 +26,9 @@ class Command(BaseCommand):
         if options["new"]:
             self.stdout.write(f"OUTBOX_SEAL_KEY={key_setting(secrets.token_bytes(KEY_BYTES))}")
             self.stderr.write(
-                "A new key: seals made with another key report CHANGED under it. Use it only for "
-                "a log with no seals yet; keep it secret, the same on every machine."
+                "A new key: seals made with another key report CHANGED under it, and events tagged with "
+                "another key are refused. Use it only for a new log with no events yet; keep it secret, "
+                "the same on every machine."
             )
             return
         self.stdout.write(f"OUTBOX_SEAL_KEY={key_setting(seal_key())}")

@@ -1,0 +1,219 @@
+"""Signed checkpoints of the sealed log, so that an emptied or shortened log fails verify.
+
+A seal is never deleted (the purge only stamps it), so the number of seals of events with ids
+up to some id can only grow. A checkpoint records that number, signed with the seal key and
+chained to the previous checkpoint's signature: a later count below it means events were removed
+together with their seals (a TRUNCATE, or a tail cut), and verify names the id range and how
+many are gone. The application's role may add checkpoints but not change or delete them.
+
+Counting is incremental: each checkpoint counts only the seals above the previous one's last id,
+so taking one costs a range scan of what was sealed since. A seal that commits late, below an
+id already counted, is simply not counted: a checkpoint may undercount, never overcount.
+"""
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+
+import orjson
+from django.db import connection, transaction
+from django.db.models import Max
+
+from outbox.keys import seal_key
+from outbox.models import Checkpoint, Event, Seal
+from outbox.sealing import Problem
+
+logger = logging.getLogger(__name__)
+
+# One relay at a time takes a checkpoint (the others skip): the chain never forks.
+_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('outbox_checkpoint'))"
+_COUNT_RANGES = """
+SELECT (SELECT count(*) FROM outbox_seal s WHERE s.event_id > r.lo AND s.event_id <= r.hi)
+FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(lo, hi, n)
+ORDER BY r.n
+"""
+
+
+def signature(*, previous: str, sealed: int, last_event_id: int, taken_at: str, key: bytes | None = None) -> str:
+    """Return the signature of a checkpoint's figures."""
+    body = orjson.dumps([previous, sealed, last_event_id, taken_at])
+    return hmac.new(key or seal_key(), body, hashlib.sha256).hexdigest()
+
+
+def _taken_at(checkpoint: Checkpoint) -> str:
+    return checkpoint.taken_at.isoformat()
+
+
+def signed(checkpoint: Checkpoint, key: bytes | None = None) -> bool:
+    """Whether the checkpoint's signature holds (the key's holder wrote it)."""
+    expected = signature(
+        previous=checkpoint.previous,
+        sealed=checkpoint.sealed,
+        last_event_id=checkpoint.last_event_id,
+        taken_at=_taken_at(checkpoint),
+        key=key,
+    )
+    return hmac.compare_digest(expected, checkpoint.signature)
+
+
+def _latest_signed(key: bytes) -> Checkpoint | None:
+    # A forged checkpoint (inserted by SQL) is passed over, not built on.
+    for checkpoint in Checkpoint.objects.order_by("-id")[:100]:
+        if signed(checkpoint, key):
+            return checkpoint
+    return None
+
+
+def _range_count(lo: int, hi: int) -> int:
+    return Seal.objects.filter(event_id__gt=lo, event_id__lte=hi).count()
+
+
+@transaction.atomic
+def checkpoint_take() -> Checkpoint | None:
+    """Record a checkpoint of the seals written since the last one; return it (None: nothing new,
+    or another process is taking one right now)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK)
+            if not cursor.fetchone()[0]:
+                return None
+    key = seal_key()
+    previous = _latest_signed(key)
+    last = Seal.objects.aggregate(top=Max("event_id"))["top"] or 0
+    since = previous.last_event_id if previous else 0
+    if last <= since:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CURRENT_TIMESTAMP")
+        now = cursor.fetchone()[0]
+    checkpoint = Checkpoint(
+        sealed=(previous.sealed if previous else 0) + _range_count(since, last),
+        last_event_id=last,
+        taken_at=now,
+        previous=previous.signature if previous else "",
+    )
+    checkpoint.signature = signature(
+        previous=checkpoint.previous,
+        sealed=checkpoint.sealed,
+        last_event_id=last,
+        taken_at=_taken_at(checkpoint),
+        key=key,
+    )
+    checkpoint.save()
+    logger.info("Checkpoint of the event log: %s", checkpoint.token)
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A checkpoint as an auditor kept it: `id:sealed:last_event_id:signature`."""
+
+    id: int
+    sealed: int
+    last_event_id: int
+    signature: str
+
+    @classmethod
+    def parse(cls, token: str) -> "Expected":
+        """Read a token; raise ValueError saying what one looks like."""
+        parts = token.strip().split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or len(parts[3]) != 64:
+            raise ValueError(
+                f"{token!r} is not a checkpoint token. Pass what outbox_verify printed after 'Checkpoint:', "
+                "e.g. 12:4500:4512:<64 hex digits>."
+            )
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), parts[3])
+
+
+def _issued_ids() -> int:
+    """How many event ids the database has handed out (0 where it cannot tell)."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence('outbox_event', 'id')")
+        sequence = cursor.fetchone()[0]
+        if not sequence:
+            return 0
+        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - a name PostgreSQL gave, quoted
+        row = cursor.fetchone()
+    return int(row[0]) if row and row[1] else 0
+
+
+def checkpoints_check(*, key: bytes, expect: str | None = None) -> tuple[Checkpoint | None, list[Problem]]:
+    """Check the log against its checkpoints; return the newest signed one and the problems."""
+    problems: list[Problem] = []
+    good: list[Checkpoint] = []
+    for checkpoint in Checkpoint.objects.order_by("id").iterator(chunk_size=5000):
+        if not signed(checkpoint, key):
+            problems.append(
+                _problem("forged_checkpoint", f"checkpoint {checkpoint.pk}'s signature does not hold: inserted by SQL")
+            )
+            continue
+        previous = good[-1].signature if good else ""
+        if checkpoint.previous != previous:
+            problems.append(
+                _problem(
+                    "checkpoints_removed",
+                    f"checkpoint {checkpoint.pk} follows one that is no longer there: checkpoints were deleted",
+                )
+            )
+        good.append(checkpoint)
+    bounds = [(good[i - 1] if i else None, cp) for i, cp in enumerate(good)]
+    if bounds:
+        lows = [prev.last_event_id if prev else 0 for prev, _ in bounds]
+        highs = [cp.last_event_id for _, cp in bounds]
+        counts = _counts(lows, highs)
+        for (prev, cp), lo, hi, now in zip(bounds, lows, highs, counts, strict=True):
+            then = cp.sealed - (prev.sealed if prev else 0)
+            if now < then:
+                problems.append(
+                    _problem(
+                        "cut",
+                        f"checkpoint {cp.pk} (taken {cp.taken_at.isoformat()}) counted {then} sealed events with ids "
+                        f"{lo + 1}..{hi}; {now} remain: {then - now} were removed with their seals",
+                    )
+                )
+    if expect:
+        problems.extend(_expected(Expected.parse(expect)))
+    issued = _issued_ids()
+    if issued and not good and not Seal.objects.exists() and not Event.objects.exists():
+        problems.append(
+            _problem(
+                "emptied",
+                f"the database has issued event ids up to {issued}, but the log holds no event, seal or "
+                "checkpoint: it was emptied",
+            )
+        )
+    return (good[-1] if good else None), problems
+
+
+def _counts(lows: list[int], highs: list[int]) -> list[int]:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_COUNT_RANGES, [lows, highs])
+            return [int(row[0]) for row in cursor.fetchall()]
+    return [_range_count(lo, hi) for lo, hi in zip(lows, highs, strict=True)]
+
+
+def _expected(expected: Expected) -> list[Problem]:
+    problems = []
+    kept = Checkpoint.objects.filter(pk=expected.id).first()
+    if kept is None or not hmac.compare_digest(kept.signature, expected.signature):
+        problems.append(
+            _problem("checkpoints_removed", f"the checkpoint you kept ({expected.id}) is no longer in the database")
+        )
+    now = _range_count(0, expected.last_event_id)
+    if now < expected.sealed:
+        problems.append(
+            _problem(
+                "cut",
+                f"the checkpoint you kept ({expected.id}) counted {expected.sealed} sealed events with ids up to "
+                f"{expected.last_event_id}; {now} remain: {expected.sealed - now} were removed with their seals",
+            )
+        )
+    return problems
+
+
+def _problem(kind: str, detail: str) -> Problem:
+    return Problem(kind, "log", None, None, detail)

@@ -1,0 +1,214 @@
+"""The event log holds against the application's own database role.
+
+- outbox_event gets `tag`, the writer's HMAC over each event's facts (outbox/tagging.py); events
+  written before it are tagged here, by the owner, with the seal key in use.
+- No session setting opens the guards any more (0005 let `SET LOCAL outbox.purge = on` do it):
+  an event may be deleted only by a member of the table's owner role, and only once settled and
+  sealed; a seal may only be stamped `purged_at`, by the owner, once its event is gone. The
+  application's role gets neither UPDATE nor DELETE on these tables (`outbox_grants`) and
+  purges through `outbox_purge_events()`, a SECURITY DEFINER function owned by the owner that
+  deletes settled events only.
+- outbox_aggregate only counts up: a version may not go down, nor a counter be deleted.
+- outbox_checkpoint: signed counts of the sealed events (outbox/checkpoints.py), append-only.
+
+Run as the owner of the tables. TRUNCATE and ALTER TABLE need ownership, which the
+application's role must not have: see docs/operations.md#database-roles.
+"""
+
+from typing import Any
+
+from django.db import migrations, models
+
+TAG_BATCH = 5000
+
+GUARDS = """
+CREATE OR REPLACE FUNCTION outbox_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE'
+       AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER')
+       AND NOT EXISTS (SELECT 1 FROM outbox_pending WHERE event_id = OLD.id)
+       AND NOT EXISTS (SELECT 1 FROM outbox_delivery WHERE event_id = OLD.id AND status <> 'done')
+       AND EXISTS (SELECT 1 FROM outbox_seal WHERE event_id = OLD.id) THEN
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'outbox_event is append-only: DELETE of event % refused: only settled events may be purged (this one is pending, failed, in flight or unsealed), and only by the owner''s retention purge (outbox_purge)', OLD.id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RAISE EXCEPTION 'outbox_event is append-only: % of event % refused. Events are facts; only outbox_purge deletes settled ones.', TG_OP, OLD.id
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION outbox_seal_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.purged_at IS NULL AND NEW.purged_at IS NOT NULL
+       AND NEW.event_id = OLD.event_id AND NEW.seal = OLD.seal
+       AND NEW.aggregatetype = OLD.aggregatetype AND NEW.aggregateid = OLD.aggregateid
+       AND NEW.aggregate_version = OLD.aggregate_version AND NEW.sealed_at = OLD.sealed_at
+       AND NOT EXISTS (SELECT 1 FROM outbox_event WHERE id = OLD.event_id)
+       AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'outbox_seal is append-only: % of the seal of event % refused', TG_OP, OLD.event_id
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE FUNCTION outbox_aggregate_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.aggregatetype = OLD.aggregatetype AND NEW.aggregateid = OLD.aggregateid
+       AND NEW.version > OLD.version THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'outbox_aggregate only counts up: % of %:% (version %) refused', TG_OP, OLD.aggregatetype, OLD.aggregateid, OLD.version
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER outbox_aggregate_counts_up BEFORE UPDATE OR DELETE ON outbox_aggregate
+    FOR EACH ROW EXECUTE FUNCTION outbox_aggregate_guard();
+
+CREATE TRIGGER outbox_checkpoint_append_only BEFORE UPDATE OR DELETE ON outbox_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION outbox_record_guard();
+"""
+
+# {schema} is the migration's own schema, quoted: the function finds its tables there whatever
+# the caller's search_path.
+PURGE = """
+CREATE FUNCTION outbox_purge_events(ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+DECLARE
+    purged bigint[];
+BEGIN
+    WITH gone AS (
+        DELETE FROM outbox_event e
+        WHERE e.id = ANY(ids)
+          AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.event_id = e.id)
+          AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status <> 'done')
+          AND EXISTS (SELECT 1 FROM outbox_seal s WHERE s.event_id = e.id)
+        RETURNING e.id
+    )
+    SELECT coalesce(array_agg(id), '{{}}') INTO purged FROM gone;
+    DELETE FROM outbox_delivery WHERE event_id = ANY(purged);
+    UPDATE outbox_seal SET purged_at = now() WHERE event_id = ANY(purged) AND purged_at IS NULL;
+    RETURN coalesce(array_length(purged, 1), 0);
+END
+$$;
+REVOKE ALL ON FUNCTION outbox_purge_events(bigint[]) FROM PUBLIC;
+"""
+
+# 0005's guards, for a migration back.
+PREVIOUS_GUARDS = """
+DROP FUNCTION IF EXISTS outbox_purge_events(bigint[]);
+DROP TRIGGER IF EXISTS outbox_checkpoint_append_only ON outbox_checkpoint;
+DROP TRIGGER IF EXISTS outbox_aggregate_counts_up ON outbox_aggregate;
+DROP FUNCTION IF EXISTS outbox_aggregate_guard();
+CREATE OR REPLACE FUNCTION outbox_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('outbox.purge', true) = 'on' THEN
+        IF EXISTS (SELECT 1 FROM outbox_pending WHERE event_id = OLD.id)
+           OR EXISTS (SELECT 1 FROM outbox_delivery WHERE event_id = OLD.id AND status <> 'done') THEN
+            RAISE EXCEPTION 'outbox_event %: only settled events may be purged; this one is pending, failed or in flight', OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'outbox_event is append-only: % of event % refused. Events are facts; only outbox_purge deletes settled ones.', TG_OP, OLD.id
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE OR REPLACE FUNCTION outbox_seal_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND current_setting('outbox.purge', true) = 'on'
+       AND NEW.event_id = OLD.event_id AND NEW.seal = OLD.seal
+       AND NEW.aggregatetype = OLD.aggregatetype AND NEW.aggregateid = OLD.aggregateid
+       AND NEW.aggregate_version = OLD.aggregate_version AND NEW.sealed_at = OLD.sealed_at THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'outbox_seal is append-only: % of the seal of event % refused', TG_OP, OLD.event_id
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+"""
+
+
+def tag_existing(apps: Any, schema_editor: Any) -> None:
+    """Tag the events written before tags existed, with the seal key in use (as the owner)."""
+    from outbox.keys import seal_key
+    from outbox.tagging import tag
+
+    Event = apps.get_model("outbox", "Event")
+    pending = Event.objects.filter(tag="").order_by("id")
+    if not pending.exists():
+        return
+    key = seal_key()
+    postgresql = schema_editor.connection.vendor == "postgresql"
+    if postgresql:
+        schema_editor.execute("ALTER TABLE outbox_event DISABLE TRIGGER outbox_event_append_only")
+    try:
+        after = 0
+        while True:
+            batch = list(pending.filter(id__gt=after)[:TAG_BATCH])
+            if not batch:
+                break
+            for event in batch:
+                event.tag = tag(
+                    event_id=str(event.event_id),
+                    event_type=event.event_type,
+                    aggregate_type=event.aggregate_type,
+                    aggregate_id=event.aggregate_id,
+                    payload=event.payload,
+                    actor=event.actor,
+                    correlation_id=event.correlation_id,
+                    source=event.source,
+                    key=key,
+                )
+            Event.objects.bulk_update(batch, ["tag"])
+            after = batch[-1].id
+    finally:
+        if postgresql:
+            schema_editor.execute("ALTER TABLE outbox_event ENABLE TRIGGER outbox_event_append_only")
+
+
+def guards_create(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    schema_editor.execute(GUARDS, params=None)
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT quote_ident(current_schema())")
+        schema = cursor.fetchone()[0]
+    schema_editor.execute(PURGE.format(schema=schema), params=None)
+
+
+def guards_drop(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(PREVIOUS_GUARDS, params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("outbox", "0009_redundant_indexes")]
+
+    operations = [
+        migrations.AddField(
+            model_name="event",
+            name="tag",
+            field=models.CharField(blank=True, db_default="", default="", editable=False, max_length=64),
+        ),
+        migrations.RunPython(tag_existing, migrations.RunPython.noop),
+        migrations.CreateModel(
+            name="Checkpoint",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                (
+                    "sealed",
+                    models.BigIntegerField(help_text="Seals of events with ids up to last_event_id, counted so far."),
+                ),
+                ("last_event_id", models.BigIntegerField()),
+                ("taken_at", models.DateTimeField()),
+                ("previous", models.CharField(blank=True, max_length=64)),
+                ("signature", models.CharField(max_length=64)),
+            ],
+            options={"db_table": "outbox_checkpoint"},
+        ),
+        migrations.RunPython(guards_create, guards_drop),
+    ]

@@ -1,0 +1,363 @@
+"""The event log holds against the application's own database role, as an intruder would try it.
+
+The suite creates a role that owns nothing, gives it the grants `outbox_grants` prints, and runs
+each attack through it over a real PostgreSQL connection. The owner's powers (TRUNCATE, triggers
+off) are tried through the test's own connection, which owns the tables: verify must name them.
+"""
+
+import json
+import time
+from datetime import timedelta
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, transaction
+
+from consumers import audit, inventory
+from core import services
+from core.models import Product
+from outbox.checkpoints import checkpoint_take
+from outbox.models import Checkpoint, Delivery, Event, Pending, Seal
+from outbox.sealing import verify
+from tests.outbox.helpers import conninfo
+from tests.processes import database_url, manage_run, processes, wait_until
+from tests.smtp import smtp_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LONG_GRACE = timedelta(days=1)
+
+
+@pytest.fixture
+def app_role() -> str:
+    """A login role that owns nothing, with exactly the grants of `outbox_grants --apply`."""
+    role = f"{connection.settings_dict['NAME']}_app"[:63]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+    call_command("outbox_grants", role=role, apply=True, stdout=StringIO())
+    return role
+
+
+def as_role(role: str) -> psycopg.Connection:
+    return psycopg.connect(conninfo() + f" user={role}", autocommit=True)
+
+
+def settle_all() -> list[int]:
+    """Relay nothing, but handle every event as the consumers would: done, applied and sealed."""
+    ids = list(Event.objects.order_by("id").values_list("id", flat=True))
+    Pending.objects.filter(event_id__in=ids).delete()
+    inventory.apply_events(event_ids=[i for i in ids if Event.objects.get(pk=i).aggregate_type == "product"])
+    audit.audit_events(event_ids=ids)
+    return ids
+
+
+def a_sealed_log() -> list[int]:
+    for i in range(3):
+        services.customer_create(name=f"C{i}", email=f"c{i}@example.com")
+    ids = settle_all()
+    assert checkpoint_take() is not None
+    return ids
+
+
+def kinds(**options: object) -> list[str]:
+    return sorted(p.kind for p in verify(**options).problems or [])  # type: ignore[arg-type]
+
+
+ATTACKS = [
+    "TRUNCATE outbox_event, outbox_seal, outbox_aggregate CASCADE",
+    "TRUNCATE outbox_checkpoint",
+    "ALTER TABLE outbox_event DISABLE TRIGGER USER",
+    "ALTER TABLE outbox_seal DISABLE TRIGGER outbox_seal_append_only",
+    "DROP TRIGGER outbox_event_append_only ON outbox_event",
+    "CREATE OR REPLACE FUNCTION outbox_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$",
+    "DROP FUNCTION outbox_purge_events(bigint[])",
+    "ALTER TABLE outbox_event RENAME TO outbox_event_old",
+    "DELETE FROM outbox_event",
+    "UPDATE outbox_event SET actor = 'user:mallory'",
+    "DELETE FROM outbox_seal",
+    "UPDATE outbox_seal SET purged_at = now()",
+    "DELETE FROM outbox_aggregate",
+    "UPDATE outbox_aggregate SET version = version - 1",
+    "DELETE FROM outbox_checkpoint",
+    "UPDATE outbox_checkpoint SET sealed = 0",
+    "DELETE FROM outbox_delivery",
+    "DELETE FROM outbox_replay",
+    "SELECT setval(pg_get_serial_sequence('outbox_event', 'id'), 1)",
+    "ALTER TABLE outbox_event OWNER TO CURRENT_USER",
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_the_app_role_can_neither_change_nor_empty_nor_unguard_the_event_log(app_role: str, attack: str) -> None:
+    ids = a_sealed_log()
+    with as_role(app_role) as intruder, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        intruder.execute(attack)
+    assert list(Event.objects.order_by("id").values_list("id", flat=True)) == ids
+    assert Seal.objects.filter(purged_at__isnull=True).count() == len(ids)
+    assert kinds() == []
+
+
+def test_no_session_setting_opens_the_guard_for_anyone(app_role: str) -> None:
+    """0005 let `SET LOCAL outbox.purge = on` delete an unpublished event with its pending row."""
+    services.customer_create(name="Ada", email="ada@example.com")
+    event = Event.objects.get()
+    with as_role(app_role) as intruder, pytest.raises(psycopg.errors.InsufficientPrivilege), intruder.transaction():
+        intruder.execute("SET LOCAL outbox.purge = 'on'")
+        intruder.execute("DELETE FROM outbox_pending WHERE event_id = %s", [event.id])
+        intruder.execute("DELETE FROM outbox_event WHERE id = %s", [event.id])
+    # Not even the owner: the setting opens nothing, and an unsealed event is never purged.
+    with (
+        pytest.raises(DatabaseError, match="only settled events may be purged"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SET LOCAL outbox.purge = 'on'")
+        cursor.execute("DELETE FROM outbox_pending WHERE event_id = %s", [event.id])
+        cursor.execute("DELETE FROM outbox_event WHERE id = %s", [event.id])
+    assert Event.objects.filter(pk=event.id).exists()
+    # What the app role can do, drop the event from the relay's queue, verify names: never sealed.
+    with as_role(app_role) as intruder:
+        intruder.execute("DELETE FROM outbox_pending WHERE event_id = %s", [event.id])
+    assert kinds(unsealed_grace=timedelta(0)) == ["unsealed"]
+
+
+def test_the_app_role_purges_only_settled_events_through_the_owners_function(app_role: str) -> None:
+    ids = a_sealed_log()
+    services.customer_create(name="Late", email="late@example.com")
+    unsettled = Event.objects.order_by("-id").values_list("id", flat=True)[0]
+    with as_role(app_role) as app:
+        row = app.execute("SELECT outbox_purge_events(%s::bigint[])", [[*ids[:2], unsettled]]).fetchone()
+    assert row == (2,)
+    assert sorted(Event.objects.values_list("id", flat=True)) == [ids[2], unsettled]
+    assert Seal.objects.filter(event_id__in=ids[:2], purged_at__isnull=False).count() == 2
+    assert not Delivery.objects.filter(event_id__in=ids[:2]).exists()
+    assert kinds(unsealed_grace=LONG_GRACE) == []
+
+
+def test_outbox_purge_runs_as_the_app_role(app_role: str, tmp_path: Path) -> None:
+    """The retention purge works for the processes' own role: no owner URL in the relay."""
+    ids = a_sealed_log()
+    time.sleep(1.1)  # the purge takes events older than a whole second
+    env = {
+        "DJANGO_SETTINGS_MODULE": "settings.test",
+        "DATABASE_URL": database_url().replace("postgres://postgres@", f"postgres://{app_role}@"),
+        "PATH": "/usr/bin:/bin",
+    }
+    result = manage_run("outbox_purge", "--older-than", "1s", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not Event.objects.filter(id__in=ids).exists()
+    assert kinds(unsealed_grace=LONG_GRACE) == []
+
+
+def forge_receipt(role: str, product: Product, quantity: int) -> int:
+    """Insert a stock receipt's event by SQL, as an intruder holding the app role would."""
+    with as_role(role) as intruder, intruder.transaction():
+        version = intruder.execute(
+            "INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version) VALUES ('product', %s, 1) "
+            "ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = a.version + 1 RETURNING version",
+            [str(product.pk)],
+        ).fetchone()
+        assert version is not None
+        payload = {"state": {"id": 999_999, "product_id": product.pk, "quantity": quantity, "note": ""}}
+        row = intruder.execute(
+            "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor,"
+            " correlation_id, source) VALUES (gen_random_uuid(), 'stock.received', 'product', %s, %s, %s, "
+            "'user:admin', 'c0ffee', 'admin') RETURNING id",
+            [str(product.pk), version[0], json.dumps(payload)],
+        ).fetchone()
+        assert row is not None
+        intruder.execute(
+            "INSERT INTO outbox_pending (event_id, type, claimed_by, claims) VALUES (%s, %s, '', 0)",
+            [
+                row[0],
+                "stock.received",
+            ],
+        )
+    return int(row[0])
+
+
+def test_an_event_inserted_by_sql_is_refused_not_applied_and_not_sealed(app_role: str) -> None:
+    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
+    services.stock_receive(sku="KB-1", quantity=5)
+    settle_all()
+    forged = forge_receipt(app_role, product, 500)
+    # A copy of a real event's facts and tag under a new event id does not verify either.
+    with as_role(app_role) as intruder, intruder.transaction():
+        intruder.execute("UPDATE outbox_aggregate SET version = version + 1 WHERE aggregatetype = 'product'")
+        copied = intruder.execute(
+            "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor,"
+            " correlation_id, source, tag) SELECT gen_random_uuid(), e.type, e.aggregatetype, e.aggregateid,"
+            " a.version, e.payload, e.actor, e.correlation_id, e.source, e.tag FROM outbox_event e JOIN"
+            " outbox_aggregate a USING (aggregatetype, aggregateid) WHERE e.type = 'stock.received' AND e.id <> %s "
+            "RETURNING id",
+            [forged],
+        ).fetchone()
+    assert copied is not None
+    inventory.apply_events(event_ids=[forged, copied[0]])
+    audit.audit_events(event_ids=[forged, copied[0]])
+    product.refresh_from_db()
+    assert product.stock == 5
+    for event_id in (forged, copied[0]):
+        for consumer in ("inventory", "audit_log"):
+            delivery = Delivery.objects.get(event_id=event_id, consumer=consumer)
+            assert delivery.status == "dead"
+            assert "was not written by the outbox's writer" in delivery.last_error
+    assert not Seal.objects.filter(event_id__in=[forged, copied[0]]).exists()
+    # The product's later events still apply and seal: the chain goes past the refused row.
+    services.stock_receive(sku="KB-1", quantity=2)
+    settle_all()
+    product.refresh_from_db()
+    assert product.stock == 7
+    problems = verify(unsealed_grace=LONG_GRACE).problems or []
+    assert sorted((p.kind, p.event_id) for p in problems) == [("forged", forged), ("forged", copied[0])]
+
+
+def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: str, tmp_path: Path) -> None:
+    """Relay and worker processes connected as the role that owns nothing: every consumer works,
+    seals and checkpoints are written, and a forged row is refused by the real worker."""
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    customer = services.customer_create(name="Ada", email="ada@example.com")
+    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
+    services.stock_receive(sku="KB-1", quantity=5)
+    app_url = database_url().replace("postgres://postgres@", f"postgres://{app_role}@")
+    with smtp_server() as mail:
+        env = {
+            "DATABASE_URL": app_url,
+            "REDIS_URL": settings.REDIS_URL,
+            "OUTBOX_RELAY_POLL_SECONDS": "0.2",
+            "OUTBOX_CHECKPOINT_SECONDS": "0.5",
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": mail.host,
+            "EMAIL_PORT": str(mail.port),
+        }
+        with processes(tmp_path, **env) as procs:
+            procs.relay("r1")
+            procs.worker()
+            order = services.order_create(customer=customer, lines=[services.LineRequest("KB-1", 2)], place=True)
+            forged = forge_receipt(app_role, product, 500)
+
+            def settled() -> bool:
+                return (
+                    not Pending.objects.exists()
+                    and Delivery.objects.filter(status="published").count() == 0
+                    and Delivery.objects.filter(event_id=forged, status="dead").count() == 2
+                )
+
+            wait_until(settled, timeout=60, what="every delivery to be done or dead")
+            wait_until(lambda: mail.count() == 1, timeout=30, what="the order's confirmation")
+            wait_until(
+                lambda: Checkpoint.objects.filter(last_event_id__gte=forged - 1).exists(),
+                timeout=30,
+                what="a checkpoint from the relay",
+            )
+    product.refresh_from_db()
+    assert product.stock == 3
+    assert Delivery.objects.filter(event__aggregate_id=str(order.pk), status="done").count() >= 2
+    assert not Seal.objects.filter(event_id=forged).exists()
+    assert set(Delivery.objects.exclude(event_id=forged).values_list("status", flat=True)) == {"done"}
+    assert sorted((p.kind, p.event_id) for p in verify(unsealed_grace=LONG_GRACE).problems or []) == [
+        ("forged", forged)
+    ]
+
+
+def test_outbox_grants_prints_exactly_what_it_applies_and_refuses_a_role_that_owns_the_log(app_role: str) -> None:
+    out = StringIO()
+    call_command("outbox_grants", role=app_role, stdout=out)
+    sql = out.getvalue()
+    assert "GRANT SELECT, INSERT ON TABLE " in sql
+    granted = next(line for line in sql.splitlines() if line.startswith("GRANT SELECT, INSERT ON TABLE"))
+    for table in ("outbox_event", "outbox_seal", "outbox_checkpoint", "outbox_replay", "outbox_replay_item"):
+        assert f'"{table}"' in granted
+    assert "TRUNCATE" not in sql
+    assert "GRANT EXECUTE ON FUNCTION" in sql
+    owner = connection.settings_dict["USER"]
+    with pytest.raises(CommandError, match="privileges do not bind it"):
+        call_command("outbox_grants", role=owner)
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("outbox_grants", role="no_such_role_here")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT privilege_type FROM information_schema.role_table_grants WHERE grantee = %s "
+            "AND table_name = 'outbox_event' ORDER BY 1",
+            [app_role],
+        )
+        assert [row[0] for row in cursor.fetchall()] == ["INSERT", "SELECT"]
+
+
+# --- what the owner can do, verify names ---------------------------------------------------------
+
+
+def test_verify_names_a_log_its_owner_emptied() -> None:
+    ids = a_sealed_log()
+    checkpoint = Checkpoint.objects.get()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_event, outbox_seal, outbox_aggregate CASCADE")
+    problems = verify().problems or []
+    assert [p.kind for p in problems] == ["cut"]
+    assert f"counted {len(ids)} sealed events" in problems[0].detail
+    # The checkpoints gone too: the ids the database handed out still tell.
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_checkpoint")
+    assert kinds() == ["emptied"]
+    # A token kept outside the database names what it held, whatever else is gone.
+    assert kinds(expect=checkpoint.token) == ["checkpoints_removed", "cut", "emptied"]
+
+
+def test_verify_names_a_tail_cut_with_its_seal_and_counter() -> None:
+    """The owner turns the guards off and removes an aggregate's last event, its seal and one count."""
+    customer = services.customer_create(name="Ada", email="ada@example.com")
+    customer.name = "Ada L."
+    customer.save()
+    settle_all()
+    checkpoint_take()
+    last = Event.objects.order_by("-aggregate_version").first()
+    assert last is not None
+    with connection.cursor() as cursor:
+        for table in ("outbox_event", "outbox_seal", "outbox_aggregate"):
+            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        cursor.execute("DELETE FROM outbox_event WHERE id = %s", [last.id])
+        cursor.execute("DELETE FROM outbox_seal WHERE event_id = %s", [last.id])
+        cursor.execute("UPDATE outbox_aggregate SET version = version - 1")
+        for table in ("outbox_event", "outbox_seal", "outbox_aggregate"):
+            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    problems = verify().problems or []
+    assert [p.kind for p in problems] == ["cut"]
+    assert "1 were removed with their seals" in problems[0].detail
+
+
+def test_a_forged_checkpoint_is_named_and_never_built_on(app_role: str) -> None:
+    a_sealed_log()
+    with as_role(app_role) as intruder:
+        intruder.execute(
+            "INSERT INTO outbox_checkpoint (sealed, last_event_id, taken_at, previous, signature) "
+            "VALUES (1000000, 1000000, now(), '', repeat('0', 64))"
+        )
+    assert kinds() == ["forged_checkpoint"]
+    services.customer_create(name="Next", email="next@example.com")
+    settle_all()
+    taken = checkpoint_take()
+    assert taken is not None
+    assert taken.previous == Checkpoint.objects.order_by("id").first().signature  # type: ignore[union-attr]
+    assert kinds() == ["forged_checkpoint"]
+
+
+def test_outbox_verify_json_says_ok_and_prints_the_checkpoint_to_keep() -> None:
+    a_sealed_log()
+    env = {"DJANGO_SETTINGS_MODULE": "settings.test", "DATABASE_URL": database_url(), "PATH": "/usr/bin:/bin"}
+    result = manage_run("outbox_verify", "--json", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["events"], report["problems"]) == (True, 3, [])
+    assert report["checkpoint"] == Checkpoint.objects.get().token
+    bad = manage_run("outbox_verify", "--expect", "12:banana", env=env, timeout=60)
+    assert bad.returncode != 0
+    assert "is not a checkpoint token" in bad.stderr
