@@ -7,8 +7,8 @@ unique, so a tag cannot be reused on a copy. The consumers and the sealer check 
 they act on an event: a forged row is refused (its deliveries dead, with the reason), never
 applied and never sealed, and `outbox_verify` names it.
 
-The payload is tagged in a canonical form that survives PostgreSQL's jsonb: keys sorted, and a
-float with an integral value written as the integer jsonb gives back.
+The payload is tagged in a canonical form that survives PostgreSQL's jsonb: keys sorted, and
+numbers in the one form that the written and the read-back value share.
 """
 
 import hashlib
@@ -22,9 +22,16 @@ from outbox.keys import seal_key
 TAG_LENGTH = 64
 
 
+# jsonb writes an integral number without its exponent or fraction (1.0 → 1.0, 1e20 → 100…0), and
+# reads back as an int what JSON cannot tell from one: both sides meet on one form per value.
+_INT_RANGE = 2**63
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, float):
-        return int(value) if value.is_integer() else value
+        return int(value) if value.is_integer() and abs(value) < _INT_RANGE else value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_RANGE:
+        return float(value)
     if isinstance(value, dict):
         return {key: _canonical(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -361,3 +361,83 @@ def test_outbox_verify_json_says_ok_and_prints_the_checkpoint_to_keep() -> None:
     bad = manage_run("outbox_verify", "--expect", "12:banana", env=env, timeout=60)
     assert bad.returncode != 0
     assert "is not a checkpoint token" in bad.stderr
+
+
+def test_events_written_before_tags_existed_are_tagged_by_the_migration() -> None:
+    """An existing database keeps working: 0010 tags the events already there, as the owner."""
+    services.customer_create(name="Ada", email="ada@example.com")
+    call_command("migrate", "outbox", "0009", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, "
+                "actor, correlation_id, source) VALUES (gen_random_uuid(), 'customer.updated', 'customer', '1', 2, "
+                "'{\"state\": {\"price\": 1.0, \"n\": 2}}', 'system', 'c', 'command:shell')"
+            )
+    finally:
+        call_command("migrate", "outbox", verbosity=0)
+    old = Event.objects.order_by("id")
+    assert all(len(event.tag) == 64 for event in old)
+    Pending.objects.all().delete()
+    audit.audit_events(event_ids=[event.id for event in old])
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
+    assert kinds(unsealed_grace=LONG_GRACE) == []
+
+
+ADMIN_SCRIPT = """
+from django.contrib.auth.models import User
+from django.test import Client
+from core.models import Order, Product
+from outbox.models import Event
+
+user = User.objects.create_superuser("app-admin", "a@example.com", "pw")
+client = Client()
+client.force_login(user)
+product = Product.objects.get(sku="KB-1")
+response = client.post("/admin/core/order/add/", {
+    "customer": "CUSTOMER_ID", "status": "placed",
+    "lines-TOTAL_FORMS": "1", "lines-INITIAL_FORMS": "0", "lines-MIN_NUM_FORMS": "0", "lines-MAX_NUM_FORMS": "1000",
+    "lines-0-product": str(product.pk), "lines-0-quantity": "2", "lines-0-unit_price": "",
+})
+assert response.status_code == 302, response.content.decode()[:3000]
+for url in ("/admin/core/order/", "/admin/outbox/event/", "/admin/outbox/delivery/", "/admin/outbox/dashboard/"):
+    assert client.get(url).status_code == 200, url
+print("EVENTS", Event.objects.filter(aggregate_type="order").count())
+"""
+
+
+def test_the_admin_works_as_the_app_role(app_role: str) -> None:
+    """A business user's save through the admin, on a connection of the role that owns nothing."""
+    customer = services.customer_create(name="Ada", email="ada@example.com")
+    services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
+    env = {
+        "DJANGO_SETTINGS_MODULE": "settings.test",
+        "DATABASE_URL": database_url().replace("postgres://postgres@", f"postgres://{app_role}@"),
+        "PATH": "/usr/bin:/bin",
+    }
+    env["ALLOWED_HOSTS"] = "testserver"
+    script = ADMIN_SCRIPT.replace("CUSTOMER_ID", str(customer.pk))
+    result = manage_run("shell", "-c", script, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EVENTS 2" in result.stdout
+
+
+def test_the_tag_survives_what_jsonb_does_to_a_payload() -> None:
+    """jsonb renormalises numbers and key order: the writer's tag must still verify on read."""
+    from datetime import datetime
+    from datetime import timezone as dt_timezone
+
+    from outbox.tagging import tag_valid
+    from outbox.writer import NewEvent, events_write
+
+    payload = {
+        "z": 1.0,
+        "a": [1e20, 0.1, 2.5e-7, -0.0, {"y": 3, "b": 'ü\\n"'}],
+        "when": datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=dt_timezone.utc),
+        "price": Decimal("89.00"),
+        "none": None,
+    }
+    with transaction.atomic():
+        events_write([NewEvent("thing.happened", "thing", "1", payload)])
+    event = Event.objects.get(event_type="thing.happened")
+    assert tag_valid(event)
