@@ -27,21 +27,34 @@ TAG_LENGTH = 64
 _INT_RANGE = 2**63
 
 
+def _needs_change(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return value.is_integer() and abs(value) < _INT_RANGE
+    if kind is int:
+        return abs(value) >= _INT_RANGE
+    return kind is dict or kind is list or kind is tuple
+
+
 def _canonical(value: Any) -> Any:
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) < _INT_RANGE else value
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_RANGE:
-        return float(value)
-    if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    """Return the value with each number in its canonical form (the same object when none changes:
+    every save tags its events, and most payloads hold no float)."""
+    kind = type(value)
+    if kind is dict:
+        changed = {key: _canonical(item) for key, item in value.items() if _needs_change(item)}
+        return {**value, **changed} if changed else value
+    if kind is list or kind is tuple:
         return [_canonical(item) for item in value]
+    if kind is float:
+        return int(value) if value.is_integer() and abs(value) < _INT_RANGE else value
+    if kind is int and abs(value) >= _INT_RANGE:
+        return float(value)
     return value
 
 
 def tag(
     *,
-    event_id: str,
+    event_id: str,  # the UUID's 32 hex digits
     event_type: str,
     aggregate_type: str,
     aggregate_id: str,
@@ -64,7 +77,7 @@ def tag(
 def event_tag(event: Any, key: bytes | None = None) -> str:
     """Return the tag that a stored event (an outbox.models.Event) should carry."""
     return tag(
-        event_id=str(event.event_id),
+        event_id=event.event_id.hex,
         event_type=event.event_type,
         aggregate_type=event.aggregate_type,
         aggregate_id=event.aggregate_id,

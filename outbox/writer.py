@@ -28,6 +28,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from outbox import conf
 from outbox.context import current
 from outbox.errors import NotInTransactionError
+from outbox.keys import seal_key
 from outbox.tagging import tag
 
 
@@ -120,12 +121,12 @@ def _dumps(data: Any) -> bytes:
     return orjson.dumps(data, default=_default)
 
 
-def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole: bool) -> _Row:
+def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole: bool, key: bytes) -> _Row:
     """Return the event as a row to write: `doc` is the whole event's JSON when `whole` (for the
     PostgreSQL statement, which unpacks it), else only the payload's (for the portable insert)."""
     event_id = event.event_id or uuid.uuid4()
     mark = tag(
-        event_id=str(event_id),
+        event_id=event_id.hex,
         event_type=event.event_type,
         aggregate_type=event.aggregate_type,
         aggregate_id=event.aggregate_id,
@@ -134,6 +135,7 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
         correlation_id=correlation_id,
         source=source,
         default=_default,
+        key=key,
     )
     if not whole:
         return _Row(event, actor, correlation_id, source, _dumps(event.payload), event_id, mark)
@@ -178,7 +180,8 @@ def write(connection: BaseDatabaseWrapper, events: Sequence[NewEvent]) -> None:
     ctx = current()
     actor = ctx.resolved_actor()
     whole = connection.vendor == "postgresql"
-    rows = [_row(e, actor, ctx.correlation_id, ctx.source, whole=whole) for e in events]
+    key = seal_key()
+    rows = [_row(e, actor, ctx.correlation_id, ctx.source, whole=whole, key=key) for e in events]
     pending = getattr(connection, "outbox_pending", None)
     if pending is not None:
         pending.extend(rows)

@@ -153,7 +153,7 @@ def tag_existing(apps: Any, schema_editor: Any) -> None:
                 break
             for event in batch:
                 event.tag = tag(
-                    event_id=str(event.event_id),
+                    event_id=event.event_id.hex,
                     event_type=event.event_type,
                     aggregate_type=event.aggregate_type,
                     aggregate_id=event.aggregate_id,

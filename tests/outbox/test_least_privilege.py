@@ -365,14 +365,15 @@ def test_outbox_verify_json_says_ok_and_prints_the_checkpoint_to_keep() -> None:
 
 def test_events_written_before_tags_existed_are_tagged_by_the_migration() -> None:
     """An existing database keeps working: 0010 tags the events already there, as the owner."""
-    services.customer_create(name="Ada", email="ada@example.com")
+    customer = services.customer_create(name="Ada", email="ada@example.com")
     call_command("migrate", "outbox", "0009", verbosity=0)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, "
-                "actor, correlation_id, source) VALUES (gen_random_uuid(), 'customer.updated', 'customer', '1', 2, "
-                "'{\"state\": {\"price\": 1.0, \"n\": 2}}', 'system', 'c', 'command:shell')"
+                "actor, correlation_id, source) VALUES (gen_random_uuid(), 'customer.updated', 'customer', %s, 2, "
+                "'{\"state\": {\"price\": 1.0, \"n\": 2}}', 'system', 'c', 'command:shell')",
+                [str(customer.pk)],
             )
     finally:
         call_command("migrate", "outbox", verbosity=0)
