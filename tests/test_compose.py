@@ -1,12 +1,15 @@
 """Structure of compose.yaml and the Dockerfile (no Docker engine needed: YAML and text checks)."""
 
 import importlib.util
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.processes import manage_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -152,6 +155,27 @@ def test_dockerfile() -> None:
     assert "settings.wsgi" in text, "Dockerfile CMD must serve settings.wsgi"
     assert re.search(r"^USER\s+(?!root\b)\S+", text, re.MULTILINE), "image must run as non-root"
     assert not re.search(r"^(ENV|ARG)\s.*SECRET_KEY", text, re.MULTILINE), "no baked-in SECRET_KEY"
+
+
+def test_the_images_collectstatic_runs_under_production_settings(tmp_path: Path) -> None:
+    """The Dockerfile's `collectstatic` step, with exactly the environment its RUN line gives it,
+    passes settings.production's refusals (no database or broker is reached at build time)."""
+    logical_lines = re.split(r"(?<!\\)\n", DOCKERFILE.read_text())  # a line ending in \ goes on
+    run = next(line for line in logical_lines if line.startswith("RUN") and "collectstatic" in line)
+    words = shlex.split(run.replace("\\\n", " ").removeprefix("RUN "))
+    assigned = dict(word.split("=", 1) for word in words[: words.index("python")])
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL"} <= set(assigned), assigned
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DJANGO_SETTINGS_MODULE": "settings.production",
+        "STATIC_ROOT": str(tmp_path / "static"),
+        **assigned,
+    }
+
+    result = manage_run(*words[words.index("manage.py") + 1 :], "--dry-run", env=env, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "static files copied" in result.stdout + result.stderr, result.stdout
 
 
 def _command_exists(command: str) -> bool:

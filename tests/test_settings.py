@@ -3,11 +3,14 @@
 import os
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 
-from tests.processes import manage_run
+from settings.base import EMBEDDED_SECRET_KEY
+from tests.processes import REPO, manage_run
 
 TIMEOUT = 120  # seconds for any one manage.py run
 # Variables that select a deployment: removed from every child's environment, then set per test.
@@ -55,20 +58,30 @@ def _report(env: dict[str, str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
+def _production_env(**values: str) -> dict[str, str]:
+    """What settings.production needs: real secrets, PostgreSQL and Redis; `values` override."""
+    return _env(
+        **{
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "OUTBOX_SEAL_KEY": "hex:" + secrets.token_hex(32),
+            "DATABASE_URL": REAL_DATABASE_URL,
+            "REDIS_URL": REAL_REDIS_URL,
+            **values,
+        }
+    )
+
+
+def _deploy_check(env: dict[str, str]) -> tuple[int, str]:
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
 def test_production_settings_pass_deploy_checks_with_a_real_secret_key() -> None:
     """`check --deploy` on settings.production reports no issues, warnings included, given a real
     secret and a seal key of its own."""
-    env = _env(
-        SECRET_KEY=secrets.token_urlsafe(50),
-        OUTBOX_SEAL_KEY="hex:" + secrets.token_hex(32),
-        DATABASE_URL=REAL_DATABASE_URL,
-        REDIS_URL=REAL_REDIS_URL,
-    )
+    returncode, output = _deploy_check(_production_env())
 
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
-
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+    assert returncode == 0, output
     assert "System check identified no issues" in output, output
 
 
@@ -83,6 +96,138 @@ def test_production_settings_refuse_to_start_without_secret_key() -> None:
     assert "SECRET_KEY is not set" in output, output
     assert "secrets.token_urlsafe(50)" in output, output
     assert "set it in the environment" in output, output
+
+
+@pytest.mark.parametrize(
+    "key", [EMBEDDED_SECRET_KEY, "django-insecure-" + secrets.token_urlsafe(40)], ids=["embedded", "django-insecure"]
+)
+def test_production_settings_refuse_the_public_development_key(key: str) -> None:
+    """The key published in settings/base.py (and any "django-insecure" key) stops production at start."""
+    result = _manage("check", "--settings=settings.production", env=_production_env(SECRET_KEY=key))
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is the embedded development key (or another 'django-insecure' key)" in output, output
+    assert "secrets.token_urlsafe(50)" in output, output
+
+
+def test_production_settings_refuse_to_start_without_database_url() -> None:
+    """Without DATABASE_URL production stops, instead of running on SQLite with files for e-mail."""
+    env = _production_env()
+    del env["DATABASE_URL"]
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "DATABASE_URL is not set" in output, output
+    assert "set DATABASE_URL=postgres://" in output, output
+
+
+def test_production_settings_refuse_a_database_other_than_postgresql(tmp_path: Path) -> None:
+    """A DATABASE_URL naming SQLite is refused too: the event log's guarantees are PostgreSQL's."""
+    env = _production_env(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "production settings need PostgreSQL" in output, output
+
+
+def test_production_settings_refuse_to_start_without_redis_url() -> None:
+    """Without REDIS_URL production stops, instead of publishing to the in-process stub broker."""
+    env = _production_env()
+    del env["REDIS_URL"]
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "REDIS_URL is not set" in output, output
+    assert "stub broker" in output, output
+
+
+PRODUCTION_REPORT_SCRIPT = """
+import dramatiq
+from django.conf import settings
+
+pool = dramatiq.get_broker().client.connection_pool
+print("BROKER=" + type(dramatiq.get_broker()).__name__)
+print("CONNECTION=" + pool.connection_class.__name__)
+print("REDIS_HOST=" + str(pool.connection_kwargs.get("host")))
+print("REDIS_PASSWORD=" + str(pool.connection_kwargs.get("password")))
+print("EMAIL_BACKEND=" + settings.EMAIL_BACKEND)
+"""
+
+
+def test_production_settings_take_a_tls_redis_url_with_a_password() -> None:
+    """`rediss://:<password>@host` gives the broker (and so the relay and /healthz, which use its
+    client) TLS connections that authenticate; e-mail goes over SMTP."""
+    env = _production_env(REDIS_URL="rediss://:s3cret@redis.example.com:6380/0")
+
+    result = _manage("shell", "--settings=settings.production", "-c", PRODUCTION_REPORT_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert report["BROKER"] == "WakingRedisBroker"
+    assert report["CONNECTION"] == "SSLConnection"
+    assert report["REDIS_HOST"] == "redis.example.com"
+    assert report["REDIS_PASSWORD"] == "s3cret"
+    assert report["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+
+
+WHICH_SETTINGS_SCRIPT = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+from django.conf import settings
+print("SETTINGS=" + settings.SETTINGS_MODULE)
+"""
+
+
+@pytest.mark.parametrize("entry_point", ["settings.wsgi", "settings.asgi"])
+def test_wsgi_and_asgi_default_to_production_settings(entry_point: str) -> None:
+    """A server started on the WSGI or ASGI application with no DJANGO_SETTINGS_MODULE runs
+    settings.production: with no SECRET_KEY it refuses to start, never falling back to the public key."""
+
+    def load(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WHICH_SETTINGS_SCRIPT, entry_point],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    loaded = load(_production_env())
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "SETTINGS=settings.production" in loaded.stdout
+
+    refused = load(_env(DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL))
+    assert refused.returncode != 0, refused.stdout
+    assert "SECRET_KEY is not set" in refused.stderr, refused.stderr
+
+
+def test_local_settings_refuse_the_public_key_on_postgresql() -> None:
+    """settings.local (manage.py's default) on PostgreSQL with the embedded key stops, saying which
+    keys to set; with a key of its own it starts."""
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    result = _manage("check", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is the embedded development key, which is public" in output, output
+    assert "export SECRET_KEY=" in output, output
+    assert "OUTBOX_SEAL_KEY=hex:" in output, output
+
+    explicit = _manage("check", env={**env, "SECRET_KEY": EMBEDDED_SECRET_KEY})
+    assert explicit.returncode != 0, "the public key is refused when set explicitly too"
+
+    own = _manage("check", env={**env, "SECRET_KEY": secrets.token_urlsafe(50)})
+    assert own.returncode == 0, own.stdout + own.stderr
 
 
 def test_embedded_default_uses_sqlite_in_wal_mode_and_the_stub_broker(tmp_path: Path) -> None:
@@ -101,7 +246,12 @@ def test_embedded_default_uses_sqlite_in_wal_mode_and_the_stub_broker(tmp_path: 
 
 def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
     """With DATABASE_URL and REDIS_URL set, settings.local runs on PostgreSQL with Dramatiq's Redis broker."""
-    env = _env(DJANGO_SETTINGS_MODULE="settings.local", DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        DATABASE_URL=REAL_DATABASE_URL,
+        REDIS_URL=REAL_REDIS_URL,
+        SECRET_KEY=secrets.token_urlsafe(50),
+    )
 
     report = _report(env)
 
@@ -136,12 +286,9 @@ def test_seal_key_comes_from_the_environment_and_survives_a_secret_key_rotation(
 
 def test_deploy_checks_warn_when_the_seal_key_hangs_on_secret_key() -> None:
     """Without OUTBOX_SEAL_KEY, `check --deploy` warns (outbox.W001) and says how to keep the key."""
-    env = _env(SECRET_KEY=secrets.token_urlsafe(50), DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+    returncode, output = _deploy_check(_production_env(OUTBOX_SEAL_KEY=""))
 
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
-
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert returncode != 0, output
     assert "outbox.W001" in output, output
     assert "python manage.py outbox_seal_key" in output, output
 
