@@ -4,13 +4,18 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection
+from psycopg import sql
 
+from core.harness import free_port
 from settings.base import EMBEDDED_SECRET_KEY
-from tests.processes import REPO, manage_run
+from tests.processes import REPO, database_url, manage_run
 
 TIMEOUT = 120  # seconds for any one manage.py run
 # Variables that select a deployment: removed from every child's environment, then set per test.
@@ -71,18 +76,74 @@ def _production_env(**values: str) -> dict[str, str]:
     )
 
 
+def _role_url(role: str) -> str:
+    """The test database's URL, connecting as `role` (the local server trusts loopback)."""
+    s = connection.settings_dict
+    return f"postgres://{role}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture
+def app_role(db: None) -> Iterator[str]:
+    """A throwaway LOGIN role on the migrated test database: no superuser, owns nothing. Dropped after."""
+    role = "check_app_" + secrets.token_hex(4)
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(sql.Identifier(role)))
+        try:
+            yield role
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def _deploy_check(env: dict[str, str]) -> tuple[int, str]:
     result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
     return result.returncode, result.stdout + result.stderr
 
 
-def test_production_settings_pass_deploy_checks_with_a_real_secret_key() -> None:
+def test_production_settings_pass_deploy_checks_with_a_real_secret_key(app_role: str) -> None:
     """`check --deploy` on settings.production reports no issues, warnings included, given a real
-    secret and a seal key of its own."""
-    returncode, output = _deploy_check(_production_env())
+    secret, a seal key of its own, and a database role that is no superuser and owns nothing."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=_role_url(app_role)))
 
     assert returncode == 0, output
     assert "System check identified no issues" in output, output
+
+
+def test_deploy_checks_warn_when_the_app_connects_as_a_superuser(db: None) -> None:
+    """As the superuser (who is also the tables' owner) `check --deploy` warns twice, saying what to do."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=database_url()))
+
+    assert returncode != 0, output
+    assert "(outbox.W002) The app connects to PostgreSQL as 'postgres', a superuser" in output, output
+    assert "(outbox.W003)" in output, output
+    assert "outbox_event (owner postgres)" in output, output
+    assert "Connect the app as a role that owns nothing: see docs/operations.md#database-roles." in output
+
+
+def test_deploy_checks_warn_when_the_app_role_is_a_member_of_the_tables_owner(app_role: str) -> None:
+    """A role that is no superuser but may act as the owner of the event log's tables (membership)
+    gets outbox.W003 alone."""
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        owner = admin.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'outbox_event'::regclass")
+        (owner_name,) = owner.fetchone() or ("",)
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner_name), sql.Identifier(app_role)))
+
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=_role_url(app_role)))
+
+    assert returncode != 0, output
+    assert "outbox.W002" not in output, output
+    assert f"(outbox.W003) The app's database role {app_role!r} owns the event log's tables" in output, output
+    assert f"outbox_event (owner {owner_name})" in output, output
+    assert "outbox_grants --role <app role> --apply" in output, output
+
+
+def test_deploy_checks_say_when_the_database_role_could_not_be_checked() -> None:
+    """An unreachable database makes the role check a warning that it could not run, not a crash."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=f"postgres://app@127.0.0.1:{free_port()}/shop"))
+
+    assert returncode != 0, output
+    assert "(outbox.W004) Could not check the database role the app connects as" in output, output
+    assert "Traceback" not in output, output
 
 
 def test_production_settings_refuse_to_start_without_secret_key() -> None:
