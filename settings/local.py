@@ -19,6 +19,11 @@ if not EMBEDDED and SECRET_KEY == EMBEDDED_SECRET_KEY:
         "(README.md, On PostgreSQL and Redis). Without DATABASE_URL the embedded default (SQLite) needs neither."
     )
 
-# Serve static files from the apps' folders, as runserver does, instead of a collected STATIC_ROOT.
+# Serve static files from the apps' folders, as runserver does, instead of a collected STATIC_ROOT,
+# whatever DEBUG is: with DEBUG=0 a manifest storage would fail every page until `collectstatic` ran.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG

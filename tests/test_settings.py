@@ -320,6 +320,43 @@ def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
     assert report["BROKER"] == "WakingRedisBroker"  # Dramatiq's RedisBroker, waking idle workers on enqueue
 
 
+ADMIN_LOGIN_SCRIPT = """
+import re
+from django.test import Client
+
+client = Client(HTTP_HOST="127.0.0.1")
+page = client.get("/admin/login/")
+print("LOGIN=" + str(page.status_code))
+for url in re.findall(r'<link rel="stylesheet" href="([^"]+)"', page.content.decode()):
+    css = client.get(url)
+    body = b"".join(css.streaming_content) if css.streaming else css.content
+    print("CSS=%s|%s|%s|%d" % (url, css.status_code, css["Content-Type"], len(body)))
+"""
+
+
+def test_local_settings_with_debug_off_serve_the_admin_and_its_css_without_collectstatic(tmp_path: Path) -> None:
+    """settings.local with DEBUG=0 and nothing collected: the admin login page answers 200, and the
+    stylesheets it links to are served from the apps' folders."""
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        DEBUG="0",
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        STATIC_ROOT=str(tmp_path / "static-never-collected"),
+    )
+
+    result = _manage("shell", "-c", ADMIN_LOGIN_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOGIN=200" in result.stdout, result.stdout
+    stylesheets = [line.split("=", 1)[1].split("|") for line in result.stdout.splitlines() if line.startswith("CSS=")]
+    assert stylesheets, f"the login page links no stylesheet: {result.stdout}"
+    for url, status, content_type, size in stylesheets:
+        assert status == "200", f"{url}: {status}"
+        assert content_type.startswith("text/css"), f"{url}: {content_type}"
+        assert int(size) > 0, url
+    assert "/static/admin/css/base.css" in {url for url, *_ in stylesheets}
+
+
 SEAL_KEY_SCRIPT = """
 from outbox.sealing import seal_key
 print("KEY=" + seal_key().hex())
