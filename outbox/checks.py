@@ -132,7 +132,10 @@ def check_database_role_owns_nothing(app_configs: Any = None, **kwargs: Any) -> 
             )
         )
     if owned:
-        names = ", ".join(f"{table} (owner {owner})" for table, owner in owned)
+        by_owner: dict[str, list[str]] = {}
+        for table, owner in owned:
+            by_owner.setdefault(owner, []).append(table)
+        names = "; ".join(f"{', '.join(tables)} (owner {owner})" for owner, tables in by_owner.items())
         found.append(
             checks.Warning(
                 f"The app's database role {user!r} owns the event log's tables, or is a member of their owner: "
