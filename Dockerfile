@@ -15,9 +15,12 @@ RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt
 
 COPY . .
 
-# settings.production refuses to import without SECRET_KEY: pass a throwaway key to this one
-# command only. It is not an ENV, so it is not baked into the image; the real key comes at run time.
+# settings.production refuses to import without SECRET_KEY, DATABASE_URL and REDIS_URL: pass
+# throwaway values to this one command only (collectstatic connects to neither). They are not ENV,
+# so they are not baked into the image; the real ones come at run time.
 RUN SECRET_KEY=build-only-collectstatic-key-not-used-at-runtime \
+    DATABASE_URL=postgres://build-only@127.0.0.1:5432/unused \
+    REDIS_URL=redis://127.0.0.1:6379/0 \
     python manage.py collectstatic --noinput
 
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /app app

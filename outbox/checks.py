@@ -83,3 +83,66 @@ def check_seal_key_set(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
             id="outbox.W001",
         )
     ]
+
+
+# The role the processes connect as, from PostgreSQL's catalogue: whether it is a superuser, and
+# which of the event log's tables it owns, itself or through a role it may SET ROLE to (an owner
+# can drop the append-only triggers; a superuser can do anything).
+ROLE_SQL = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+OWNED_TABLES_SQL = """
+    SELECT c.relname, pg_get_userbyid(c.relowner)
+    FROM pg_class c
+    WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(%s::text[]) AS name)
+      AND pg_has_role(current_user, c.relowner, 'MEMBER')
+    ORDER BY c.relname
+"""
+ROLES_HINT = "Connect the app as a role that owns nothing: see docs/operations.md#database-roles."
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_database_role_owns_nothing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The app's database role must be no superuser and must not own the event log's tables."""
+    from django.db import DatabaseError, connection
+
+    if connection.vendor != "postgresql":
+        return []
+    tables = [model._meta.db_table for model in apps.get_app_config("outbox").get_models()]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(ROLE_SQL)
+            user, superuser = cursor.fetchone()
+            cursor.execute(OWNED_TABLES_SQL, [tables])
+            owned = cursor.fetchall()
+    except DatabaseError as e:
+        return [
+            checks.Warning(
+                f"Could not check the database role the app connects as: {e}".strip(),
+                hint="Run `python manage.py check --deploy` where the database answers. " + ROLES_HINT,
+                id="outbox.W004",
+            )
+        ]
+    found: list[checks.CheckMessage] = []
+    if superuser:
+        found.append(
+            checks.Warning(
+                f"The app connects to PostgreSQL as {user!r}, a superuser: it can disable the event log's "
+                "triggers and rewrite or delete any event.",
+                hint=ROLES_HINT,
+                id="outbox.W002",
+            )
+        )
+    if owned:
+        by_owner: dict[str, list[str]] = {}
+        for table, owner in owned:
+            by_owner.setdefault(owner, []).append(table)
+        names = "; ".join(f"{', '.join(tables)} (owner {owner})" for owner, tables in by_owner.items())
+        found.append(
+            checks.Warning(
+                f"The app's database role {user!r} owns the event log's tables, or is a member of their owner: "
+                f"{names}. An owner can drop their append-only triggers and rewrite the record.",
+                hint="Run migrations as the owner and the processes as another role, with the privileges "
+                "`python manage.py outbox_grants --role <app role> --apply` gives it. " + ROLES_HINT,
+                id="outbox.W003",
+            )
+        )
+    return found

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1, and Chromium is there.
+# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1, and Chromium and
+# docker-compose (which validates compose.yaml, tests/test_compose.py) are there.
 # Starts them when they are installed but stopped; says what is missing otherwise.
 set -u
 
@@ -50,6 +51,18 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
     if [ ! -x /usr/bin/chromium ]; then
         echo "error: /usr/bin/chromium is missing; the browser tests need it (Debian: apt-get install chromium)." >&2
+        status=1
+    fi
+fi
+
+# tests/test_compose.py validates compose.yaml with Debian's docker-compose (no Docker engine needed).
+if ! command -v docker-compose >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "Installing docker-compose for the compose.yaml tests..."
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) || true
+    fi
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        echo "error: docker-compose is missing; tests/test_compose.py needs it (Debian: apt-get install docker-compose)." >&2
         status=1
     fi
 fi

@@ -38,8 +38,10 @@ def secret(name: str, default: str = "") -> str:
     return value
 
 
-# An insecure key is only acceptable on the embedded default; settings.production refuses it.
-SECRET_KEY = secret("SECRET_KEY", default="django-insecure-embedded-default-key-do-not-use-in-production")
+# The embedded default's key is public (it is right here): acceptable for a laptop's SQLite file
+# only. settings.production refuses it, and settings.local refuses it on any other database.
+EMBEDDED_SECRET_KEY = "django-insecure-embedded-default-key-do-not-use-in-production"
+SECRET_KEY = secret("SECRET_KEY", default=EMBEDDED_SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -1,16 +1,40 @@
-"""Structure of compose.yaml and the Dockerfile (no Docker engine needed: YAML and text checks)."""
+"""Structure of compose.yaml and the Dockerfile (no Docker engine needed: YAML and text checks), and
+the parts of it that run without one: docker-compose's own validation, the Redis command and
+healthcheck on a local redis-server, the database init script and migrate on the local PostgreSQL."""
 
 import importlib.util
+import os
 import re
+import secrets
 import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg
+import pytest
+import redis
 import yaml
+from django.conf import settings
+from psycopg import sql
+
+from core.harness import free_port
+from tests.processes import manage_run, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+INIT_SCRIPT = ROOT / "scripts" / "postgres-init.sh"
+INITDB_DIR = "/docker-entrypoint-initdb.d/"
+
+# The database's roles (scripts/postgres-init.sh): the owner migrates, the app role runs everything else.
+OWNER_ROLE, APP_ROLE, DATABASE = "shop", "shop_app", "shop"
+PROCESS_SERVICES = ("web", "relay", "worker", "worker-inventory")
+# Every secret compose takes, each of which must be required (${VAR:?message}), never defaulted.
+REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "SHOP_OWNER_PASSWORD", "SHOP_APP_PASSWORD", "REDIS_PASSWORD")
 
 APP_SERVICES = ("migrate", "web", "relay", "worker", "worker-inventory")
 LONG_RUNNING = ("postgres", "redis", "web", "relay", "worker", "worker-inventory")
@@ -49,6 +73,34 @@ def _command(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(arg) for arg in command]
 
 
+def _steps(service: dict[str, Any]) -> list[list[str]]:
+    """The commands a service runs: its command, or each `&&` step of an `sh -c` script."""
+    command = _command(service)
+    if command[:2] == ["sh", "-c"]:
+        return [shlex.split(step) for step in command[2].split("&&")]
+    return [command]
+
+
+def _interpolate(text: str, values: dict[str, str]) -> str:
+    """`text` as Compose interpolates it from `values`: ${VAR:?error}, ${VAR:-default}, $$."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, rest = match.group(1), match.group(2) or "", match.group(3) or ""
+        if values.get(name):
+            return values[name]
+        assert operator != ":?", f"{name} is required: {rest}"
+        return rest
+
+    return re.sub(r"\$\$|\$\{(\w+)(?:(:[?-])([^}]*))?\}", replace, text)
+
+
+def _required(value: str, name: str) -> bool:
+    """Whether `value` is exactly the required variable `name`, with an error message."""
+    return re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", value) is not None
+
+
 def _environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment", {})
     if isinstance(env, list):
@@ -83,8 +135,12 @@ def test_commands() -> None:
     services = _services()
     web = _command(services["web"])
     assert web[:2] == ["gunicorn", "settings.wsgi:application"], f"web command: {web}"
+    # The owner migrates, then grants the app role what it needs, every time (outbox_grants is idempotent).
+    assert _steps(services["migrate"]) == [
+        ["python", "manage.py", "migrate", "--noinput"],
+        ["python", "manage.py", "outbox_grants", "--role", APP_ROLE, "--apply"],
+    ]
     expected = {
-        "migrate": "migrate",
         "relay": "outbox_relay",
         "worker": "rundramatiq",
         "worker-inventory": "rundramatiq",
@@ -154,6 +210,27 @@ def test_dockerfile() -> None:
     assert not re.search(r"^(ENV|ARG)\s.*SECRET_KEY", text, re.MULTILINE), "no baked-in SECRET_KEY"
 
 
+def test_the_images_collectstatic_runs_under_production_settings(tmp_path: Path) -> None:
+    """The Dockerfile's `collectstatic` step, with exactly the environment its RUN line gives it,
+    passes settings.production's refusals (no database or broker is reached at build time)."""
+    logical_lines = re.split(r"(?<!\\)\n", DOCKERFILE.read_text())  # a line ending in \ goes on
+    run = next(line for line in logical_lines if line.startswith("RUN") and "collectstatic" in line)
+    words = shlex.split(run.replace("\\\n", " ").removeprefix("RUN "))
+    assigned = dict(word.split("=", 1) for word in words[: words.index("python")])
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL"} <= set(assigned), assigned
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DJANGO_SETTINGS_MODULE": "settings.production",
+        "STATIC_ROOT": str(tmp_path / "static"),
+        **assigned,
+    }
+
+    result = manage_run(*words[words.index("manage.py") + 1 :], "--dry-run", env=env, timeout=120)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "static files copied" in result.stdout + result.stderr, result.stdout
+
+
 def _command_exists(command: str) -> bool:
     in_repo = (ROOT / app / "management" / "commands" / f"{command}.py" for app in REPO_APPS)
     if any(path.is_file() for path in in_repo):
@@ -163,7 +240,7 @@ def _command_exists(command: str) -> bool:
 
 def test_every_management_command_named_in_compose_exists() -> None:
     named = set(re.findall(r"manage\.py\W+(\w+)", COMPOSE.read_text()))
-    assert {"migrate", "outbox_relay", "rundramatiq"} <= named, f"manage.py commands: {named}"
+    assert {"migrate", "outbox_grants", "outbox_relay", "rundramatiq"} <= named, f"manage.py commands: {named}"
     missing = sorted(command for command in named if not _command_exists(command))
     assert not missing, f"compose.yaml names management commands that do not exist: {missing}"
 
@@ -173,3 +250,243 @@ def test_worker_polls_redis_every_100_ms() -> None:
     worker = _services()["worker"]
     assert worker["environment"]["dramatiq_worker_timeout"] == "100"
     assert worker["environment"]["DATABASE_URL"] == _services()["web"]["environment"]["DATABASE_URL"]
+
+
+def test_every_secret_is_required_and_none_has_a_default() -> None:
+    """Each password and key comes from the environment, `${VAR:?message}` wherever it is used."""
+    text = COMPOSE.read_text()
+    for name in REQUIRED_SECRETS:
+        uses = re.findall(rf"\$\{{{name}\b[^}}]*\}}", text)
+        assert uses, f"compose.yaml does not use {name}"
+        for use in uses:
+            assert _required(use, name), f"{name} must be required, not defaulted: {use}"
+
+
+def test_postgres_superuser_is_postgres_and_an_init_script_creates_the_roles() -> None:
+    postgres = _services()["postgres"]
+    env = _environment(postgres)
+    assert env["POSTGRES_USER"] == "postgres"
+    assert "POSTGRES_DB" not in env, "the init script creates the app's database, owned by the owner role"
+    for name in ("POSTGRES_PASSWORD", "SHOP_OWNER_PASSWORD", "SHOP_APP_PASSWORD"):
+        assert _required(env[name], name), f"postgres: {name} is {env[name]!r}"
+    mounts = [volume.split(":") for volume in postgres["volumes"]]
+    init = [mount for mount in mounts if mount[1].startswith(INITDB_DIR)]
+    assert init, f"no init script mounted into {INITDB_DIR}: {postgres['volumes']}"
+    source, target, mode = init[0]
+    assert (ROOT / source).resolve() == INIT_SCRIPT, source
+    assert target.endswith(".sh"), init[0]
+    assert mode == "ro", init[0]
+    assert os.access(INIT_SCRIPT, os.X_OK), "the entrypoint runs an executable .sh (else it sources it)"
+    assert "-h" in postgres["healthcheck"]["test"], "pg_isready over TCP: the socket answers during init"
+
+
+# Stand-ins for the secrets, so that a URL can be parsed as Compose would pass it.
+STAND_INS = {name: f"value-of-{name}" for name in REQUIRED_SECRETS}
+
+
+def _database_url(service: dict[str, Any]) -> Any:
+    return urlsplit(_interpolate(_environment(service)["DATABASE_URL"], STAND_INS))
+
+
+def test_processes_connect_as_the_app_role_and_migrate_as_the_owner() -> None:
+    """web, relay and workers connect as shop_app; only migrate connects as the owner; nothing as
+    the superuser."""
+    services = _services()
+    for name in PROCESS_SERVICES:
+        url = _database_url(services[name])
+        assert url.username == APP_ROLE, f"{name} connects as {url.username}"
+        assert url.password == STAND_INS["SHOP_APP_PASSWORD"], f"{name}: password {url.password!r}"
+        assert (url.hostname, url.path) == ("postgres", f"/{DATABASE}"), name
+    owner = _database_url(services["migrate"])
+    assert owner.username == OWNER_ROLE
+    assert owner.password == STAND_INS["SHOP_OWNER_PASSWORD"], owner.password
+    assert (owner.hostname, owner.path) == ("postgres", f"/{DATABASE}")
+    # Apart from the database URL, migrate has the processes' environment.
+    migrate_env = _environment(services["migrate"])
+    web_env = _environment(services["web"])
+    assert {k: v for k, v in migrate_env.items() if k != "DATABASE_URL"} == {
+        k: v for k, v in web_env.items() if k != "DATABASE_URL"
+    }
+
+
+def test_redis_url_carries_the_password() -> None:
+    services = _services()
+    for name in APP_SERVICES:
+        url = urlsplit(_interpolate(_environment(services[name])["REDIS_URL"], STAND_INS))
+        assert (url.scheme, url.hostname, url.port, url.path) == ("redis", "redis", 6379, "/0"), f"{name}: {url}"
+        assert url.password == STAND_INS["REDIS_PASSWORD"], f"{name}: {url}"
+
+
+@pytest.fixture
+def compose_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """compose's Redis command, run on a local redis-server on a free port; yields (port, password)."""
+    password = secrets.token_hex(16)
+    port = free_port()
+    service = _services()["redis"]
+    command = _command(service)
+    assert command[:2] == ["sh", "-c"], command
+    script = _interpolate(command[2], {}) + f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ''"
+    env = {**os.environ, **{k: _interpolate(v, {"REDIS_PASSWORD": password}) for k, v in _environment(service).items()}}
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+
+        def answers() -> bool:
+            assert server.poll() is None, "compose's redis command exited"
+            try:
+                redis.Redis(port=port, socket_timeout=1).ping()
+            except redis.AuthenticationError:
+                return True
+            except redis.ConnectionError:
+                return False
+            return True
+
+        wait_until(answers, timeout=15, what="compose's redis-server to start")
+        yield port, password
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_compose_redis_refuses_clients_without_the_password(compose_redis: tuple[int, str]) -> None:
+    """compose's Redis answers only clients that authenticate, as REDIS_URL does."""
+    port, password = compose_redis
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, socket_timeout=5).ping()
+    url = _interpolate(_environment(_services()["web"])["REDIS_URL"], {"REDIS_PASSWORD": password})
+    assert redis.Redis.from_url(url.replace("@redis:6379", f"@127.0.0.1:{port}"), socket_timeout=5).ping()
+
+
+def test_compose_redis_healthcheck_passes_only_when_it_authenticates(
+    compose_redis: tuple[int, str], tmp_path: Path
+) -> None:
+    """The healthcheck's redis-cli authenticates: a wrong password is unhealthy (redis-cli alone exits
+    0 on NOAUTH)."""
+    port, password = compose_redis
+    test = _services()["redis"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL", test
+    # The container's redis-cli talks to the default port: point it at this server's.
+    real = shutil.which("redis-cli")
+    assert real, "redis-cli is not on PATH (Debian: apt-get install redis-tools)"
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "redis-cli").write_text(f'#!/bin/sh\nexec {real} -p {port} "$@"\n')
+    (shim / "redis-cli").chmod(0o755)
+
+    def check(secret: str) -> int:
+        env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "REDIS_PASSWORD": secret}
+        return subprocess.run(["sh", "-c", _interpolate(test[1], {})], env=env, timeout=30, check=False).returncode
+
+    assert check(password) == 0
+    assert check("wrong-" + password) != 0
+    assert check("") != 0
+
+
+def test_docker_compose_config_accepts_the_file_and_names_each_missing_secret() -> None:
+    """`docker-compose config` (Compose's own validation) accepts compose.yaml with the secrets set,
+    and refuses it without one, naming it."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing: `make services` installs it (Debian: apt-get install docker-compose)"
+    values = {name: secrets.token_hex(8) for name in REQUIRED_SECRETS}
+    base = {key: value for key, value in os.environ.items() if key not in REQUIRED_SECRETS}
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "-f", str(COMPOSE), "config", "-q"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    valid = config({**base, **values})
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    for name in REQUIRED_SECRETS:
+        missing = config({**base, **{k: v for k, v in values.items() if k != name}})
+        assert missing.returncode != 0, f"compose.yaml is accepted without {name}"
+        assert name in missing.stderr, missing.stderr
+
+
+def _server() -> tuple[str, str, str]:
+    """The suite's PostgreSQL server: host, port, and a superuser to create roles with."""
+    database = settings.DATABASES["default"]
+    return database["HOST"] or "127.0.0.1", str(database["PORT"] or 5432), database["USER"] or "postgres"
+
+
+@pytest.fixture
+def initialised_database() -> Iterator[dict[str, str]]:
+    """scripts/postgres-init.sh run on the suite's server with throwaway names; dropped afterwards."""
+    host, port, superuser = _server()
+    suffix = secrets.token_hex(4)
+    names = {
+        "SHOP_DATABASE": f"init_db_{suffix}",
+        "SHOP_OWNER": f"init_owner_{suffix}",
+        "SHOP_APP_ROLE": f"init_app_{suffix}",
+        "SHOP_OWNER_PASSWORD": secrets.token_hex(12),
+        "SHOP_APP_PASSWORD": secrets.token_hex(12),
+    }
+    admin_url = f"postgres://{superuser}@{host}:{port}/postgres"
+    env = {**os.environ, "PGHOST": host, "PGPORT": port, "POSTGRES_USER": superuser, "POSTGRES_DB": "postgres", **names}
+    try:
+        result = subprocess.run(["bash", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield names
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(names["SHOP_DATABASE"]))
+            )
+            for role in (names["SHOP_APP_ROLE"], names["SHOP_OWNER"]):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_the_init_script_makes_an_owner_who_migrates_and_an_app_role_that_owns_nothing(
+    initialised_database: dict[str, str],
+) -> None:
+    """The roles compose uses: neither is a superuser, the owner owns the database and migrates it
+    without superuser rights, and the app role then passes `check --deploy` (it owns nothing)."""
+    names = initialised_database
+    database, owner, app = names["SHOP_DATABASE"], names["SHOP_OWNER"], names["SHOP_APP_ROLE"]
+    host, port, superuser = _server()
+    with psycopg.connect(f"postgres://{superuser}@{host}:{port}/postgres", autocommit=True) as admin:
+        roles = admin.execute(
+            "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolpassword IS NOT NULL "
+            "FROM pg_authid WHERE rolname = ANY(%s) ORDER BY rolname = %s",
+            [[owner, app], owner],
+        ).fetchall()
+        assert roles == [(app, False, False, False, True, True), (owner, False, False, False, True, True)]
+        (database_owner,) = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [database]
+        ).fetchone() or (None,)
+        assert database_owner == owner
+
+    owner_url = f"postgres://{owner}:{names['SHOP_OWNER_PASSWORD']}@{host}:{port}/{database}"
+    app_url = f"postgres://{app}:{names['SHOP_APP_PASSWORD']}@{host}:{port}/{database}"
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    migrated = manage_run(
+        "migrate",
+        "--noinput",
+        "-v0",
+        env={**base, "DJANGO_SETTINGS_MODULE": "settings.test", "DATABASE_URL": owner_url},
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    with psycopg.connect(owner_url) as as_owner:
+        (event_owner,) = as_owner.execute(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'outbox_event'::regclass"
+        ).fetchone() or (None,)
+        assert event_owner == owner
+
+    production = {
+        **base,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "OUTBOX_SEAL_KEY": "hex:" + secrets.token_hex(32),
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    for url, expected in ((app_url, []), (owner_url, ["outbox.W003"])):
+        result = manage_run(
+            "check", "--deploy", "--settings=settings.production", env={**production, "DATABASE_URL": url}
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert sorted(set(re.findall(r"outbox\.W\d+", output))) == expected, output

@@ -1,13 +1,22 @@
 """The settings modules, as `manage.py` loads them in a fresh process with a controlled environment."""
 
 import os
+import re
 import secrets
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+import pytest
 from django.conf import settings
+from django.db import connection
+from psycopg import sql
 
-from tests.processes import manage_run
+from core.harness import free_port
+from settings.base import EMBEDDED_SECRET_KEY
+from tests.processes import REPO, database_url, manage_run
 
 TIMEOUT = 120  # seconds for any one manage.py run
 # Variables that select a deployment: removed from every child's environment, then set per test.
@@ -55,21 +64,87 @@ def _report(env: dict[str, str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-def test_production_settings_pass_deploy_checks_with_a_real_secret_key() -> None:
-    """`check --deploy` on settings.production reports no issues, warnings included, given a real
-    secret and a seal key of its own."""
-    env = _env(
-        SECRET_KEY=secrets.token_urlsafe(50),
-        OUTBOX_SEAL_KEY="hex:" + secrets.token_hex(32),
-        DATABASE_URL=REAL_DATABASE_URL,
-        REDIS_URL=REAL_REDIS_URL,
+def _production_env(**values: str) -> dict[str, str]:
+    """What settings.production needs: real secrets, PostgreSQL and Redis; `values` override."""
+    return _env(
+        **{
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "OUTBOX_SEAL_KEY": "hex:" + secrets.token_hex(32),
+            "DATABASE_URL": REAL_DATABASE_URL,
+            "REDIS_URL": REAL_REDIS_URL,
+            **values,
+        }
     )
 
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
 
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
+def _role_url(role: str) -> str:
+    """The test database's URL, connecting as `role` (the local server trusts loopback)."""
+    s = connection.settings_dict
+    return f"postgres://{role}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture
+def app_role(db: None) -> Iterator[str]:
+    """A throwaway LOGIN role on the migrated test database: no superuser, owns nothing. Dropped after."""
+    role = "check_app_" + secrets.token_hex(4)
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(sql.Identifier(role)))
+        try:
+            yield role
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _deploy_check(env: dict[str, str]) -> tuple[int, str]:
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_production_settings_pass_deploy_checks_with_a_real_secret_key(app_role: str) -> None:
+    """`check --deploy` on settings.production reports no issues, warnings included, given a real
+    secret, a seal key of its own, and a database role that is no superuser and owns nothing."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=_role_url(app_role)))
+
+    assert returncode == 0, output
     assert "System check identified no issues" in output, output
+
+
+def test_deploy_checks_warn_when_the_app_connects_as_a_superuser(db: None) -> None:
+    """As the superuser (who is also the tables' owner) `check --deploy` warns twice, saying what to do."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=database_url()))
+
+    assert returncode != 0, output
+    assert "(outbox.W002) The app connects to PostgreSQL as 'postgres', a superuser" in output, output
+    assert "(outbox.W003)" in output, output
+    assert re.search(r"outbox_event\b[^(]*\(owner postgres\)", output), output
+    assert "Connect the app as a role that owns nothing: see docs/operations.md#database-roles." in output
+
+
+def test_deploy_checks_warn_when_the_app_role_is_a_member_of_the_tables_owner(app_role: str) -> None:
+    """A role that is no superuser but may act as the owner of the event log's tables (membership)
+    gets outbox.W003 alone."""
+    with psycopg.connect(database_url(), autocommit=True) as admin:
+        owner = admin.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'outbox_event'::regclass")
+        (owner_name,) = owner.fetchone() or ("",)
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner_name), sql.Identifier(app_role)))
+
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=_role_url(app_role)))
+
+    assert returncode != 0, output
+    assert "outbox.W002" not in output, output
+    assert f"(outbox.W003) The app's database role {app_role!r} owns the event log's tables" in output, output
+    assert re.search(rf"outbox_event\b[^(]*\(owner {owner_name}\)", output), output
+    assert "outbox_grants --role <app role> --apply" in output, output
+
+
+def test_deploy_checks_say_when_the_database_role_could_not_be_checked() -> None:
+    """An unreachable database makes the role check a warning that it could not run, not a crash."""
+    returncode, output = _deploy_check(_production_env(DATABASE_URL=f"postgres://app@127.0.0.1:{free_port()}/shop"))
+
+    assert returncode != 0, output
+    assert "(outbox.W004) Could not check the database role the app connects as" in output, output
+    assert "Traceback" not in output, output
 
 
 def test_production_settings_refuse_to_start_without_secret_key() -> None:
@@ -83,6 +158,138 @@ def test_production_settings_refuse_to_start_without_secret_key() -> None:
     assert "SECRET_KEY is not set" in output, output
     assert "secrets.token_urlsafe(50)" in output, output
     assert "set it in the environment" in output, output
+
+
+@pytest.mark.parametrize(
+    "key", [EMBEDDED_SECRET_KEY, "django-insecure-" + secrets.token_urlsafe(40)], ids=["embedded", "django-insecure"]
+)
+def test_production_settings_refuse_the_public_development_key(key: str) -> None:
+    """The key published in settings/base.py (and any "django-insecure" key) stops production at start."""
+    result = _manage("check", "--settings=settings.production", env=_production_env(SECRET_KEY=key))
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is the embedded development key (or another 'django-insecure' key)" in output, output
+    assert "secrets.token_urlsafe(50)" in output, output
+
+
+def test_production_settings_refuse_to_start_without_database_url() -> None:
+    """Without DATABASE_URL production stops, instead of running on SQLite with files for e-mail."""
+    env = _production_env()
+    del env["DATABASE_URL"]
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "DATABASE_URL is not set" in output, output
+    assert "set DATABASE_URL=postgres://" in output, output
+
+
+def test_production_settings_refuse_a_database_other_than_postgresql(tmp_path: Path) -> None:
+    """A DATABASE_URL naming SQLite is refused too: the event log's guarantees are PostgreSQL's."""
+    env = _production_env(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "production settings need PostgreSQL" in output, output
+
+
+def test_production_settings_refuse_to_start_without_redis_url() -> None:
+    """Without REDIS_URL production stops, instead of publishing to the in-process stub broker."""
+    env = _production_env()
+    del env["REDIS_URL"]
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "REDIS_URL is not set" in output, output
+    assert "stub broker" in output, output
+
+
+PRODUCTION_REPORT_SCRIPT = """
+import dramatiq
+from django.conf import settings
+
+pool = dramatiq.get_broker().client.connection_pool
+print("BROKER=" + type(dramatiq.get_broker()).__name__)
+print("CONNECTION=" + pool.connection_class.__name__)
+print("REDIS_HOST=" + str(pool.connection_kwargs.get("host")))
+print("REDIS_PASSWORD=" + str(pool.connection_kwargs.get("password")))
+print("EMAIL_BACKEND=" + settings.EMAIL_BACKEND)
+"""
+
+
+def test_production_settings_take_a_tls_redis_url_with_a_password() -> None:
+    """`rediss://:<password>@host` gives the broker (and so the relay and /healthz, which use its
+    client) TLS connections that authenticate; e-mail goes over SMTP."""
+    env = _production_env(REDIS_URL="rediss://:s3cret@redis.example.com:6380/0")
+
+    result = _manage("shell", "--settings=settings.production", "-c", PRODUCTION_REPORT_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert report["BROKER"] == "WakingRedisBroker"
+    assert report["CONNECTION"] == "SSLConnection"
+    assert report["REDIS_HOST"] == "redis.example.com"
+    assert report["REDIS_PASSWORD"] == "s3cret"
+    assert report["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+
+
+WHICH_SETTINGS_SCRIPT = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+from django.conf import settings
+print("SETTINGS=" + settings.SETTINGS_MODULE)
+"""
+
+
+@pytest.mark.parametrize("entry_point", ["settings.wsgi", "settings.asgi"])
+def test_wsgi_and_asgi_default_to_production_settings(entry_point: str) -> None:
+    """A server started on the WSGI or ASGI application with no DJANGO_SETTINGS_MODULE runs
+    settings.production: with no SECRET_KEY it refuses to start, never falling back to the public key."""
+
+    def load(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WHICH_SETTINGS_SCRIPT, entry_point],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+
+    loaded = load(_production_env())
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "SETTINGS=settings.production" in loaded.stdout
+
+    refused = load(_env(DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL))
+    assert refused.returncode != 0, refused.stdout
+    assert "SECRET_KEY is not set" in refused.stderr, refused.stderr
+
+
+def test_local_settings_refuse_the_public_key_on_postgresql() -> None:
+    """settings.local (manage.py's default) on PostgreSQL with the embedded key stops, saying which
+    keys to set; with a key of its own it starts."""
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+
+    result = _manage("check", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "SECRET_KEY is the embedded development key, which is public" in output, output
+    assert "export SECRET_KEY=" in output, output
+    assert "OUTBOX_SEAL_KEY=hex:" in output, output
+
+    explicit = _manage("check", env={**env, "SECRET_KEY": EMBEDDED_SECRET_KEY})
+    assert explicit.returncode != 0, "the public key is refused when set explicitly too"
+
+    own = _manage("check", env={**env, "SECRET_KEY": secrets.token_urlsafe(50)})
+    assert own.returncode == 0, own.stdout + own.stderr
 
 
 def test_embedded_default_uses_sqlite_in_wal_mode_and_the_stub_broker(tmp_path: Path) -> None:
@@ -101,12 +308,54 @@ def test_embedded_default_uses_sqlite_in_wal_mode_and_the_stub_broker(tmp_path: 
 
 def test_database_url_and_redis_url_select_postgresql_and_redis() -> None:
     """With DATABASE_URL and REDIS_URL set, settings.local runs on PostgreSQL with Dramatiq's Redis broker."""
-    env = _env(DJANGO_SETTINGS_MODULE="settings.local", DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        DATABASE_URL=REAL_DATABASE_URL,
+        REDIS_URL=REAL_REDIS_URL,
+        SECRET_KEY=secrets.token_urlsafe(50),
+    )
 
     report = _report(env)
 
     assert report["ENGINE"] == "outbox.backends.postgresql"  # Django's backend, events written with COMMIT
     assert report["BROKER"] == "WakingRedisBroker"  # Dramatiq's RedisBroker, waking idle workers on enqueue
+
+
+ADMIN_LOGIN_SCRIPT = """
+import re
+from django.test import Client
+
+client = Client(HTTP_HOST="127.0.0.1")
+page = client.get("/admin/login/")
+print("LOGIN=" + str(page.status_code))
+for url in re.findall(r'<link rel="stylesheet" href="([^"]+)"', page.content.decode()):
+    css = client.get(url)
+    body = b"".join(css.streaming_content) if css.streaming else css.content
+    print("CSS=%s|%s|%s|%d" % (url, css.status_code, css["Content-Type"], len(body)))
+"""
+
+
+def test_local_settings_with_debug_off_serve_the_admin_and_its_css_without_collectstatic(tmp_path: Path) -> None:
+    """settings.local with DEBUG=0 and nothing collected: the admin login page answers 200, and the
+    stylesheets it links to are served from the apps' folders."""
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        DEBUG="0",
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        STATIC_ROOT=str(tmp_path / "static-never-collected"),
+    )
+
+    result = _manage("shell", "-c", ADMIN_LOGIN_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOGIN=200" in result.stdout, result.stdout
+    stylesheets = [line.split("=", 1)[1].split("|") for line in result.stdout.splitlines() if line.startswith("CSS=")]
+    assert stylesheets, f"the login page links no stylesheet: {result.stdout}"
+    for url, status, content_type, size in stylesheets:
+        assert status == "200", f"{url}: {status}"
+        assert content_type.startswith("text/css"), f"{url}: {content_type}"
+        assert int(size) > 0, url
+    assert "/static/admin/css/base.css" in {url for url, *_ in stylesheets}
 
 
 SEAL_KEY_SCRIPT = """
@@ -136,12 +385,9 @@ def test_seal_key_comes_from_the_environment_and_survives_a_secret_key_rotation(
 
 def test_deploy_checks_warn_when_the_seal_key_hangs_on_secret_key() -> None:
     """Without OUTBOX_SEAL_KEY, `check --deploy` warns (outbox.W001) and says how to keep the key."""
-    env = _env(SECRET_KEY=secrets.token_urlsafe(50), DATABASE_URL=REAL_DATABASE_URL, REDIS_URL=REAL_REDIS_URL)
+    returncode, output = _deploy_check(_production_env(OUTBOX_SEAL_KEY=""))
 
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", "--settings=settings.production", env=env)
-
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert returncode != 0, output
     assert "outbox.W001" in output, output
     assert "python manage.py outbox_seal_key" in output, output
 
