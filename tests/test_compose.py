@@ -476,6 +476,19 @@ def test_the_init_script_makes_an_owner_who_migrates_and_an_app_role_that_owns_n
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'outbox_event'::regclass"
         ).fetchone() or (None,)
         assert event_owner == owner
+    # compose's migrate step goes on as the owner: the app role gets exactly its grants.
+    granted = manage_run(
+        "outbox_grants",
+        "--role",
+        app,
+        "--apply",
+        env={**base, "DJANGO_SETTINGS_MODULE": "settings.test", "DATABASE_URL": owner_url},
+    )
+    assert granted.returncode == 0, granted.stdout + granted.stderr
+    with psycopg.connect(app_url, autocommit=True) as as_app:
+        assert as_app.execute("SELECT count(*) FROM outbox_event").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_app.execute("TRUNCATE outbox_event")
 
     production = {
         **base,
