@@ -156,7 +156,7 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
     refused: set[int] = set()
     if missing:
         first = todo[0]
-        for row in Event.objects.filter(
+        for row in Event.objects.checked().filter(
             aggregate_type=first.aggregate_type, aggregate_id=first.aggregate_id, aggregate_version__in=missing
         ):
             if tag_valid(row):

@@ -15,11 +15,14 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import orjson
 from django.db import connection, transaction
 from django.db.models import Max
+from django.utils import timezone
 
+from outbox import conf
 from outbox.keys import seal_key
 from outbox.models import Checkpoint, Event, Seal
 from outbox.sealing import Problem
@@ -35,9 +38,11 @@ ORDER BY r.n
 """
 
 
-def signature(*, previous: str, sealed: int, last_event_id: int, taken_at: str, key: bytes | None = None) -> str:
-    """Return the signature of a checkpoint's figures."""
-    body = orjson.dumps([previous, sealed, last_event_id, taken_at])
+def signature(
+    *, id: int, previous: str, sealed: int, last_event_id: int, taken_at: str, key: bytes | None = None
+) -> str:
+    """Return the signature of a checkpoint's figures (its id among them: a copied row does not verify)."""
+    body = orjson.dumps([id, previous, sealed, last_event_id, taken_at])
     return hmac.new(key or seal_key(), body, hashlib.sha256).hexdigest()
 
 
@@ -48,6 +53,7 @@ def _taken_at(checkpoint: Checkpoint) -> str:
 def signed(checkpoint: Checkpoint, key: bytes | None = None) -> bool:
     """Whether the checkpoint's signature holds (the key's holder wrote it)."""
     expected = signature(
+        id=checkpoint.pk,
         previous=checkpoint.previous,
         sealed=checkpoint.sealed,
         last_event_id=checkpoint.last_event_id,
@@ -59,7 +65,7 @@ def signed(checkpoint: Checkpoint, key: bytes | None = None) -> bool:
 
 def _latest_signed(key: bytes) -> Checkpoint | None:
     # A forged checkpoint (inserted by SQL) is passed over, not built on.
-    for checkpoint in Checkpoint.objects.order_by("-id")[:100]:
+    for checkpoint in Checkpoint.objects.order_by("-id").iterator(chunk_size=100):
         if signed(checkpoint, key):
             return checkpoint
     return None
@@ -87,20 +93,32 @@ def checkpoint_take() -> Checkpoint | None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT CURRENT_TIMESTAMP")
         now = cursor.fetchone()[0]
+        new_id = None
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT nextval(pg_get_serial_sequence('outbox_checkpoint', 'id'))")
+            new_id = cursor.fetchone()[0]
     checkpoint = Checkpoint(
+        id=new_id,
         sealed=(previous.sealed if previous else 0) + _range_count(since, last),
         last_event_id=last,
         taken_at=now,
         previous=previous.signature if previous else "",
     )
+    if new_id is None:  # the embedded default: the id comes with the insert (no guard on SQLite)
+        checkpoint.signature = "0" * 64
+        checkpoint.save()
     checkpoint.signature = signature(
+        id=checkpoint.pk,
         previous=checkpoint.previous,
         sealed=checkpoint.sealed,
         last_event_id=last,
         taken_at=_taken_at(checkpoint),
         key=key,
     )
-    checkpoint.save()
+    if new_id is None:
+        checkpoint.save(update_fields=["signature"])
+    else:
+        checkpoint.save(force_insert=True)
     logger.info("Checkpoint of the event log: %s", checkpoint.token)
     return checkpoint
 
@@ -126,12 +144,13 @@ class Expected:
         return cls(int(parts[0]), int(parts[1]), int(parts[2]), parts[3])
 
 
-def _issued_ids() -> int:
-    """How many event ids the database has handed out (0 where it cannot tell)."""
+def _checkpoints_issued() -> int:
+    """How many checkpoint ids the database has handed out (0 where it cannot tell): checkpoints
+    are only ever taken of a sealed log, so any at all means the log once held events."""
     if connection.vendor != "postgresql":
         return 0
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_get_serial_sequence('outbox_event', 'id')")
+        cursor.execute("SELECT pg_get_serial_sequence('outbox_checkpoint', 'id')")
         sequence = cursor.fetchone()[0]
         if not sequence:
             return 0
@@ -176,16 +195,33 @@ def checkpoints_check(*, key: bytes, expect: str | None = None) -> tuple[Checkpo
                 )
     if expect:
         problems.extend(_expected(Expected.parse(expect)))
-    issued = _issued_ids()
-    if issued and not good and not Seal.objects.exists() and not Event.objects.exists():
+    if not good and _checkpoints_issued() and not Seal.objects.exists() and not Event.objects.exists():
         problems.append(
             _problem(
                 "emptied",
-                f"the database has issued event ids up to {issued}, but the log holds no event, seal or "
-                "checkpoint: it was emptied",
+                "checkpoints of a sealed log were taken, but the log holds no event, seal or checkpoint: "
+                "it was emptied",
             )
         )
+    if good:
+        problems.extend(_stale(good[-1]))
     return (good[-1] if good else None), problems
+
+
+def _stale(newest: Checkpoint) -> list[Problem]:
+    """A problem when seals older than ten checkpoint intervals lie above the newest checkpoint: no
+    relay is taking checkpoints (or something blocks them), so cuts go unnoticed."""
+    allowed = timedelta(seconds=10 * conf.checkpoint_seconds())
+    behind = Seal.objects.filter(event_id__gt=newest.last_event_id, sealed_at__lt=timezone.now() - allowed)
+    if not behind.exists():
+        return []
+    return [
+        _problem(
+            "stale_checkpoint",
+            f"the newest checkpoint ({newest.pk}, taken {newest.taken_at.isoformat()}) is behind seals older than "
+            f"{allowed}: no relay has taken a checkpoint since. Are the relays running (outbox_status)?",
+        )
+    ]
 
 
 def _counts(lows: list[int], highs: list[int]) -> list[int]:

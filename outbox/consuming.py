@@ -132,7 +132,7 @@ def consume(
     # A retry of this message leaves dead deliveries alone; a new message (a replay) tries them again.
     wanted = [i for i in ids if settled.get(i) != "done" and not (attempt.number > 1 and settled.get(i) == "dead")]
     outcome.skipped.extend(i for i in ids if i not in wanted)
-    events = {event.id: event for event in Event.objects.filter(id__in=wanted)}
+    events = {event.id: event for event in Event.objects.checked().filter(id__in=wanted)}
     permanent: set[int] = set()
     for event_id in wanted:
         if event_id not in events:

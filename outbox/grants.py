@@ -5,7 +5,8 @@ read and write rows, except where a model narrows it with `outbox_privileges` (t
 SELECT and INSERT only; counters and deliveries: no DELETE). It may use the tables' sequences
 but not reset them, read django_migrations, and purge settled events through
 outbox_purge_events(). It can never TRUNCATE, ALTER, disable a trigger or drop anything: those
-need ownership, which only the owner role (the one that runs `migrate`) has.
+need ownership, which only the owner role (the one that runs `migrate`) has; nor create objects
+in the schema, where they could shadow what the owner's functions call.
 """
 
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ def grants_plan(*, role: str, using: str = "default") -> Plan:
     names = ", ".join(_quote(connection, t) for t in tables)
     statements = [
         f"REVOKE ALL ON TABLE {names} FROM {who}",
+        # A role that may create objects in the schema could shadow what the owner's functions
+        # call: only the owner creates there (PostgreSQL 15's default for PUBLIC, said for older ones).
+        f"REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC, {who}",
         f"GRANT USAGE ON SCHEMA {schema} TO {who}",
     ]
     by_privileges: dict[tuple[str, ...], list[str]] = {}
@@ -122,6 +126,13 @@ def grants_apply(*, role: str, using: str = "default") -> Plan:
         try:
             for statement in plan.statements:
                 cursor.execute(statement)
+            cursor.execute("SELECT has_schema_privilege(%s, current_schema(), 'CREATE')", [role])
+            if cursor.fetchone()[0]:
+                raise GrantError(
+                    f"Role {role!r} may still create objects in the schema, through a role it belongs to: "
+                    "revoke CREATE on the schema from that role too, so that nothing the owner's functions "
+                    "call can be shadowed."
+                )
         except Exception:
             cursor.execute("ROLLBACK")
             raise

@@ -6,6 +6,16 @@ from django.db import models
 from django.db.models.functions import Now
 
 
+class EventQuerySet(models.QuerySet["Event"]):
+    def checked(self) -> "EventQuerySet":
+        """Annotate each event with `copy_of`: the id of another event already sealed under its UUID
+        (a copy inserted by SQL, say of a purged event), or None. outbox.tagging.tag_valid() reads it."""
+        sealed_elsewhere = Seal.objects.filter(event_uuid=models.OuterRef("event_id")).exclude(
+            event_id=models.OuterRef("id")
+        )
+        return self.annotate(copy_of=models.Subquery(sealed_elsewhere.values("event_id")[:1]))
+
+
 class Event(models.Model):
     """A fact: one change to one aggregate, written in the transaction that made the change.
 
@@ -27,6 +37,8 @@ class Event(models.Model):
     # The writer's HMAC over the event's facts (outbox.tagging): a row inserted by SQL has none
     # that verifies, and is refused by every consumer and by the sealer.
     tag = models.CharField(max_length=64, blank=True, db_default="", default="", editable=False)
+
+    objects = EventQuerySet.as_manager()
 
     # The database grants the application's role only these on the table (outbox_grants).
     outbox_privileges = ("SELECT", "INSERT")
@@ -169,6 +181,8 @@ class Seal(models.Model):
     aggregate_id = models.CharField(max_length=100, db_column="aggregateid")
     aggregate_version = models.PositiveIntegerField()
     seal = models.CharField(max_length=64)
+    # The event's UUID, kept after a purge: a copy of the event inserted later is told apart by it.
+    event_uuid = models.UUIDField(null=True, unique=True)
     sealed_at = models.DateTimeField(db_default=Now())
     # Set by the retention purge when it deletes the event: the seal stays, for the chain.
     purged_at = models.DateTimeField(null=True, blank=True)

@@ -1,7 +1,8 @@
 """Retention: delete settled events older than a cutoff, in batches, optionally archived first.
 
-Settled means: not waiting in outbox_pending, no delivery that is not done (published, failed or
-dead), and sealed (outbox_seal), so that the chain still verifies after the purge. Anything else
+Settled means: not waiting in outbox_pending, delivered (at least one delivery, all of them done:
+none published, failed or dead), and sealed (outbox_seal), so that the chain still verifies
+after the purge. Anything else
 is kept, whatever its age. On PostgreSQL the deletes go through `outbox_purge_events()`, a
 function that runs as the tables' owner (the application's role may not delete events itself),
 and the event table's trigger refuses any event that is not settled, whoever asks. The seals of
@@ -25,6 +26,7 @@ _SETTLED = """
 SELECT e.id FROM outbox_event e
 WHERE e.created_at < %s AND e.id > %s
   AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.event_id = e.id)
+  AND EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status = 'done')
   AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status <> 'done')
   AND EXISTS (SELECT 1 FROM outbox_seal s WHERE s.event_id = e.id)
 ORDER BY e.id
@@ -36,6 +38,7 @@ SELECT count(*) FROM outbox_event e
 WHERE e.created_at < %s
   AND (EXISTS (SELECT 1 FROM outbox_pending p WHERE p.event_id = e.id)
        OR EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status <> 'done')
+       OR NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status = 'done')
        OR NOT EXISTS (SELECT 1 FROM outbox_seal s WHERE s.event_id = e.id))
 """
 
@@ -129,7 +132,8 @@ def purge_settled(
                 _archive_rows(ids, out)
                 out.flush()
                 os.fsync(out.fileno())
-            # Fewer than asked when an event was replayed in the meantime: it is kept.
+            # Fewer than asked when an event was replayed in the meantime: it is kept (the function
+            # locks the events' deliveries first, so a replay either commits before it or waits).
             summary.events += _delete(ids)
             if progress:
                 progress(len(ids))

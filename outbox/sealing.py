@@ -133,12 +133,14 @@ def seal_many(events: list[Event]) -> dict[int, str]:
             known.update(
                 {
                     e.aggregate_version: e
-                    for e in Event.objects.filter(
+                    for e in Event.objects.checked()
+                    .filter(
                         aggregate_type=kind,
                         aggregate_id=ident,
                         aggregate_version__gt=last_version,
                         aggregate_version__lte=top,
-                    ).exclude(aggregate_version__in=list(known))
+                    )
+                    .exclude(aggregate_version__in=list(known))
                 }
             )
             gone = [v for v in needed if v not in known]
@@ -156,6 +158,7 @@ def seal_many(events: list[Event]) -> dict[int, str]:
             rows.append(
                 Seal(
                     event_id=item.id,
+                    event_uuid=item.event_id,
                     aggregate_type=kind,
                     aggregate_id=ident,
                     aggregate_version=version,
@@ -212,7 +215,7 @@ def verify(
       gone since a checkpoint counted them, an emptied log, forged or missing checkpoints, and a
       log behind the checkpoint `expect` (a token an auditor kept, outbox_verify --expect).
     """
-    events = Event.objects.all()
+    events = Event.objects.checked()
     seals = Seal.objects.all()
     counters = AggregateVersion.objects.all()
     if aggregate:

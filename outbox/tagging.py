@@ -2,10 +2,11 @@
 
 The writer tags each event with HMAC-SHA256(key, its facts as the writer knows them: event id,
 type, aggregate, payload, actor, correlation id, source). Whoever can INSERT into the event table
-but does not hold the key (OUTBOX_SEAL_KEY) cannot make a tag that verifies, and the event id is
-unique, so a tag cannot be reused on a copy. The consumers and the sealer check the tag before
-they act on an event: a forged row is refused (its deliveries dead, with the reason), never
-applied and never sealed, and `outbox_verify` names it.
+but does not hold the key (OUTBOX_SEAL_KEY) cannot make a tag that verifies. The event id (its
+UUID) is unique in the log, and each seal keeps its event's UUID after the event is purged, so a
+copy of a real row, even of one long purged, is told apart and refused as well. The consumers and
+the sealer check the tag before they act on an event: a forged row is refused (its deliveries
+dead, with the reason), never applied and never sealed, and `outbox_verify` names it.
 
 The payload is tagged in a canonical form that survives PostgreSQL's jsonb: keys sorted, and
 numbers in the one form that the written and the read-back value share.
@@ -13,7 +14,10 @@ numbers in the one form that the written and the read-back value share.
 
 import hashlib
 import hmac
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -22,34 +26,50 @@ from outbox.keys import seal_key
 TAG_LENGTH = 64
 
 
-# jsonb writes an integral number without its exponent or fraction (1.0 → 1.0, 1e20 → 100…0), and
-# reads back as an int what JSON cannot tell from one: both sides meet on one form per value.
+# jsonb renders a number from its decimal digits: an integral float comes back as an integer with
+# the float's shortest digits and zeros after (2.0**60 as 1152921504606847000, 1e20 as 1 and 20
+# zeros). Both sides meet on that integer; one beyond orjson's 64 bits as its digits in a list
+# marked with NUL, which no string in jsonb can hold, so it collides with no real value.
 _INT_RANGE = 2**63
+_BIG = "\x00int"
+_LEAVES = (str, bool, type(None), datetime, date, time, Decimal, UUID)
 
 
-def _needs_change(value: Any) -> bool:
+def _number(value: float) -> Any:
+    if isinstance(value, float):
+        if not value.is_integer():
+            return value  # a fraction (or NaN, infinity: null) reads back as the same float
+        value = int(Decimal(repr(value)))
+    number = int(value)
+    return number if -_INT_RANGE < number < _INT_RANGE else [_BIG, str(number)]
+
+
+def _canonical(value: Any, default: Any = None) -> Any:
+    """Return the value as plain JSON with each number in its canonical form: the same object when
+    nothing changes (every save tags its events, and most payloads hold no float)."""
     kind = type(value)
-    if kind is float:
-        return value.is_integer() and abs(value) < _INT_RANGE
-    if kind is int:
-        return abs(value) >= _INT_RANGE
-    return kind is dict or kind is list or kind is tuple
-
-
-def _canonical(value: Any) -> Any:
-    """Return the value with each number in its canonical form (the same object when none changes:
-    every save tags its events, and most payloads hold no float)."""
-    kind = type(value)
-    if kind is dict:
-        changed = {key: _canonical(item) for key, item in value.items() if _needs_change(item)}
-        return {**value, **changed} if changed else value
-    if kind is list or kind is tuple:
-        return [_canonical(item) for item in value]
-    if kind is float:
-        return int(value) if value.is_integer() and abs(value) < _INT_RANGE else value
-    if kind is int and abs(value) >= _INT_RANGE:
-        return float(value)
-    return value
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int or kind is float:
+        return _number(value)
+    if isinstance(value, dict):
+        changed = None
+        for key, item in value.items():
+            new = _canonical(item, default)
+            if new is not item:
+                changed = changed if changed is not None else dict(value)
+                changed[key] = new
+        if changed is not None:
+            return changed
+        return value if kind is dict else dict(value)
+    if isinstance(value, list | tuple):
+        return [_canonical(item, default) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _number(value)
+    if isinstance(value, _LEAVES):
+        return value  # encoded as the same string on write and read
+    # Anything else the encoder takes (a dataclass, an enum…): as the JSON it becomes, walked.
+    return _canonical(orjson.loads(orjson.dumps(value, default=default)))
 
 
 def tag(
@@ -67,7 +87,16 @@ def tag(
 ) -> str:
     """Return the tag of an event's facts (`default` encodes what JSON has no type for)."""
     facts = orjson.dumps(
-        [event_id, event_type, aggregate_type, aggregate_id, _canonical(payload), actor, correlation_id, source],
+        [
+            event_id,
+            event_type,
+            aggregate_type,
+            aggregate_id,
+            _canonical(payload, default),
+            actor,
+            correlation_id,
+            source,
+        ],
         default=default,
         option=orjson.OPT_SORT_KEYS,
     )
@@ -90,13 +119,24 @@ def event_tag(event: Any, key: bytes | None = None) -> str:
 
 
 def tag_valid(event: Any, key: bytes | None = None) -> bool:
-    """Whether the stored event carries the tag its facts give: the writer wrote it."""
+    """Whether the stored event carries the tag its facts give: the writer wrote it, and it is no
+    copy of an event already sealed under another id (read with `Event.objects.checked()`)."""
+    if getattr(event, "copy_of", None):
+        return False
     stored = event.tag or ""
     return len(stored) == TAG_LENGTH and hmac.compare_digest(stored, event_tag(event, key))
 
 
 def forged_reason(event: Any) -> str:
     """The error recorded on a forged event's deliveries: what happened and what to do."""
+    copy_of = getattr(event, "copy_of", None)
+    if copy_of:
+        return (
+            f"Event {event.id} ({event.event_type} {event.aggregate_type}:{event.aggregate_id}) is a copy of event "
+            f"{copy_of}, which was sealed under its UUID (and may have been purged since): a row inserted by SQL. "
+            "It was refused: nothing was applied and it is not sealed. Investigate who inserted it "
+            "(outbox_verify names it); do not replay it."
+        )
     return (
         f"Event {event.id} ({event.event_type} {event.aggregate_type}:{event.aggregate_id}) was not written by "
         "the outbox's writer: its tag does not verify (a row inserted by SQL, or written under another "

@@ -9,7 +9,14 @@
   purges through `outbox_purge_events()`, a SECURITY DEFINER function owned by the owner that
   deletes settled events only.
 - outbox_aggregate only counts up: a version may not go down, nor a counter be deleted.
+- outbox_seal keeps each event's UUID (filled in here for the events still in the log), so a copy
+  of a purged event inserted later is refused; a seal may only be added for an event as the log
+  holds it, and never born purged.
 - outbox_checkpoint: signed counts of the sealed events (outbox/checkpoints.py), append-only.
+
+Stop the processes that write events (web, relays, workers) before migrating: an event written by
+code from before this migration, while it runs or after, has no tag and would be refused as
+forged. The migration rewrites every event (its tag) and every seal (its UUID) once.
 
 Run as the owner of the tables. TRUNCATE and ALTER TABLE need ownership, which the
 application's role must not have: see docs/operations.md#database-roles.
@@ -70,28 +77,53 @@ CREATE TRIGGER outbox_aggregate_counts_up BEFORE UPDATE OR DELETE ON outbox_aggr
 
 CREATE TRIGGER outbox_checkpoint_append_only BEFORE UPDATE OR DELETE ON outbox_checkpoint
     FOR EACH ROW EXECUTE FUNCTION outbox_record_guard();
+
+CREATE FUNCTION outbox_seal_insert_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.purged_at IS NULL AND EXISTS (
+        SELECT 1 FROM outbox_event e
+        WHERE e.id = NEW.event_id AND e.event_id = NEW.event_uuid
+          AND e.aggregatetype = NEW.aggregatetype AND e.aggregateid = NEW.aggregateid
+          AND e.aggregate_version = NEW.aggregate_version) THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'outbox_seal: a seal for event % refused: a seal names an event of the log as it is (its id, UUID, aggregate and version) and is never added purged', NEW.event_id
+        USING ERRCODE = 'check_violation';
+END
+$$;
+CREATE TRIGGER outbox_seal_names_its_event BEFORE INSERT ON outbox_seal
+    FOR EACH ROW EXECUTE FUNCTION outbox_seal_insert_guard();
 """
 
-# {schema} is the migration's own schema, quoted: the function finds its tables there whatever
-# the caller's search_path.
+# {schema} is the migration's own schema, quoted. The function runs as the owner, so nothing in
+# it may resolve to an object another role could create: pg_catalog comes first, the tables are
+# named with their schema, and functions and operators with pg_catalog's (outbox_grants also
+# takes CREATE on the schema from the app's role).
 PURGE = """
 CREATE FUNCTION outbox_purge_events(ids bigint[]) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {schema}, pg_temp AS $$
 DECLARE
     purged bigint[];
 BEGIN
+    -- A replay of one of these events waits for the purge's decision, or the purge for the replay.
+    PERFORM 1 FROM {schema}.outbox_delivery d WHERE d.event_id OPERATOR(pg_catalog.=) ANY(ids) FOR UPDATE;
+    PERFORM 1 FROM {schema}.outbox_pending p WHERE p.event_id OPERATOR(pg_catalog.=) ANY(ids) FOR UPDATE;
     WITH gone AS (
-        DELETE FROM outbox_event e
-        WHERE e.id = ANY(ids)
-          AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.event_id = e.id)
-          AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.event_id = e.id AND d.status <> 'done')
-          AND EXISTS (SELECT 1 FROM outbox_seal s WHERE s.event_id = e.id)
+        DELETE FROM {schema}.outbox_event e
+        WHERE e.id OPERATOR(pg_catalog.=) ANY(ids)
+          AND NOT EXISTS (SELECT 1 FROM {schema}.outbox_pending p WHERE p.event_id OPERATOR(pg_catalog.=) e.id)
+          AND EXISTS (SELECT 1 FROM {schema}.outbox_delivery d
+                      WHERE d.event_id OPERATOR(pg_catalog.=) e.id AND d.status OPERATOR(pg_catalog.=) 'done')
+          AND NOT EXISTS (SELECT 1 FROM {schema}.outbox_delivery d
+                          WHERE d.event_id OPERATOR(pg_catalog.=) e.id AND d.status OPERATOR(pg_catalog.<>) 'done')
+          AND EXISTS (SELECT 1 FROM {schema}.outbox_seal s WHERE s.event_id OPERATOR(pg_catalog.=) e.id)
         RETURNING e.id
     )
-    SELECT coalesce(array_agg(id), '{{}}') INTO purged FROM gone;
-    DELETE FROM outbox_delivery WHERE event_id = ANY(purged);
-    UPDATE outbox_seal SET purged_at = now() WHERE event_id = ANY(purged) AND purged_at IS NULL;
-    RETURN coalesce(array_length(purged, 1), 0);
+    SELECT COALESCE(pg_catalog.array_agg(id), '{{}}') INTO purged FROM gone;
+    DELETE FROM {schema}.outbox_delivery d WHERE d.event_id OPERATOR(pg_catalog.=) ANY(purged);
+    UPDATE {schema}.outbox_seal s SET purged_at = pg_catalog.now()
+    WHERE s.event_id OPERATOR(pg_catalog.=) ANY(purged) AND s.purged_at IS NULL;
+    RETURN COALESCE(pg_catalog.array_length(purged, 1), 0);
 END
 $$;
 REVOKE ALL ON FUNCTION outbox_purge_events(bigint[]) FROM PUBLIC;
@@ -100,6 +132,8 @@ REVOKE ALL ON FUNCTION outbox_purge_events(bigint[]) FROM PUBLIC;
 # 0005's guards, for a migration back.
 PREVIOUS_GUARDS = """
 DROP FUNCTION IF EXISTS outbox_purge_events(bigint[]);
+DROP TRIGGER IF EXISTS outbox_seal_names_its_event ON outbox_seal;
+DROP FUNCTION IF EXISTS outbox_seal_insert_guard();
 DROP TRIGGER IF EXISTS outbox_checkpoint_append_only ON outbox_checkpoint;
 DROP TRIGGER IF EXISTS outbox_aggregate_counts_up ON outbox_aggregate;
 DROP FUNCTION IF EXISTS outbox_aggregate_guard();
@@ -170,6 +204,21 @@ def tag_existing(apps: Any, schema_editor: Any) -> None:
             schema_editor.execute("ALTER TABLE outbox_event ENABLE TRIGGER outbox_event_append_only")
 
 
+def seal_uuids(apps: Any, schema_editor: Any) -> None:
+    """Give each seal its event's UUID, for the events still in the log (as the owner)."""
+    postgresql = schema_editor.connection.vendor == "postgresql"
+    if postgresql:
+        schema_editor.execute("ALTER TABLE outbox_seal DISABLE TRIGGER outbox_seal_append_only")
+    try:
+        schema_editor.execute(
+            "UPDATE outbox_seal SET event_uuid = (SELECT e.event_id FROM outbox_event e WHERE e.id = outbox_seal.event_id) "
+            "WHERE event_uuid IS NULL"
+        )
+    finally:
+        if postgresql:
+            schema_editor.execute("ALTER TABLE outbox_seal ENABLE TRIGGER outbox_seal_append_only")
+
+
 def guards_create(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
@@ -195,6 +244,12 @@ class Migration(migrations.Migration):
             field=models.CharField(blank=True, db_default="", default="", editable=False, max_length=64),
         ),
         migrations.RunPython(tag_existing, migrations.RunPython.noop),
+        migrations.AddField(
+            model_name="seal",
+            name="event_uuid",
+            field=models.UUIDField(null=True, unique=True),
+        ),
+        migrations.RunPython(seal_uuids, migrations.RunPython.noop),
         migrations.CreateModel(
             name="Checkpoint",
             fields=[

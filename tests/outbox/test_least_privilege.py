@@ -425,13 +425,27 @@ def test_the_admin_works_as_the_app_role(app_role: str) -> None:
 
 def test_the_tag_survives_what_jsonb_does_to_a_payload() -> None:
     """jsonb renormalises numbers and key order: the writer's tag must still verify on read."""
+    import collections
+    import dataclasses
+    import enum
     from datetime import datetime
     from datetime import timezone as dt_timezone
 
     from outbox.tagging import tag_valid
     from outbox.writer import NewEvent, events_write
 
+    @dataclasses.dataclass
+    class Reading:
+        value: float
+
+    class Scale(enum.Enum):
+        DOUBLE = 2.0
+
     payload = {
+        "ns": 2.0**60,
+        "ordered": collections.OrderedDict(q=4.0),
+        "reading": Reading(5.0),
+        "scale": Scale.DOUBLE,
         "z": 1.0,
         "a": [1e20, 0.1, 2.5e-7, -0.0, {"y": 3, "b": 'ü\\n"'}],
         "when": datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=dt_timezone.utc),
@@ -442,3 +456,111 @@ def test_the_tag_survives_what_jsonb_does_to_a_payload() -> None:
         events_write([NewEvent("thing.happened", "thing", "1", payload)])
     event = Event.objects.get(event_type="thing.happened")
     assert tag_valid(event)
+
+
+def test_a_copy_of_a_purged_event_is_refused(app_role: str) -> None:
+    """Purge a receipt's event, then insert it again with its own UUID and tag: it was sealed once."""
+    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
+    receipt = services.stock_receive(sku="KB-1", quantity=5)
+    settle_all()
+    received = Event.objects.get(event_type="stock.received")
+    receipt.delete()
+    settle_all()
+    product.refresh_from_db()
+    assert product.stock == 0
+    with as_role(app_role) as intruder:
+        assert intruder.execute("SELECT outbox_purge_events(%s::bigint[])", [[received.id]]).fetchone() == (1,)
+        with intruder.transaction():
+            intruder.execute(
+                "UPDATE outbox_aggregate SET version = version + 1 "
+                "WHERE aggregatetype = 'product' AND aggregateid = %s",
+                [str(product.pk)],
+            )
+            row = intruder.execute(
+                "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, "
+                "actor, correlation_id, source, tag) SELECT %s, %s, 'product', %s, a.version, %s, %s, %s, %s, %s "
+                "FROM outbox_aggregate a WHERE aggregatetype = 'product' AND aggregateid = %s RETURNING id",
+                [
+                    received.event_id,
+                    received.event_type,
+                    str(product.pk),
+                    json.dumps(received.payload),
+                    received.actor,
+                    received.correlation_id,
+                    received.source,
+                    received.tag,
+                    str(product.pk),
+                ],
+            ).fetchone()
+    assert row is not None
+    copy = row[0]
+    inventory.apply_events(event_ids=[copy])
+    audit.audit_events(event_ids=[copy])
+    product.refresh_from_db()
+    assert product.stock == 0
+    delivery = Delivery.objects.get(event_id=copy, consumer="inventory")
+    assert (delivery.status, f"is a copy of event {received.id}") == ("dead", f"is a copy of event {received.id}")
+    assert f"is a copy of event {received.id}" in delivery.last_error
+    assert not Seal.objects.filter(event_id=copy).exists()
+    assert [(p.kind, p.event_id) for p in verify(unsealed_grace=LONG_GRACE).problems or []] == [("forged", copy)]
+
+
+@pytest.mark.parametrize("purged", [True, False], ids=["born-purged", "unpurged"])
+def test_the_app_role_cannot_add_a_seal_for_an_event_the_log_does_not_hold(app_role: str, purged: bool) -> None:
+    """A seal born purged once hid a gap, and one with a huge id stopped every later checkpoint."""
+    a_sealed_log()
+    with as_role(app_role) as intruder, pytest.raises(psycopg.errors.CheckViolation):
+        intruder.execute(
+            "INSERT INTO outbox_seal (event_id, aggregatetype, aggregateid, aggregate_version, seal, event_uuid, "
+            "sealed_at, purged_at) VALUES (999999999, 'zz', 'zz', 1, repeat('a', 64), gen_random_uuid(), now(), "
+            "CASE WHEN %s THEN now() END)",
+            [purged],
+        )
+    services.customer_create(name="Next", email="next@example.com")
+    settle_all()
+    assert checkpoint_take() is not None
+    assert kinds() == []
+
+
+def test_an_event_never_delivered_is_not_purged_even_once_sealed(app_role: str) -> None:
+    """The app role drops an event from the relay's queue; a later event of its aggregate seals it."""
+    customer = services.customer_create(name="Ada", email="ada@example.com")
+    first = Event.objects.get()
+    with as_role(app_role) as intruder:
+        intruder.execute("DELETE FROM outbox_pending WHERE event_id = %s", [first.id])
+    customer.name = "Ada L."
+    customer.save()
+    second = Event.objects.exclude(pk=first.id).get()
+    Pending.objects.filter(event_id=second.id).delete()
+    audit.audit_events(event_ids=[second.id])
+    assert Seal.objects.filter(event_id=first.id).exists()
+    with as_role(app_role) as intruder:
+        assert intruder.execute("SELECT outbox_purge_events(%s::bigint[])", [[first.id]]).fetchone() == (0,)
+    assert Event.objects.filter(pk=first.id).exists()
+
+
+def test_outbox_grants_takes_create_on_the_schema_from_the_app_role(app_role: str) -> None:
+    """A role that may create functions in the schema could shadow what the owner's purge calls."""
+    with connection.cursor() as cursor:
+        cursor.execute(f'GRANT CREATE ON SCHEMA public TO "{app_role}"')
+        cursor.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    call_command("outbox_grants", role=app_role, apply=True, stdout=StringIO())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT has_schema_privilege(%s, 'public', 'CREATE')", [app_role])
+        assert cursor.fetchone() == (False,)
+    with as_role(app_role) as intruder, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        intruder.execute(
+            "CREATE FUNCTION public.array_length(bigint[], integer) RETURNS integer LANGUAGE sql AS 'SELECT 1'"
+        )
+
+
+def test_verify_names_checkpoints_that_stopped(settings: object) -> None:
+    """A relay that takes none (stopped, or blocked by a lock another session holds) is named."""
+    a_sealed_log()
+    services.customer_create(name="Late", email="late@example.com")
+    settle_all()
+    settings.OUTBOX_CHECKPOINT_SECONDS = 0.01  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    assert kinds() == ["stale_checkpoint"]
+    assert checkpoint_take() is not None
+    assert kinds() == []
