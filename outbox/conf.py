@@ -62,3 +62,13 @@ def periodic_jobs() -> dict[str, dict[str, Any]]:
 def metrics_token() -> str:
     """The bearer token that lets a scraper read /metrics without a staff login ("" = none)."""
     return str(getattr(settings, "METRICS_TOKEN", ""))
+
+
+def message_max_ids() -> int:
+    """The most event ids one message may name; a bigger message is dropped unapplied."""
+    return int(getattr(settings, "OUTBOX_MESSAGE_MAX_IDS", 10_000))
+
+
+def message_max_bytes() -> int:
+    """The largest encoded message (bytes) a worker decodes; a bigger one is dropped unread."""
+    return int(getattr(settings, "OUTBOX_MESSAGE_MAX_BYTES", 256 * 1024))

@@ -183,6 +183,11 @@ OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", def
 # SECRET_KEY, which then can never be rotated without breaking the chains. Set it, the same on
 # every machine, in production (`python manage.py outbox_seal_key` prints the one in use).
 OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")
+# --- Message size cap: a worker drops (and counts) a message naming more event ids, or larger
+# once encoded, than these, before reading it. Keep them well above OUTBOX_RELAY_BATCH_SIZE (a
+# relay message names at most that many ids; bigint ids take up to 20 bytes each).
+OUTBOX_MESSAGE_MAX_IDS = env.int("OUTBOX_MESSAGE_MAX_IDS", default=10_000)
+OUTBOX_MESSAGE_MAX_BYTES = env.int("OUTBOX_MESSAGE_MAX_BYTES", default=256 * 1024)
 
 # The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
 # them, which doubles from the minimum up to the maximum, with jitter.

@@ -12,7 +12,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import services
-from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
+from outbox.drops import message_drop_count
+from outbox.models import Delivery, Event, JobRun, MessageDrop, Pending, RelayHeartbeat
 from outbox.writer import events_flush
 from tests.processes import processes, wait_until
 from tests.smtp import free_port
@@ -147,3 +148,17 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
         assert worker.stop() == 0
     assert found[("dramatiq_messages_total", labels)] >= 1
     assert ("dramatiq_message_duration_milliseconds_count", labels) in found
+
+
+@pytest.mark.django_db
+def test_metrics_count_the_messages_workers_dropped_and_the_ids_that_named_no_event(admin_client: Client) -> None:
+    """Each worker's drops add up in the database, so any web process reports them all."""
+    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.OVERSIZED)
+    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.UNKNOWN_EVENTS, events=5000)
+    found = samples(admin_client.get("/metrics").content.decode())
+    dropped = "outbox_consumer_messages_dropped_total"
+    assert found[(dropped, (("consumer", "inventory"), ("reason", "malformed")))] == 2
+    assert found[(dropped, (("consumer", "audit_log"), ("reason", "oversized")))] == 1
+    assert found[("outbox_consumer_unknown_events_total", (("consumer", "audit_log"),))] == 5000
