@@ -1,10 +1,13 @@
 """`/metrics` for Prometheus (the outbox's figures), and the workers' own Dramatiq metrics."""
 
+import logging
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
+import dramatiq
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.test import Client
 from django.test.utils import override_settings
@@ -162,3 +165,24 @@ def test_metrics_count_the_messages_workers_dropped_and_the_ids_that_named_no_ev
     assert found[(dropped, (("consumer", "inventory"), ("reason", "malformed")))] == 2
     assert found[(dropped, (("consumer", "audit_log"), ("reason", "oversized")))] == 1
     assert found[("outbox_consumer_unknown_events_total", (("consumer", "audit_log"),))] == 5000
+
+
+@pytest.mark.django_db
+def test_healthz_says_error_without_the_error_text_and_logs_it(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unauthenticated: a broker that does not answer is "error" in the body, and its detail (hosts,
+    ports) only in the log."""
+    broker = dramatiq.get_broker()
+    kept = broker.client  # type: ignore[attr-defined]
+    broker.client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)  # type: ignore[attr-defined]
+    try:
+        with caplog.at_level(logging.WARNING, logger="settings.health"):
+            response = client.get("/healthz")
+    finally:
+        broker.client = kept  # type: ignore[attr-defined]
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "ok", "broker": "error"}
+    assert "127.0.0.1" not in response.content.decode()
+    assert "Health check: broker unavailable" in caplog.text
+    assert "127.0.0.1" in caplog.text
