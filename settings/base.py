@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_dramatiq",
+    "axes",
     "outbox",
     "core",
     "consumers",
@@ -70,6 +71,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # After authentication: the outbox records which user made each change.
     "outbox.middleware.EventContextMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "settings.urls"
@@ -90,6 +93,22 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- Admin login throttling (django-axes) ---------------------------------------------------------
+# AXES_FAILURE_LIMIT failed logins for one username from one address lock that pair out for
+# AXES_COOLOFF_MINUTES after the last failure; another user, or the same user from elsewhere, is
+# not locked. Unlock early with `python manage.py axes_reset_username <name>` (docs/operations.md).
+AUTHENTICATION_BACKENDS = [
+    # First, so that a locked-out login is refused before its password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "settings.lockout.lockout_response"
+# --- End of admin login throttling ---------------------------------------------------------------
 
 # --- Database -----------------------------------------------------------------------------------
 # DATABASE_URL selects the real database (postgres://user:pass@host:5432/name). Without it the
