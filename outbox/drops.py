@@ -28,14 +28,16 @@ ON CONFLICT (consumer, reason) DO UPDATE
 
 def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     """Return the start of `value` (bytes and text as they are, anything else by repr), with its
-    length when cut: a log line never carries a whole message."""
+    length when cut: a log line never carries a whole message. Line breaks are escaped, so that
+    a forged message cannot add lines of its own to the log."""
     if isinstance(value, bytes):
         text = value[: limit * 4].decode("utf-8", errors="replace")
         size = len(value)
     else:
         text = value if isinstance(value, str) else repr(value)
         size = len(text)
-    return text if len(text) <= limit and size <= limit else f"{text[:limit]}… ({size} in all)"
+    shown = text[:limit].replace("\r", "\\r").replace("\n", "\\n")
+    return shown if len(text) <= limit and size <= limit else f"{shown}… ({size} in all)"
 
 
 def message_drop_count(*, consumer: str, reason: MessageDrop.Reason, detail: str = "", events: int = 0) -> None:

@@ -66,10 +66,10 @@ def order(customer: Customer, product: Product, *, since: int | None = None) -> 
 def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_stock_promptly(
     tmp_path: Path, customer: Customer, stocked: list[Product]
 ) -> None:
-    """Ten bad messages (bad JSON, bad UTF-8, wrong shapes, an unknown actor, wrong arguments, a
-    30 MB argument) in front of a good one: the good one is applied within seconds (it took more
-    than a minute), each bad one is in the dead-letter set and counted, and no log line carries
-    more than a few hundred characters of any of them."""
+    """Eleven bad messages (bad JSON, bad UTF-8, wrong shapes, an unknown actor, wrong arguments,
+    a 30 MB argument, a line break to forge a log line) in front of a good one: the good one is
+    applied within seconds (it took more than a minute), each bad one is in the dead-letter set
+    and counted, and no log line carries more than a few hundred characters of any of them."""
     product = stocked[0]
     routing.load_actors()
     warm_up, measured = order(customer, product, since=0), order(customer, product)  # with the receipts
@@ -86,6 +86,7 @@ def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_st
         b'{"queue_name": "inventory"}',
         b"[1, 2, 3]",
         b"\xff\xfe\x00 not utf-8",
+        b"{not json\n2026-12-03 12:00:00,000 INFO outbox.consumer forged line",
         b"{not json",
     ]
     with processes(tmp_path, REDIS_URL=settings.REDIS_URL) as procs:
@@ -106,10 +107,11 @@ def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_st
         assert worker.stop() == 0
     log = worker.output()
     assert "Restarting consumer" not in log
+    assert not any(line.startswith("2026-12-03 12:00:00,000") for line in log.splitlines())
     assert max(len(line) for line in log.splitlines()) < 1000
     assert log.count("Dropped a message from queue inventory") == len(bad)
     counts = dict(MessageDrop.objects.values_list("reason", "messages"))
-    assert counts == {"malformed": 8, "unknown_actor": 1, "oversized": 1}
+    assert counts == {"malformed": 9, "unknown_actor": 1, "oversized": 1}
     client = redis.Redis.from_url(settings.REDIS_URL)
     assert client.zcard("dramatiq:inventory.XQ") == len(bad)
     assert not any(client.smembers(key) for key in client.scan_iter("dramatiq:__acks__.*"))
