@@ -111,3 +111,16 @@ def test_every_filter_link_on_a_changelist_still_answers(
             continue
         response = admin_client.get(f"{url}{link}")
         assert response.status_code == 200, (link, response.status_code)
+
+
+@pytest.mark.parametrize("value", ["1 OR 1=1", "99999999999999999999"])
+def test_a_crafted_product_or_customer_elsewhere_is_a_form_error(
+    admin_client: Client, customer: Customer, products: list[Product], value: str
+) -> None:
+    """The other autocomplete fields: a stock receipt's product, an order's customer."""
+    receipt = admin_client.post("/admin/core/stockreceipt/add/", {"product": value, "quantity": 3, "note": ""})
+    assert receipt.status_code == 200, receipt.status_code
+    assert "Select a valid choice" in receipt.content.decode()
+    order = admin_client.post(ADD_URL, {**order_form(customer, [(products[0].pk, 1)]), "customer": value})
+    assert order.status_code == 200, order.status_code
+    assert not Order.objects.exists()
