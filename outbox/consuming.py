@@ -153,7 +153,7 @@ def consume(
     events = {event.id: event for event in Event.objects.filter(id__in=wanted)}
     permanent: set[int] = set()
     outcome.unknown = [i for i in wanted if i not in events]
-    if outcome.unknown:
+    if outcome.unknown and attempt.number == 1:  # a retry of the message names the same ones again
         _refuse_unknown(consumer, outcome.unknown, len(ids))
     runnable = [events[i] for i in sorted(events)]
     if atomic:

@@ -90,6 +90,9 @@ def test_ids_that_name_no_event_are_refused_without_a_delivery_in_one_log_line(
     assert len(lines[0]) < 500
     drop = MessageDrop.objects.get(consumer="test", reason="unknown_events")
     assert (drop.messages, drop.events) == (1, 5000)
+    # A retry of the same message (another event failed) names them again: not counted twice.
+    consume(consumer="test", event_ids=[*three, *unknown], handle=lambda events: None, attempt=Attempt(2, 3))
+    assert MessageDrop.objects.get(consumer="test", reason="unknown_events").messages == 1
 
 
 def test_a_purged_event_is_no_event_either(three: list[int]) -> None:
