@@ -11,12 +11,13 @@ from datetime import datetime, time
 from typing import Any, TypeVar
 
 from django.contrib import admin
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.filters import SimpleListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import BadRequest
 from django.db.models import Exists, Model, OuterRef, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBadRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -149,7 +150,16 @@ class Uncounted(admin.ModelAdmin[M]):
         extra_context = {"selection_note_all": f"All matching {self.opts.verbose_name_plural} selected"} | (
             extra_context or {}
         )
-        return super().changelist_view(request, extra_context)
+        # Both would be a 400 anyway; answered here, the page says what to do instead.
+        try:
+            return super().changelist_view(request, extra_context)
+        except DisallowedModelAdminLookup as e:
+            return HttpResponseBadRequest(
+                f"{e}: this list takes only its own filters (the sidebar's), which an index answers.",
+                content_type="text/plain",
+            )
+        except BadRequest as e:
+            return HttpResponseBadRequest(str(e), content_type="text/plain")
 
 
 class UncountedAdmin(ReadOnly, Uncounted[Any]):
