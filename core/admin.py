@@ -5,11 +5,12 @@ Orders and stock receipts grow with the business: their lists never count
 """
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
@@ -17,6 +18,30 @@ from django.http import HttpRequest, StreamingHttpResponse
 from core import services
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
 from outbox.admin_volume import Uncounted, as_id
+
+
+class ValidAutocompleteSelect(AutocompleteSelect):
+    """Django's autocomplete widget, which re-shows a refused form without looking up a posted
+    value that is no key at all (`1 OR 1=1`): Django's own passes it to the database and fails."""
+
+    def optgroups(self, name: str, value: Sequence[str], attr: dict[str, Any] | None = None) -> Any:
+        target = self.field.remote_field.model._meta.get_field(self.field.remote_field.field_name)
+        keys = []
+        for item in value:
+            try:
+                keys.append(target.clean(item, None))
+            except ValidationError:
+                continue  # the form says why it is refused; the widget shows no choice for it
+        return super().optgroups(name, [str(key) for key in keys], attr)
+
+
+class ValidAutocomplete:
+    """Mixed into an admin or inline: its autocomplete fields use ValidAutocompleteSelect."""
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if "widget" not in kwargs and db_field.name in self.get_autocomplete_fields(request):  # type: ignore[attr-defined]
+            kwargs["widget"] = ValidAutocompleteSelect(db_field, self.admin_site, using=kwargs.get("using"))  # type: ignore[attr-defined]
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
 
 
 class _Echo:
@@ -100,7 +125,7 @@ class OrderLineForm(forms.ModelForm[OrderLine]):
         }
 
 
-class OrderLineInline(admin.TabularInline[OrderLine, Order]):
+class OrderLineInline(ValidAutocomplete, admin.TabularInline[OrderLine, Order]):
     model = OrderLine
     form = OrderLineForm
     formset = OrderLineFormSet
@@ -125,7 +150,7 @@ ORDER_SEARCH_CUSTOMERS = 200
 
 
 @admin.register(Order)
-class OrderAdmin(Uncounted[Order]):
+class OrderAdmin(ValidAutocomplete, Uncounted[Order]):
     form = OrderForm
     inlines = [OrderLineInline]
     list_display = ["__str__", "customer", "status", "created_at", "placed_at"]
@@ -185,7 +210,7 @@ class OrderAdmin(Uncounted[Order]):
 
 
 @admin.register(StockReceipt)
-class StockReceiptAdmin(Uncounted[StockReceipt]):
+class StockReceiptAdmin(ValidAutocomplete, Uncounted[StockReceipt]):
     """Receipts are a ledger: added, never edited. A correction is a new receipt."""
 
     list_display = ["__str__", "product", "quantity", "note", "created_at"]

@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 
 from outbox import routing
 from outbox.models import Delivery, Event
-from outbox.replay import Criteria, ReplayRefused, deliveries_for, replay
+from outbox.replay import Criteria, ReplayRefused, deliveries_for, in_flight_note, replay
 from outbox.replay import deliveries as count_deliveries
 
 # Larger replays belong to `python manage.py outbox_replay`, which sends in batches with progress.
@@ -152,6 +152,8 @@ def _send(
         consumers = ", ".join(f"{name}: {n}" for name, n in sorted(summary.by_consumer.items()))
         sent = f"Replay {summary.replay_id}: sent {count_deliveries(summary.sent)} again ({consumers})."
         modeladmin.message_user(request, sent, messages.SUCCESS)
+    if summary.in_flight:
+        modeladmin.message_user(request, in_flight_note(summary), messages.WARNING)
     if summary.refused_done:
         left_out = (
             f"{summary.refused_done} done deliveries were left out: tick “Include done deliveries (force)” "

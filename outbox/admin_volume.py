@@ -11,10 +11,13 @@ from datetime import datetime, time
 from typing import Any, TypeVar
 
 from django.contrib import admin
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
+from django.contrib.admin.filters import SimpleListFilter
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.core.exceptions import BadRequest
 from django.db.models import Exists, Model, OuterRef, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBadRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -27,6 +30,12 @@ M = TypeVar("M", bound=Model)
 FILTER_CHOICES = 100
 # Up to this many deliveries in flight to a consumer, the status filter names their events.
 IN_FLIGHT_LISTED = 10_000
+# The deepest page offered: an OFFSET reads every row before it, and past PostgreSQL's bigint a
+# page number is a database error. Deeper rows are reached by a filter (a date range, say).
+MAX_PAGE = 20_000
+# What a URL may add to the column of one of the admin's field filters: comparisons an index
+# serves. `__contains`, `__regex` and the like read every row of the table.
+INDEXED_LOOKUPS = frozenset({"exact", "isnull", "gt", "gte", "lt", "lte", "in", "id__exact", "pk__exact"})
 
 
 class UncountedChangeList(ChangeList):
@@ -43,6 +52,11 @@ class UncountedChangeList(ChangeList):
 
     def get_results(self, request: HttpRequest) -> None:
         page = max(self.page_num, 1)
+        if page > MAX_PAGE:
+            raise BadRequest(
+                f"Page {page} is past the deepest page this list shows ({MAX_PAGE}): narrow the list with a "
+                "filter (a date range) instead."
+            )
         offset = (page - 1) * self.list_per_page
         rows = list(self.queryset[offset : offset + self.list_per_page + 1])
         self.page_num = page
@@ -99,6 +113,25 @@ class Uncounted(admin.ModelAdmin[M]):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return UncountedChangeList
 
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        """Allow, from the URL, only the parameters of this admin's own filters.
+
+        Django allows any lookup on a local field, so `?payload__contains=x` or
+        `?event_type__regex=.*` would scan every row of a table of millions. The admin's
+        filters each ride an index; a lookup outside them is refused (a 400).
+        """
+        for item in self.get_list_filter(request) if request is not None else self.list_filter:
+            if isinstance(item, type) and issubclass(item, SimpleListFilter):
+                if lookup == item.parameter_name:
+                    return True
+                continue
+            name = item[0] if isinstance(item, (list, tuple)) else item
+            if not isinstance(name, str):
+                continue
+            if lookup == name or (lookup.startswith(f"{name}__") and lookup[len(name) + 2 :] in INDEXED_LOOKUPS):
+                return super().lookup_allowed(lookup, value, request)
+        return False
+
     def search_exact(self, request: HttpRequest, queryset: QuerySet[M], term: str) -> QuerySet[M] | None:
         """Return the rows a (stripped, non-empty) search term names, found by an index; None for
         Django's own search, which ORs a substring match over every search field (a scan: fine for
@@ -117,7 +150,16 @@ class Uncounted(admin.ModelAdmin[M]):
         extra_context = {"selection_note_all": f"All matching {self.opts.verbose_name_plural} selected"} | (
             extra_context or {}
         )
-        return super().changelist_view(request, extra_context)
+        # Both would be a 400 anyway; answered here, the page says what to do instead.
+        try:
+            return super().changelist_view(request, extra_context)
+        except DisallowedModelAdminLookup as e:
+            return HttpResponseBadRequest(
+                f"{e}: this list takes only its own filters (the sidebar's), which an index answers.",
+                content_type="text/plain",
+            )
+        except BadRequest as e:
+            return HttpResponseBadRequest(str(e), content_type="text/plain")
 
 
 class UncountedAdmin(ReadOnly, Uncounted[Any]):

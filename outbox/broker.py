@@ -6,9 +6,20 @@ at Dramatiq's default timeout, 42 ms at 100 ms). Here, enqueueing a message also
 onto the queue's wake-up list, and an idle consumer blocks on that list (BRPOP) for the length of
 its back-off instead of sleeping: a new message wakes it at once, and the poll stays as the
 fallback when a token is missed.
+
+The consumer also refuses what a worker cannot run, before the worker sees it: a message larger
+than OUTBOX_MESSAGE_MAX_BYTES, one that does not decode, one for an actor this deployment does not
+define, one whose arguments its actor does not take. Dramatiq's consumer raises on the first two,
+and its worker then restarts the consumer after 3 s, losing the messages it had prefetched until
+the sweeper publishes them again a minute later: one bad message stalled the queue. Here each is
+moved to the queue's dead-letter set (where Dramatiq keeps dead messages for a week), counted
+(outbox.drops) and logged in one short line, and the next message follows at once.
 """
 
-from typing import Any
+import dataclasses
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import redis
@@ -16,7 +27,12 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import ConnectionClosed, DecodeError
+
+if TYPE_CHECKING:
+    from outbox.models import MessageDrop
+
+logger = logging.getLogger(__name__)
 
 # Tokens nobody waited for are dropped beyond this many, so the list stays small.
 WAKE_TOKENS_KEPT = 64
@@ -73,9 +89,100 @@ class WakingRedisBroker(RedisBroker):
         return message
 
 
+@dataclasses.dataclass(frozen=True)
+class ShortMessage(Message[Any]):
+    """A message whose text (in Dramatiq's log lines: "Failed to process message %s") shows at
+    most a few hundred characters of its arguments."""
+
+    def __str__(self) -> str:
+        from outbox.drops import excerpt
+
+        return excerpt(super().__str__())
+
+
 class _WakingConsumer(_RedisConsumer):
     """Dramatiq's Redis consumer (dramatiq 2.2, `_RedisConsumer.__next__`), blocking on the
-    queue's wake-up list where the original sleeps."""
+    queue's wake-up list where the original sleeps, and dropping what no actor can run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signatures: dict[str, inspect.Signature] = {}
+
+    def _accepted(self, data: bytes) -> Message[Any] | None:
+        """Return the message in `data`, or None when it was dropped (dead-lettered and counted)."""
+        # Imported here: Dramatiq loads the broker while Django's apps are still being set up.
+        from outbox import conf
+        from outbox.models import MessageDrop
+
+        limit = conf.message_max_bytes()
+        if len(data) > limit:
+            self._drop(data, MessageDrop.Reason.OVERSIZED, f"{len(data)} bytes, over OUTBOX_MESSAGE_MAX_BYTES={limit}")
+            return None
+        try:
+            message = ShortMessage.decode(data)
+        except DecodeError as e:
+            cause = e.error.error if isinstance(e.error, DecodeError) else e.error
+            detail = f"it does not decode ({type(cause).__name__}: {str(cause)[:100]})"
+            self._drop(data, MessageDrop.Reason.MALFORMED, detail)
+            return None
+        # JSON decodes to any shape: the fields the worker hashes or looks up must be what they say.
+        shaped = all(isinstance(v, str) for v in (message.actor_name, message.queue_name, message.message_id))
+        shaped = shaped and isinstance(message.kwargs, dict) and isinstance(message.options, dict)
+        message_id = message.options.get("redis_message_id") if shaped else None
+        if not isinstance(message_id, str):
+            self._drop(data, MessageDrop.Reason.MALFORMED, "its fields are not a Dramatiq message's")
+            return None
+        actor = self.broker.actors.get(message.actor_name)
+        if actor is None:
+            self._drop(
+                data,
+                MessageDrop.Reason.UNKNOWN_ACTOR,
+                f"no actor is named {str(message.actor_name)[:100]!r}",
+            )
+            return None
+        signature = self.signatures.setdefault(actor.actor_name, inspect.signature(actor.fn))
+        try:
+            signature.bind(*message.args, **message.kwargs)
+        except TypeError as e:
+            detail = f"{actor.actor_name} does not take these arguments ({str(e)[:100]})"
+            self._drop(data, MessageDrop.Reason.MALFORMED, detail, consumer=actor.actor_name)
+            return None
+        return message
+
+    def _drop(
+        self,
+        data: bytes,
+        reason: "MessageDrop.Reason",
+        detail: str,
+        *,
+        consumer: str | None = None,
+    ) -> None:
+        """Move the fetched message to the dead-letter set, count it and log it in one short line."""
+        from outbox.drops import excerpt, message_drop_count_safely
+
+        # Found by its body, never by the id it names: a forged body may name another message.
+        message_id = self._fetched_id(data)
+        if message_id is not None:
+            self.broker.do_nack(self.queue_name, message_id)
+        logger.error(
+            "Dropped a message from queue %s (%s): %s. Nothing was applied; it is kept in the queue's "
+            "dead-letter set. The message began: %s",
+            self.queue_name,
+            reason.value,
+            detail,
+            excerpt(data),
+        )
+        message_drop_count_safely(consumer=consumer or self.queue_name, reason=reason, detail=detail)
+
+    def _fetched_id(self, data: bytes) -> str | None:
+        """Return the Redis id of a fetched message, found among this consumer's unacknowledged
+        ones (at most its prefetch) by its body."""
+        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.broker.client.smembers(acks)]
+        if not ids:
+            return None
+        stored = self.broker.client.hmget(f"{self.broker.namespace}:{self.queue_name}.msgs", ids)
+        return next((i for i, value in zip(ids, stored, strict=True) if value == data), None)
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -85,7 +192,9 @@ class _WakingConsumer(_RedisConsumer):
                     if data is None:
                         continue
                     self.misses = 0
-                    message = Message.decode(data)
+                    message = self._accepted(data)
+                    if message is None:
+                        continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
                 except IndexError:

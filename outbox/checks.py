@@ -146,3 +146,21 @@ def check_database_role_owns_nothing(app_configs: Any = None, **kwargs: Any) -> 
             )
         )
     return found
+
+
+@checks.register()
+def check_message_cap_above_batch(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A relay's message must fit under the workers' cap, or every batch would be dropped."""
+    from outbox import conf
+
+    if conf.batch_size() <= conf.message_max_ids():
+        return []
+    return [
+        checks.Error(
+            f"OUTBOX_RELAY_BATCH_SIZE ({conf.batch_size()}) is above OUTBOX_MESSAGE_MAX_IDS "
+            f"({conf.message_max_ids()}): workers would drop every full batch the relays send.",
+            hint="Raise OUTBOX_MESSAGE_MAX_IDS (and OUTBOX_MESSAGE_MAX_BYTES, about 20 bytes an id), "
+            "or lower the batch size.",
+            id="outbox.E010",
+        )
+    ]

@@ -67,3 +67,13 @@ def metrics_token() -> str:
 def checkpoint_seconds() -> float:
     """How often a relay records a signed checkpoint of the sealed event log."""
     return float(getattr(settings, "OUTBOX_CHECKPOINT_SECONDS", 60.0))
+
+
+def message_max_ids() -> int:
+    """The most event ids one message may name; a bigger message is dropped unapplied."""
+    return int(getattr(settings, "OUTBOX_MESSAGE_MAX_IDS", 10_000))
+
+
+def message_max_bytes() -> int:
+    """The largest encoded message (bytes) a worker decodes; a bigger one is dropped unread."""
+    return int(getattr(settings, "OUTBOX_MESSAGE_MAX_BYTES", 256 * 1024))

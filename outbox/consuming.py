@@ -20,9 +20,11 @@ import dramatiq
 from django.db import connection, transaction
 from dramatiq.middleware import CurrentMessage
 
+from outbox import conf
 from outbox.deliveries import deliveries_begin, delivery_fail
+from outbox.drops import excerpt, message_drop_count
 from outbox.keys import seal_key
-from outbox.models import Delivery, Event
+from outbox.models import Delivery, Event, MessageDrop
 from outbox.tagging import forged_reason, tag_valid
 
 logger = logging.getLogger("outbox.consumer")
@@ -37,6 +39,14 @@ class PermanentError(Exception):
 class BadMessage(PermanentError):
     """A message whose arguments are not a list of event ids. Name it in an actor's `throws`."""
 
+    reason = MessageDrop.Reason.MALFORMED
+
+
+class OversizedMessage(BadMessage):
+    """A message naming more event ids than OUTBOX_MESSAGE_MAX_IDS."""
+
+    reason = MessageDrop.Reason.OVERSIZED
+
 
 @dataclass
 class Outcome:
@@ -45,6 +55,8 @@ class Outcome:
     consumer: str
     done: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    # Ids that name no event (purged, or never written): refused, no delivery recorded.
+    unknown: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     dead: dict[int, str] = field(default_factory=dict)
 
@@ -76,6 +88,13 @@ def current_attempt() -> Attempt:
 
 def event_ids_from(consumer: str, value: object) -> list[int]:
     """Return the message's event ids, or raise BadMessage saying what is wrong with it."""
+    limit = conf.message_max_ids()
+    if isinstance(value, list) and len(value) > limit:
+        raise OversizedMessage(
+            f"{consumer}: a message names {len(value)} event ids, more than OUTBOX_MESSAGE_MAX_IDS={limit} "
+            "(a relay sends at most OUTBOX_RELAY_BATCH_SIZE). It was dropped and nothing was applied; if its "
+            "events are real, publish them again with outbox_replay."
+        )
     if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
         raise BadMessage(
             f"{consumer} expects one argument, a list of event ids (integers); got {value!r:.200}. "
@@ -121,6 +140,7 @@ def consume(
         ids = event_ids_from(consumer, event_ids)
     except BadMessage as exc:
         logger.error("%s", exc)
+        message_drop_count(consumer=consumer, reason=exc.reason, detail=str(exc)[:200])
         raise
     attempt = attempt or current_attempt()
     outcome = Outcome(consumer)
@@ -134,12 +154,9 @@ def consume(
     outcome.skipped.extend(i for i in ids if i not in wanted)
     events = {event.id: event for event in Event.objects.checked().filter(id__in=wanted)}
     permanent: set[int] = set()
-    for event_id in wanted:
-        if event_id not in events:
-            outcome.failed[event_id] = (
-                f"Event {event_id} does not exist (purged, or never written). Nothing was applied."
-            )
-            permanent.add(event_id)
+    outcome.unknown = [i for i in wanted if i not in events]
+    if outcome.unknown and attempt.number == 1:  # a retry of the message names the same ones again
+        _refuse_unknown(consumer, outcome.unknown, len(ids))
     # A row the writer did not write (its tag does not verify) is refused before any handler.
     key = seal_key()
     for event_id, event in events.items():
@@ -171,6 +188,28 @@ def consume(
     if retry:
         raise dramatiq.Retry(f"{consumer}: {len(retry)} of {len(ids)} events failed; retrying them")
     return outcome
+
+
+def _refuse_unknown(consumer: str, unknown: list[int], total: int) -> None:
+    """Count and log, in one line for the message, the ids that name no event.
+
+    No delivery is recorded for them: there is no event to deliver, now or after a replay, and a
+    forged message naming thousands of ids would otherwise leave as many dead deliveries.
+    """
+    logger.warning(
+        "%s: %d of the %d event ids in a message name no event (purged, or never written); nothing was "
+        "applied for them and no delivery recorded. The ids began: %s",
+        consumer,
+        len(unknown),
+        total,
+        excerpt(unknown[:20]),
+    )
+    message_drop_count(
+        consumer=consumer,
+        reason=MessageDrop.Reason.UNKNOWN_EVENTS,
+        events=len(unknown),
+        detail=f"{len(unknown)} of {total} ids, from {excerpt(unknown[:10], 150)}",
+    )
 
 
 def _failure(exc: Exception, event_id: int, outcome: Outcome, permanent: set[int]) -> None:

@@ -1,9 +1,9 @@
 """`/metrics`: the outbox's state for Prometheus, computed from the database on each scrape.
 
 The same figures as `outbox_status` (outbox/status.py), as gauges, plus the commit-to-consumer
-latency of recent deliveries. Every web process answers the same (the figures are the
-database's), so any one can be scraped. Readable by a logged-in staff user, or by a scraper
-sending `Authorization: Bearer <METRICS_TOKEN>`.
+latency of recent deliveries and the messages the workers dropped (outbox/drops.py). Every web
+process answers the same (the figures are the database's), so any one can be scraped. Readable
+by a logged-in staff user, or by a scraper sending `Authorization: Bearer <METRICS_TOKEN>`.
 """
 
 import hmac
@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from outbox import conf
+from outbox.drops import message_drops
+from outbox.models import MessageDrop
 from outbox.status import COUNTED_STATUSES, consumer_latency, outbox_status
 
 
@@ -87,6 +89,28 @@ class OutboxCollector:
             "outbox_attention", "Things that need an operator (as listed by outbox_status).", len(status.attention)
         )
         yield from latency_metrics()
+        yield from drop_metrics()
+
+
+def drop_metrics() -> Iterator[Metric]:
+    """Yield the counts of messages the workers dropped, and of event ids that named no event."""
+    dropped = CounterMetricFamily(
+        "outbox_consumer_messages_dropped",
+        "Messages a worker dropped unapplied (malformed, oversized, unknown_actor), per consumer or queue.",
+        labels=["consumer", "reason"],
+    )
+    unknown = CounterMetricFamily(
+        "outbox_consumer_unknown_events",
+        "Event ids in messages that name no event (purged, or never written): refused, no delivery recorded.",
+        labels=["consumer"],
+    )
+    for drop in message_drops():
+        if drop.reason == MessageDrop.Reason.UNKNOWN_EVENTS:
+            unknown.add_metric([drop.consumer], drop.events)
+        else:
+            dropped.add_metric([drop.consumer, drop.reason], drop.messages)
+    yield dropped
+    yield unknown
 
 
 def latency_metrics() -> Iterator[Metric]:

@@ -1,9 +1,10 @@
-"""Request middleware that stamps events with the request's user and a correlation id."""
+"""Request middleware: events stamped with the request's user and a correlation id, and query
+strings holding NUL characters refused."""
 
 import re
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from outbox.context import event_context
 
@@ -39,3 +40,22 @@ class EventContextMiddleware:
             response = self.get_response(request)
         response["X-Request-ID"] = ctx.correlation_id
         return response
+
+
+class RejectNulCharacters:
+    """Answer 400 to a query string whose names or values hold a NUL character (`?type=%00`).
+
+    PostgreSQL's text cannot hold one, so any filter or search that passes it on fails in the
+    database with a 500. Forms already refuse NUL in their fields; a query string is no form.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()):
+            return HttpResponseBadRequest(
+                "The query string holds a NUL character (%00), which no filter or search can take: remove it.",
+                content_type="text/plain",
+            )
+        return self.get_response(request)

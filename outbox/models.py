@@ -308,3 +308,33 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job} for {self.period}"
+
+
+class MessageDrop(models.Model):
+    """Messages (or the event ids in them) that a consumer refused without applying anything,
+    counted per consumer and reason: the workers' refusals, added up for `/metrics`."""
+
+    class Reason(models.TextChoices):
+        MALFORMED = "malformed", "Malformed (undecodable, or arguments the actor does not take)"
+        OVERSIZED = "oversized", "Oversized (more bytes or event ids than the cap)"
+        UNKNOWN_ACTOR = "unknown_actor", "For an actor this deployment does not define"
+        UNKNOWN_EVENTS = "unknown_events", "Naming event ids that exist in no event (purged, or never written)"
+
+    id = models.BigAutoField(primary_key=True)
+    # The consumer (actor) name; for a message too broken to name its actor, its queue.
+    consumer = models.CharField(max_length=200)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    messages = models.BigIntegerField(default=0)
+    # Event ids refused (for unknown_events: the ids that name no event).
+    events = models.BigIntegerField(default=0)
+    last_at = models.DateTimeField(db_default=Now())
+    last_detail = models.CharField(max_length=400, blank=True)
+
+    class Meta:
+        db_table = "outbox_message_drop"
+        constraints = [
+            models.UniqueConstraint(fields=["consumer", "reason"], name="outbox_message_drop_consumer_reason_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer}: {self.messages} {self.reason}"

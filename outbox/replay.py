@@ -72,6 +72,9 @@ class Summary:
     by_consumer: dict[str, int] = field(default_factory=dict)
     replay_id: int | None = None
     dry_run: bool = False
+    # Left out: sent again by another replay moments ago, and still in flight.
+    in_flight: int = 0
+    in_flight_replay: "Replay | None" = None
 
 
 def select(criteria: Criteria) -> QuerySet[Delivery]:
@@ -147,9 +150,13 @@ def replay(
     # to its sweeper, due at once, instead of to a broker no worker reads here.
     in_process = isinstance(broker, StubBroker)
     published_at = timezone.now() - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else None
+    counts.clear()
     for start in range(0, len(wanted), MESSAGE_SIZE):
         chunk = wanted[start : start + MESSAGE_SIZE]
         with transaction.atomic():
+            chunk = _not_in_flight(chunk, summary)
+            if not chunk:
+                continue
             if summary.replay_id is None:
                 record = Replay.objects.create(
                     requested_by=requested_by,
@@ -175,13 +182,68 @@ def replay(
         by_consumer: dict[str, list[int]] = defaultdict(list)
         for d in chunk:
             by_consumer[d.consumer].append(d.event_id)
+            counts[d.consumer] += 1
         for consumer, ids in by_consumer.items():
             if not in_process:
                 broker.enqueue(routing.message(consumer, ids))
         summary.sent += len(chunk)
         if progress:
             progress(len(chunk))
+    summary.by_consumer = dict(counts)
+    if not summary.sent and summary.in_flight_replay is not None:
+        raise ReplayRefused(f"{_in_flight_text(summary)} Nothing was sent again.")
     return summary
+
+
+def _not_in_flight(chunk: list[Delivery], summary: Summary) -> list[Delivery]:
+    """Return the chunk less the deliveries another replay has just sent, locked until commit.
+
+    Two operators confirming one replay at once (or one confirming twice) would each send every
+    delivery. Under the row locks, taken in event order as the relay takes them, the second finds
+    the first's replay items committed and the deliveries still in flight: it leaves them out.
+    Once the redelivery deadline has passed, the sweeper's rule applies, and a replay may send
+    them again.
+    """
+    locked = {
+        d.id: d.status
+        for d in Delivery.objects.select_for_update()
+        .filter(id__in=[d.id for d in chunk])
+        .order_by("event_id", "consumer")
+        .only("id", "status")
+    }
+    recent = timezone.now() - timedelta(seconds=conf.redelivery_seconds())
+    pairs = {(d.event_id, d.consumer) for d in chunk if locked.get(d.id) == Delivery.Status.PUBLISHED}
+    items = (
+        ReplayItem.objects.filter(event_id__in=[e for e, _ in pairs], replay__created_at__gte=recent)
+        .select_related("replay")
+        .order_by("-replay_id")
+    )
+    replayed: dict[tuple[int, str], Replay] = {}
+    for item in items:
+        if (item.event_id, item.consumer) in pairs:
+            replayed.setdefault((item.event_id, item.consumer), item.replay)
+    kept = [d for d in chunk if (d.event_id, d.consumer) not in replayed]
+    if replayed:
+        summary.in_flight += len(chunk) - len(kept)
+        latest = max(replayed.values(), key=lambda r: r.pk)
+        if summary.in_flight_replay is None or latest.pk > summary.in_flight_replay.pk:
+            summary.in_flight_replay = latest
+    return kept
+
+
+def _in_flight_text(summary: Summary) -> str:
+    record = summary.in_flight_replay
+    assert record is not None
+    when = timezone.localtime(record.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+    return (
+        f"{deliveries(summary.in_flight)} already replayed by {record.requested_by} at {when} "
+        f"(replay {record.pk}) and still in flight: left out (the sweeper sends them again if that message is lost)."
+    )
+
+
+def in_flight_note(summary: Summary) -> str:
+    """Return what was left out as just replayed by someone else ("" when nothing was)."""
+    return _in_flight_text(summary) if summary.in_flight_replay is not None else ""
 
 
 def deliveries_for(event_ids: Sequence[int], consumer: str) -> list[Delivery]:

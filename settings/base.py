@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_dramatiq",
+    "axes",
     "outbox",
     "core",
     "consumers",
@@ -64,12 +65,16 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A NUL in a query string is a 400, before any view passes it to the database.
+    "outbox.middleware.RejectNulCharacters",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # After authentication: the outbox records which user made each change.
     "outbox.middleware.EventContextMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "settings.urls"
@@ -90,6 +95,22 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- Admin login throttling (django-axes) ---------------------------------------------------------
+# AXES_FAILURE_LIMIT failed logins for one username from one address lock that pair out for
+# AXES_COOLOFF_MINUTES after the last failure; another user, or the same user from elsewhere, is
+# not locked. Unlock early with `python manage.py axes_reset_username <name>` (docs/operations.md).
+AUTHENTICATION_BACKENDS = [
+    # First, so that a locked-out login is refused before its password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "settings.lockout.lockout_response"
+# --- End of admin login throttling ---------------------------------------------------------------
 
 # --- Database -----------------------------------------------------------------------------------
 # DATABASE_URL selects the real database (postgres://user:pass@host:5432/name). Without it the
@@ -188,6 +209,11 @@ OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")
 # How often a relay records a signed checkpoint of the sealed log (outbox/checkpoints.py), so that
 # outbox_verify names a log emptied or cut short.
 OUTBOX_CHECKPOINT_SECONDS = env.float("OUTBOX_CHECKPOINT_SECONDS", default=60.0)
+# --- Message size cap: a worker drops (and counts) a message naming more event ids, or larger
+# once encoded, than these, before reading it. Keep them well above OUTBOX_RELAY_BATCH_SIZE (a
+# relay message names at most that many ids; bigint ids take up to 20 bytes each).
+OUTBOX_MESSAGE_MAX_IDS = env.int("OUTBOX_MESSAGE_MAX_IDS", default=10_000)
+OUTBOX_MESSAGE_MAX_BYTES = env.int("OUTBOX_MESSAGE_MAX_BYTES", default=256 * 1024)
 
 # The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
 # them, which doubles from the minimum up to the maximum, with jitter.

@@ -1,11 +1,15 @@
 """The batch runner every consumer shares: isolation, failure records, retries, bad input."""
 
+import logging
+from typing import Any
+
 import dramatiq
 import pytest
+from django.db import connection, transaction
 
 from core.models import Customer
-from outbox.consuming import Attempt, BadMessage, consume
-from outbox.models import Delivery, Event
+from outbox.consuming import Attempt, BadMessage, OversizedMessage, consume
+from outbox.models import Delivery, Event, MessageDrop
 from tests.outbox.helpers import events
 
 
@@ -69,13 +73,51 @@ def test_a_retry_leaves_dead_deliveries_alone_and_a_new_message_tries_them_again
     assert rows()[three[0]] == ("done", 2)
 
 
-def test_an_unknown_event_id_is_dead_at_once_and_the_rest_applied(three: list[int]) -> None:
-    missing = max(three) + 1000
-    outcome = consume(consumer="test", event_ids=[*three, missing], handle=lambda events: None, attempt=Attempt(1, 6))
+def test_ids_that_name_no_event_are_refused_without_a_delivery_in_one_log_line(
+    three: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forged message naming thousands of ids that exist in no event leaves no dead delivery
+    (nothing could ever clear it), one summary log line and a count; the real events apply."""
+    unknown = list(range(max(three) + 1000, max(three) + 6000))
+    with caplog.at_level(logging.WARNING, logger="outbox.consumer"):
+        outcome = consume(consumer="test", event_ids=[*three, *unknown], handle=lambda events: None)
     assert outcome.done == three
-    delivery = Delivery.objects.get(event_id=missing)
-    assert delivery.status == "dead"
-    assert f"Event {missing} does not exist" in delivery.last_error
+    assert outcome.unknown == unknown
+    assert set(rows()) == set(three)
+    lines = [r.getMessage() for r in caplog.records if "name no event" in r.getMessage()]
+    assert len(lines) == 1
+    assert "5000 of the 5003 event ids" in lines[0]
+    assert len(lines[0]) < 500
+    drop = MessageDrop.objects.get(consumer="test", reason="unknown_events")
+    assert (drop.messages, drop.events) == (1, 5000)
+    # A retry of the same message (another event failed) names them again: not counted twice.
+    consume(consumer="test", event_ids=[*three, *unknown], handle=lambda events: None, attempt=Attempt(2, 3))
+    assert MessageDrop.objects.get(consumer="test", reason="unknown_events").messages == 1
+
+
+def test_a_purged_event_is_no_event_either(three: list[int]) -> None:
+    """An id whose event was purged since it was published names nothing to deliver."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL outbox.purge = 'on'")  # as outbox.purge deletes settled events
+        cursor.execute("DELETE FROM outbox_pending WHERE event_id = %s", [three[0]])  # published, and settled
+        cursor.execute("DELETE FROM outbox_event WHERE id = %s", [three[0]])
+    outcome = consume(consumer="test", event_ids=three, handle=lambda events: None)
+    assert outcome.unknown == [three[0]]
+    assert set(rows()) == set(three[1:])
+
+
+def test_a_message_naming_more_ids_than_the_cap_is_dropped_whole(
+    three: list[int], settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over OUTBOX_MESSAGE_MAX_IDS nothing is read or applied, not even the real events, and the
+    log line shows no argument at all."""
+    settings.OUTBOX_MESSAGE_MAX_IDS = 100
+    with caplog.at_level(logging.ERROR, logger="outbox.consumer"), pytest.raises(OversizedMessage):
+        consume(consumer="test", event_ids=[*three, *range(10**9, 10**9 + 20_000)], handle=lambda events: None)
+    assert not Delivery.objects.exists()
+    assert MessageDrop.objects.get(consumer="test", reason="oversized").messages == 1
+    assert all(len(r.getMessage()) < 400 for r in caplog.records)
+    assert "OUTBOX_MESSAGE_MAX_IDS=100" in caplog.text
 
 
 def test_a_group_with_a_poison_event_is_split_and_the_rest_of_it_applied(three: list[int]) -> None:

@@ -1,10 +1,13 @@
 """`/metrics` for Prometheus (the outbox's figures), and the workers' own Dramatiq metrics."""
 
+import logging
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
+import dramatiq
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.test import Client
 from django.test.utils import override_settings
@@ -12,7 +15,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import services
-from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
+from outbox.drops import message_drop_count
+from outbox.models import Delivery, Event, JobRun, MessageDrop, Pending, RelayHeartbeat
 from outbox.writer import events_flush
 from tests.processes import processes, wait_until
 from tests.smtp import free_port
@@ -147,3 +151,38 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
         assert worker.stop() == 0
     assert found[("dramatiq_messages_total", labels)] >= 1
     assert ("dramatiq_message_duration_milliseconds_count", labels) in found
+
+
+@pytest.mark.django_db
+def test_metrics_count_the_messages_workers_dropped_and_the_ids_that_named_no_event(admin_client: Client) -> None:
+    """Each worker's drops add up in the database, so any web process reports them all."""
+    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.OVERSIZED)
+    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.UNKNOWN_EVENTS, events=5000)
+    found = samples(admin_client.get("/metrics").content.decode())
+    dropped = "outbox_consumer_messages_dropped_total"
+    assert found[(dropped, (("consumer", "inventory"), ("reason", "malformed")))] == 2
+    assert found[(dropped, (("consumer", "audit_log"), ("reason", "oversized")))] == 1
+    assert found[("outbox_consumer_unknown_events_total", (("consumer", "audit_log"),))] == 5000
+
+
+@pytest.mark.django_db
+def test_healthz_says_error_without_the_error_text_and_logs_it(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unauthenticated: a broker that does not answer is "error" in the body, and its detail (hosts,
+    ports) only in the log."""
+    broker = dramatiq.get_broker()
+    kept = broker.client  # type: ignore[attr-defined]
+    broker.client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)  # type: ignore[attr-defined]
+    try:
+        with caplog.at_level(logging.WARNING, logger="settings.health"):
+            response = client.get("/healthz")
+    finally:
+        broker.client = kept  # type: ignore[attr-defined]
+    assert response.status_code == 503
+    assert response.json() == {"status": "error", "database": "ok", "broker": "error"}
+    assert "127.0.0.1" not in response.content.decode()
+    assert "Health check: broker unavailable" in caplog.text
+    assert "127.0.0.1" in caplog.text

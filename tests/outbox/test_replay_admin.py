@@ -1,11 +1,13 @@
 """Replay in the admin, for operators: over HTTP, on real PostgreSQL, the messages sent to real Redis."""
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -18,7 +20,9 @@ from django.test.utils import CaptureQueriesContext
 from core import services
 from core.models import Customer, Order, Product
 from outbox.models import Delivery, Event, Replay, ReplayItem
-from tests.outbox.helpers import events
+from outbox.replay import ReplayRefused, replay
+from tests.outbox.helpers import conninfo, events
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -301,3 +305,75 @@ def test_delivery_list_filters_and_searches_by_event_without_counting(admin_clie
     by_uuid = admin_client.get(DELIVERIES, {"q": str(outcomes.placed.event_id)}).content.decode()
     assert "Deadlock" in by_uuid
     assert "SMTP down" not in by_uuid
+
+
+def test_the_same_confirmation_posted_twice_sends_once_and_says_who_sent_it(
+    admin_client: Client, outcomes: Outcomes, staff_user: User
+) -> None:
+    """A double submit (or a second tab) of one confirmed replay: one message per delivery, one
+    record; the second post is refused with who replayed and when."""
+    form = {"confirm": "yes", "reason": "SMTP was down"}
+    first = replay_post(admin_client, [outcomes.failed, outcomes.dead], **form)
+    second = replay_post(admin_client, [outcomes.failed, outcomes.dead], **form)
+    assert first.status_code == second.status_code == 302
+    assert Replay.objects.count() == 1
+    assert ReplayItem.objects.count() == 2
+    assert queued("inventory") == Counter({outcomes.placed.pk: 1})
+    assert queued("email") == Counter({outcomes.cancelled.pk: 1})
+    record = Replay.objects.get()
+    refused = " ".join(texts(second))
+    assert f"Nothing was sent: 2 deliveries already replayed by user:{staff_user.username} at" in refused
+    assert f"(replay {record.pk}) and still in flight" in refused
+
+
+def test_two_operators_confirming_one_replay_at_the_same_moment_send_it_once(outcomes: Outcomes) -> None:
+    """Both read the deliveries as failed and dead; under the row locks the second finds them sent
+    by the first and sends nothing."""
+    selected = list(Delivery.objects.filter(pk__in=[outcomes.failed.pk, outcomes.dead.pk]))
+    first = replay(selected, requested_by="user:ann", reason="SMTP was down", source="admin")
+    with pytest.raises(ReplayRefused, match=r"2 deliveries already replayed by user:ann at .* \(replay \d+\)"):
+        replay(selected, requested_by="user:bob", reason="SMTP was down", source="admin")
+    assert first.sent == 2
+    assert Replay.objects.count() == 1
+    assert sum(queued("inventory").values()) + sum(queued("email").values()) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_replays_racing_for_the_same_deliveries_send_them_once(outcomes: Outcomes) -> None:
+    """Two operators' replays, both started while the deliveries are locked (as by a relay), race
+    for them the moment they are free: one sends them, the other is refused naming it."""
+    selected = list(Delivery.objects.filter(pk__in=[outcomes.failed.pk, outcomes.dead.pk]))
+    results: dict[str, object] = {}
+
+    def operator(name: str) -> None:
+        try:
+            results[name] = replay(selected, requested_by=f"user:{name}", reason="SMTP was down", source="admin")
+        except ReplayRefused as e:
+            results[name] = e
+        finally:
+            connection.close()
+
+    with psycopg.connect(conninfo()) as blocker:
+        blocker.execute("SELECT 1 FROM outbox_delivery WHERE id = ANY(%s) FOR UPDATE", [[d.pk for d in selected]])
+        threads = [threading.Thread(target=operator, args=(name,)) for name in ("ann", "bob")]
+        for thread in threads:
+            thread.start()
+        with psycopg.connect(conninfo(), autocommit=True) as probe:
+            wait_until(
+                lambda: probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%outbox_delivery%FOR UPDATE%"],
+                ).fetchone()
+                == (2,),
+                timeout=30,
+                what="both replays to wait for the deliveries' locks",
+            )
+        blocker.rollback()
+    for thread in threads:
+        thread.join(timeout=30)
+    refused = [r for r in results.values() if isinstance(r, ReplayRefused)]
+    assert len(refused) == 1
+    assert "already replayed by user:" in str(refused[0])
+    assert Replay.objects.count() == 1
+    assert ReplayItem.objects.count() == 2
+    assert sum(queued("inventory").values()) + sum(queued("email").values()) == 2

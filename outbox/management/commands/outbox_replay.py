@@ -10,7 +10,7 @@ from django.utils.timezone import is_naive, make_aware
 from tqdm import tqdm
 
 from outbox.models import Delivery
-from outbox.replay import Criteria, ReplayRefused, replay, select
+from outbox.replay import Criteria, ReplayRefused, in_flight_note, replay, select
 from outbox.replay import deliveries as count_deliveries
 
 STATUSES = [choice for choice, _ in Delivery.Status.choices]
@@ -96,6 +96,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Sent {count_deliveries(summary.sent)} again ({per_consumer}); recorded as replay {summary.replay_id}."
             )
+        if summary.in_flight:
+            self.stdout.write(in_flight_note(summary))
         if summary.refused_done:
             self.stdout.write(
                 f"Left out {count_deliveries(summary.refused_done)} already done: their consumer has applied them. "
