@@ -20,4 +20,4 @@ class InvalidTransitionError(CoreError):
 
 
 class InvalidQuantityError(CoreError):
-    """A quantity is zero or negative."""
+    """A quantity is below 1 or above the most one line or receipt may hold."""

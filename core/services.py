@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import EmptyOrderError, InvalidQuantityError, InvalidTransitionError, UnknownProductError
-from core.models import Customer, Order, OrderLine, Product, StockReceipt
+from core.models import QUANTITY_MAX, QUANTITY_MESSAGE, Customer, Order, OrderLine, Product, StockReceipt
 
 Status = Order.Status
 
@@ -32,12 +32,9 @@ class LineRequest:
 
 
 def quantity_check(*, quantity: int) -> None:
-    """Raise InvalidQuantityError unless the quantity is a whole number above zero."""
-    if quantity <= 0:
-        raise InvalidQuantityError(
-            f"Quantity must be at least 1 (got {quantity}). Remove the line instead of ordering zero.",
-            code="quantity",
-        )
+    """Raise InvalidQuantityError unless the quantity is from 1 to QUANTITY_MAX."""
+    if not 1 <= quantity <= QUANTITY_MAX:
+        raise InvalidQuantityError(QUANTITY_MESSAGE, code="quantity", params={"value": quantity})
 
 
 def order_transition_check(*, current: str, new: str) -> None:

@@ -47,12 +47,13 @@ def test_staff_user_adds_an_order_with_three_lines_in_one_submit(
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([(0, 0)], "Ensure this value is greater than or equal to 1."),
-        ([(0, -2)], "Ensure this value is greater than or equal to 0."),
+        ([(0, 0)], "Quantity must be a whole number from 1 to 1,000,000 (got 0)."),
+        ([(0, -2)], "Quantity must be a whole number from 1 to 1,000,000 (got -2)."),
+        ([(0, 1_000_001)], "Quantity must be a whole number from 1 to 1,000,000 (got 1000001)."),
         ([(999999, 1)], "Unknown product: it may have been deleted."),
         ([], "An order needs at least one line before it is placed."),
     ],
-    ids=["zero-quantity", "negative-quantity", "unknown-product", "empty-placed-order"],
+    ids=["zero-quantity", "negative-quantity", "too-large-quantity", "unknown-product", "empty-placed-order"],
 )
 def test_invalid_order_shows_the_error_and_saves_nothing(
     admin_client: Client, customer: Customer, products: list[Product], lines: list[tuple[int, int]], message: str
