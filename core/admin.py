@@ -43,8 +43,20 @@ def export_csv(
     return response
 
 
+class CustomerForm(forms.ModelForm[Customer]):
+    class Meta:
+        model = Customer
+        fields = ["name", "email"]
+
+    def clean_email(self) -> str:
+        email: str = self.cleaned_data["email"]
+        services.customer_email_check(email=email, customer_id=self.instance.pk)
+        return email
+
+
 @admin.register(Customer)
 class CustomerAdmin(admin.ModelAdmin[Customer]):
+    form = CustomerForm
     list_display = ["name", "email", "created_at"]
     search_fields = ["name", "email"]
     actions = [export_csv]

@@ -21,3 +21,7 @@ class InvalidTransitionError(CoreError):
 
 class InvalidQuantityError(CoreError):
     """A quantity is below 1 or above the most one line or receipt may hold."""
+
+
+class DuplicateEmailError(CoreError):
+    """Another customer already has this e-mail address, in any case."""

@@ -6,6 +6,7 @@ from typing import Any
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 
 from outbox.emitting import EmittingModel
 
@@ -56,6 +57,16 @@ class Customer(EmittingModel):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # ADA@example.com and ada@example.com are one mailbox, so one customer. The exact
+            # unique index stays: the order search looks customers up by their exact e-mail.
+            models.UniqueConstraint(
+                Lower("email"),
+                name="customer_email_lower_uniq",
+                violation_error_message="Another customer already has this e-mail address in another "
+                "case. Open that customer instead of adding another.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>"

@@ -8,9 +8,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Value
+from django.db.models.functions import Lower
 from django.utils import timezone
 
-from core.errors import EmptyOrderError, InvalidQuantityError, InvalidTransitionError, UnknownProductError
+from core.errors import (
+    DuplicateEmailError,
+    EmptyOrderError,
+    InvalidQuantityError,
+    InvalidTransitionError,
+    UnknownProductError,
+)
 from core.models import QUANTITY_MAX, QUANTITY_MESSAGE, Customer, Order, OrderLine, Product, StockReceipt
 
 Status = Order.Status
@@ -146,9 +154,25 @@ def product_create(*, sku: str, name: str, price: Decimal) -> Product:
     return product
 
 
+def customer_email_check(*, email: str, customer_id: int | None = None) -> None:
+    """Raise DuplicateEmailError naming the other customer who has this e-mail, in any case."""
+    # Compared as the unique index compares them (lower() in the database), which also finds them by it.
+    same = Customer.objects.alias(email_lower=Lower("email")).filter(email_lower=Lower(Value(email)))
+    if customer_id is not None:
+        same = same.exclude(pk=customer_id)
+    other = same.first()
+    if other is not None:
+        raise DuplicateEmailError(
+            f"{other.email} is already the e-mail of customer #{other.pk} ({other.name}); e-mail addresses "
+            "are the same whatever their case. Open that customer instead, or use another address.",
+            code="duplicate_email",
+        )
+
+
 @transaction.atomic
 def customer_create(*, name: str, email: str) -> Customer:
     """Register a customer."""
+    customer_email_check(email=email)
     customer = Customer(name=name, email=email)
     customer.full_clean()
     customer.save()

@@ -8,12 +8,19 @@ from django.db import IntegrityError, transaction
 from django.test import Client
 
 from core import services
+from core.errors import DuplicateEmailError
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
 from tests.core.test_admin import ADD_URL, order_form
 
 pytestmark = pytest.mark.django_db
 
 QUANTITY_MESSAGE = "Quantity must be a whole number from 1 to 1,000,000"
+
+
+def opened(client: Client, url: str) -> dict[str, str]:
+    """Open a change form as a browser would; return the hidden version it carries, to post back."""
+    page = client.get(url).content.decode()
+    return dict(re.findall(r'<input type="hidden" name="(opened_version)" value="([^"]*)"', page))
 
 
 def test_a_negative_unit_price_is_refused_by_the_form_and_by_the_database(
@@ -60,3 +67,31 @@ def test_quantity_inputs_allow_1_to_1_000_000(admin_client: Client, products: li
         for tag in inputs:
             assert 'min="1"' in tag, tag
             assert 'max="1000000"' in tag, tag
+
+
+def test_an_e_mail_in_another_case_is_refused_naming_the_customer_who_has_it(
+    admin_client: Client, customer: Customer
+) -> None:
+    """ADA@example.com is ada@example.com: the form says which customer has it, and the
+    database refuses it even past the form."""
+    response = admin_client.post("/admin/core/customer/add/", {"name": "Ada L.", "email": "ADA@example.com"})
+    assert response.status_code == 200
+    assert f"ada@example.com is already the e-mail of customer #{customer.pk} (Ada Lovelace)" in (
+        response.content.decode()
+    )
+    with pytest.raises(DuplicateEmailError, match=f"customer #{customer.pk}"):
+        services.customer_create(name="Ada L.", email="Ada@Example.com")
+    with pytest.raises(IntegrityError, match="customer_email_lower_uniq"), transaction.atomic():
+        Customer(name="Ada L.", email="ADA@EXAMPLE.COM").save()
+    assert list(Customer.objects.values_list("email", flat=True)) == ["ada@example.com"]
+
+
+def test_a_customer_keeps_their_own_e_mail_when_its_case_changes(admin_client: Client, customer: Customer) -> None:
+    """Their own address in another case is not a duplicate of itself."""
+    change = f"/admin/core/customer/{customer.pk}/change/"
+    response = admin_client.post(
+        change, {"name": customer.name, "email": "Ada@example.com", **opened(admin_client, change)}
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    customer.refresh_from_db()
+    assert customer.email == "Ada@example.com"
