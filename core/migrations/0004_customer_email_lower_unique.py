@@ -8,6 +8,7 @@ correct by hand: which of them the orders belong to is a business decision, not 
 from typing import Any
 
 from django.db import migrations, models
+from django.db.models import Count
 from django.db.models.functions import Lower
 
 NAME = "customer_email_lower_uniq"
@@ -17,16 +18,22 @@ CONSTRAINT = models.UniqueConstraint(
     violation_error_message="Another customer already has this e-mail address in another case. "
     "Open that customer instead of adding another.",
 )
-DUPLICATES = """
-SELECT lower(email), string_agg(id::text || ' ' || email, ', ' ORDER BY id)
-FROM core_customer GROUP BY lower(email) HAVING count(*) > 1 ORDER BY 1 LIMIT 20
-"""
 
 
 def create(apps: Any, schema_editor: Any) -> None:
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute(DUPLICATES)
-        duplicates = cursor.fetchall()
+    model = apps.get_model("core", "Customer")
+    by_address = model.objects.using(schema_editor.connection.alias).annotate(address=Lower("email"))
+    shared = by_address.values("address").annotate(n=Count("id")).filter(n__gt=1).order_by("address")
+    duplicates = [
+        (
+            row["address"],
+            ", ".join(
+                f"#{pk} {email}"
+                for pk, email in by_address.filter(address=row["address"]).order_by("id").values_list("id", "email")
+            ),
+        )
+        for row in shared[:20]
+    ]
     if duplicates:
         listed = "; ".join(f"{address}: customers {ids}" for address, ids in duplicates)
         raise RuntimeError(
@@ -34,7 +41,6 @@ def create(apps: Any, schema_editor: Any) -> None:
             "Merge each set into one customer (move their orders), or correct the addresses, then "
             "run the migration again."
         )
-    model = apps.get_model("core", "Customer")
     if schema_editor.connection.vendor != "postgresql":
         schema_editor.add_constraint(model, CONSTRAINT)
         return

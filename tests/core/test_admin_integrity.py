@@ -1,26 +1,23 @@
 """What the admin lets business users save, and what the database refuses underneath it."""
 
+import importlib
 import re
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.apps import apps as django_apps
+from django.db import IntegrityError, connection, transaction
 from django.test import Client
 
 from core import services
 from core.errors import DuplicateEmailError
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
+from tests.core.helpers import opened
 from tests.core.test_admin import ADD_URL, order_form
 
 pytestmark = pytest.mark.django_db
 
 QUANTITY_MESSAGE = "Quantity must be a whole number from 1 to 1,000,000"
-
-
-def opened(client: Client, url: str) -> dict[str, str]:
-    """Open a change form as a browser would; return the hidden version it carries, to post back."""
-    page = client.get(url).content.decode()
-    return dict(re.findall(r'<input type="hidden" name="(opened_version)" value="([^"]*)"', page))
 
 
 def test_a_negative_unit_price_is_refused_by_the_form_and_by_the_database(
@@ -95,3 +92,19 @@ def test_a_customer_keeps_their_own_e_mail_when_its_case_changes(admin_client: C
     assert response.status_code == 302, response.content.decode()[:3000]
     customer.refresh_from_db()
     assert customer.email == "Ada@example.com"
+
+
+def test_the_e_mail_migration_names_case_duplicates_instead_of_merging_them(customer: Customer) -> None:
+    """Existing ADA@/ada@ customers stop the migration with both named; neither is changed."""
+    migration = importlib.import_module("core.migrations.0004_customer_email_lower_unique")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP INDEX customer_email_lower_uniq")  # as before the migration; rolled back
+    other = Customer(name="Ada L.", email="ADA@example.com")
+    other.save()
+    with pytest.raises(RuntimeError) as refused, connection.schema_editor() as editor:
+        migration.create(django_apps, editor)
+    assert f"ada@example.com: customers #{customer.pk} ada@example.com, #{other.pk} ADA@example.com" in str(
+        refused.value
+    )
+    assert "Merge each set into one customer" in str(refused.value)
+    assert Customer.objects.count() == 2
