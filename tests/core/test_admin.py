@@ -7,6 +7,7 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, Product
+from tests.core.helpers import opened
 from tests.outbox.helpers import events
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +76,9 @@ def test_closed_order_cannot_be_reopened_in_the_form(
     order = services.order_create(customer=customer, lines=[services.LineRequest("KB-001", 1)], place=True)
     services.order_set_status(order=order, status=Order.Status.FULFILLED)
     line = order.lines.get()
+    change_url = f"/admin/core/order/{order.pk}/change/"
     data = {
+        **opened(admin_client, change_url),
         "customer": customer.pk,
         "status": "draft",
         "lines-TOTAL_FORMS": 1,
@@ -88,7 +91,7 @@ def test_closed_order_cannot_be_reopened_in_the_form(
         "lines-0-quantity": line.quantity,
         "lines-0-unit_price": line.unit_price,
     }
-    response = admin_client.post(f"/admin/core/order/{order.pk}/change/", data)
+    response = admin_client.post(change_url, data)
     assert response.status_code == 200
     assert "cannot become draft" in response.content.decode()
     order.refresh_from_db()
@@ -117,9 +120,10 @@ def test_place_action_refuses_an_empty_draft_and_places_the_rest(
 def test_stock_is_read_only_in_the_product_form(admin_client: Client, products: list[Product]) -> None:
     """A posted stock value is ignored: only the inventory consumer changes stock."""
     product = products[0]
+    change_url = f"/admin/core/product/{product.pk}/change/"
     response = admin_client.post(
-        f"/admin/core/product/{product.pk}/change/",
-        {"sku": product.sku, "name": "Renamed", "price": "1.00", "stock": "999"},
+        change_url,
+        {"sku": product.sku, "name": "Renamed", "price": "1.00", "stock": "999", **opened(admin_client, change_url)},
     )
     assert response.status_code == 302
     product.refresh_from_db()
