@@ -99,13 +99,19 @@ class ProductAdmin(VersionCheckedAdmin[Product]):
 class OrderLineFormSet(forms.BaseInlineFormSet):
     def clean(self) -> None:
         super().clean()
-        kept = [
-            form
-            for form in self.forms
-            if form.has_changed() or form.instance.pk
-            if not getattr(form, "cleaned_data", {}).get("DELETE", False)
-        ]
-        services.order_lines_check(status=self.instance.status, line_count=len(kept))
+        order = self.instance
+        deleted = [form for form in self.forms if getattr(form, "cleaned_data", {}).get("DELETE", False)]
+        kept = [form for form in self.forms if form.has_changed() or form.instance.pk if form not in deleted]
+        touched = deleted or [form for form in kept if form.has_changed()]
+        if touched:
+            # The status in the database: the order form's clean() has locked the row already.
+            current = (
+                Order.objects.filter(pk=order.pk).values_list("status", flat=True).first()
+                if order.pk is not None
+                else Order.Status.DRAFT
+            )
+            services.order_lines_change_check(order_id=order.pk, current=current or order.status, new=order.status)
+        services.order_lines_check(status=order.status, line_count=len(kept))
 
 
 class OrderLineForm(forms.ModelForm[OrderLine]):
@@ -126,6 +132,20 @@ class OrderLineInline(admin.TabularInline[OrderLine, Order]):
     formset = OrderLineFormSet
     autocomplete_fields = ["product"]
     extra = 3
+
+    # A cancelled or fulfilled order's lines are shown read-only: nothing there can change them
+    # (services.order_lines_change_check says why, and refuses the saves that try).
+    def _open(self, obj: Order | None) -> bool:
+        return obj is None or obj.pk is None or obj.status in services.OPEN_STATUSES
+
+    def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return self._open(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:  # type: ignore[override]
+        return self._open(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:  # type: ignore[override]
+        return self._open(obj) and super().has_delete_permission(request, obj)
 
 
 class OrderForm(VersionedForm):

@@ -65,6 +65,31 @@ def order_lines_check(*, status: str, line_count: int) -> None:
         )
 
 
+OPEN_STATUSES = frozenset({Status.DRAFT, Status.PLACED})
+
+
+def order_lines_change_check(*, order_id: int | None, current: str, new: str | None = None) -> None:
+    """Raise InvalidTransitionError unless lines may be added, changed or removed on an order that
+    is `current` now and, after the same save, `new`.
+
+    A cancelled or fulfilled order's lines are what was cancelled or delivered: changing them
+    would move stock for goods that never leave (or already left) the shelf.
+    """
+    name = f"Order #{order_id}" if order_id is not None else "This order"
+    if current not in OPEN_STATUSES:
+        raise InvalidTransitionError(
+            f"{name} is {Status(current).label.lower()}: its lines can no longer be added, changed or "
+            "removed. For a correction or a return, create a new order.",
+            code="closed_order",
+        )
+    if new is not None and new not in OPEN_STATUSES:
+        raise InvalidTransitionError(
+            f"{name} cannot become {Status(new).label.lower()} in the same save that changes its lines. "
+            "Save the line changes first, then change the status.",
+            code="closed_order",
+        )
+
+
 def order_status_stamp(*, order: Order, previous: str | None) -> None:
     """Set the order's placed/closed timestamps for a status change (does not save)."""
     if order.status == previous:
@@ -123,12 +148,9 @@ def order_set_status(*, order: Order, status: str) -> Order:
 def order_line_add(*, order: Order, sku: str, quantity: int) -> OrderLine:
     """Add a line to a draft or placed order at the product's current price."""
     quantity_check(quantity=quantity)
-    if order.status not in (Status.DRAFT, Status.PLACED):
-        raise InvalidTransitionError(
-            f"Order #{order.pk} is {order.get_status_display().lower()}; lines can only be added to "
-            "draft or placed orders.",
-            code="closed_order",
-        )
+    # Locked, so that a cancellation committing meanwhile cannot slip between check and insert.
+    order = Order.objects.select_for_update().get(pk=order.pk)
+    order_lines_change_check(order_id=order.pk, current=order.status)
     product = products_by_sku(skus=[sku])[sku]
     line = OrderLine(order=order, product=product, quantity=quantity, unit_price=product.price)
     line.save()

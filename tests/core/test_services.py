@@ -72,6 +72,16 @@ def test_lines_cannot_be_added_to_a_closed_order(customer: Customer, products: l
     order = services.order_create(customer=customer, lines=[line("KB-001")], place=True)
     services.order_set_status(order=order, status=Status.CANCELLED)
     order.refresh_from_db()
-    with pytest.raises(InvalidTransitionError, match="only be added to draft or placed"):
+    with pytest.raises(InvalidTransitionError, match="is cancelled: its lines can no longer be added"):
         services.order_line_add(order=order, sku="MS-002", quantity=1)
+    assert order.lines.count() == 1
+
+
+def test_a_line_added_through_a_stale_order_object_is_refused(customer: Customer, products: list[Product]) -> None:
+    """The status is read from the locked row, not from the caller's copy that still says placed."""
+    order = services.order_create(customer=customer, lines=[line("KB-001")], place=True)
+    stale = Order.objects.get(pk=order.pk)
+    services.order_set_status(order=order, status=Status.CANCELLED)
+    with pytest.raises(InvalidTransitionError, match="is cancelled"):
+        services.order_line_add(order=stale, sku="MS-002", quantity=1)
     assert order.lines.count() == 1
