@@ -233,17 +233,34 @@ class OrderAdmin(VersionCheckedAdmin[Order], Uncounted[Order]):
 
 
 @admin.register(StockReceipt)
-class StockReceiptAdmin(Uncounted[StockReceipt]):
-    """Receipts are a ledger: added, never edited. A correction is a new receipt."""
+class StockReceiptAdmin(VersionCheckedAdmin[StockReceipt], Uncounted[StockReceipt]):
+    """Receipts are a ledger: added, and corrected (quantity and note) by users allowed to change
+    them, never deleted. A correction is an event like any other: the inventory consumer moves
+    the difference, and the event log keeps what the receipt said before."""
 
     list_display = ["__str__", "product", "quantity", "note", "created_at"]
     list_filter = ["created_at"]
     search_fields = ["product__sku", "product__name", "note"]
     autocomplete_fields = ["product"]
     actions = [export_csv]
+    # A receipt's events share the product's aggregate with its product and every other receipt
+    # of it; a form for this receipt conflicts only with a change to this receipt.
+    narrowed_versions = True
 
-    def has_change_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
-        return False
+    def version_events(self, obj: StockReceipt) -> QuerySet[Event]:
+        return super().version_events(obj).filter(event_type__startswith="stock.", payload__state__id=obj.pk)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: StockReceipt | None = None) -> list[str]:
+        # A correction says how many arrived, not of what: it moves the difference on one product.
+        return ["product", "created_at"] if obj is not None else []
+
+    def save_model(
+        self, request: HttpRequest, obj: StockReceipt, form: forms.ModelForm[StockReceipt], change: bool
+    ) -> None:
+        if change:
+            services.stock_receipt_correct(receipt=obj, quantity=obj.quantity, note=obj.note)
+        else:
+            super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
         return False

@@ -138,7 +138,8 @@ class VersionCheckedAdmin(admin.ModelAdmin[M]):
         """
         instance = form.instance
         model = type(instance)
-        label = str(instance)
+        # "Order #7", "Stock receipt #12": by id, since a record's own text may be what changed.
+        label = f"{str(model._meta.verbose_name).capitalize()} #{instance.pk}"
         try:
             locked = model._default_manager.select_for_update().get(pk=instance.pk)
         except model.DoesNotExist:

@@ -168,6 +168,21 @@ def stock_receive(*, sku: str, quantity: int, note: str = "") -> StockReceipt:
 
 
 @transaction.atomic
+def stock_receipt_correct(*, receipt: StockReceipt, quantity: int, note: str) -> StockReceipt:
+    """Correct a receipt's quantity and note (a miscount, a typo); return it as saved.
+
+    Its `stock.receipt_corrected` event tells the inventory consumer to move the difference.
+    """
+    quantity_check(quantity=quantity)
+    locked = StockReceipt.objects.select_for_update().get(pk=receipt.pk)
+    locked.quantity = quantity
+    locked.note = note
+    locked.full_clean()
+    locked.save(update_fields=["quantity", "note"])
+    return locked
+
+
+@transaction.atomic
 def product_create(*, sku: str, name: str, price: Decimal) -> Product:
     """Create a product with no stock."""
     product = Product(sku=sku, name=name, price=price)

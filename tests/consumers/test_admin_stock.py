@@ -3,13 +3,16 @@
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from consumers import inventory
+from consumers.models import StockMovement
 from core import services
-from core.models import Customer, Order, OrderLine, Product
+from core.models import Customer, Order, OrderLine, Product, StockReceipt
+from outbox.models import Event
 from tests.consumers.helpers import routed_ids, stock
-from tests.core.helpers import opened
+from tests.core.helpers import CommittingClient, opened
 from tests.core.test_admin_concurrency import order_change_form
 
 pytestmark = pytest.mark.django_db
@@ -63,3 +66,61 @@ def test_lines_cannot_change_in_the_save_that_closes_the_order(
     )
     order.refresh_from_db()
     assert (order.status, order.lines.get().quantity) == (Order.Status.PLACED, 1)
+
+
+def receipt_url(receipt: StockReceipt) -> str:
+    return f"/admin/core/stockreceipt/{receipt.pk}/change/"
+
+
+def test_a_receipt_corrected_in_the_admin_moves_the_difference_in_stock(
+    admin_client: Client, products: list[Product]
+) -> None:
+    """10 counted, 4 arrived: the correction's event takes 6 back out, once."""
+    receipt = services.stock_receive(sku=products[0].sku, quantity=10, note="counted at the door")
+    inventory.apply_events(event_ids=routed_ids("inventory"))
+    assert stock(products[0]) == [10]
+    before = set(routed_ids("inventory"))
+    url = receipt_url(receipt)
+    response = admin_client.post(url, {"quantity": 4, "note": "recounted: 4", **opened(admin_client, url)})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    new = [event_id for event_id in routed_ids("inventory") if event_id not in before]
+    corrected = Event.objects.get(pk__in=new)
+    assert corrected.event_type == "stock.receipt_corrected"
+    assert corrected.payload["changes"]["quantity"] == {"old": 10, "new": 4}
+    inventory.apply_events(event_ids=new)
+    inventory.apply_events(event_ids=new)  # a duplicate moves nothing
+    assert stock(products[0]) == [4]
+    movement = StockMovement.objects.get(event_id=corrected.pk)
+    assert (movement.quantity, movement.stock_after) == (-6, 4)
+    assert StockReceipt.objects.get(pk=receipt.pk).note == "recounted: 4"
+
+
+def test_a_receipt_correction_needs_the_change_permission(client: Client, products: list[Product]) -> None:
+    """A clerk who may record receipts (view, add) cannot correct one."""
+    clerk = User.objects.create_user("clerk", "clerk@example.com", "pw", is_staff=True)
+    clerk.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_stockreceipt", "add_stockreceipt", "view_product"])
+    )
+    client.force_login(clerk)
+    receipt = services.stock_receive(sku=products[0].sku, quantity=10)
+    url = receipt_url(receipt)
+    response = client.post(url, {"quantity": 4, "note": "", **opened(client, url)})
+    assert response.status_code == 403
+    assert StockReceipt.objects.get(pk=receipt.pk).quantity == 10
+
+
+def test_a_stale_receipt_form_is_refused_but_another_receipt_of_the_product_is_no_conflict(
+    staff_user: User, products: list[Product]
+) -> None:
+    admin_client = CommittingClient()
+    admin_client.force_login(staff_user)
+    receipt = services.stock_receive(sku=products[0].sku, quantity=10)
+    url = receipt_url(receipt)
+    form = opened(admin_client, url)
+    services.stock_receive(sku=products[0].sku, quantity=3)  # the same product's aggregate, not this receipt
+    assert admin_client.post(url, {"quantity": 9, "note": "", **form}).status_code == 302
+    stale = admin_client.post(url, {"quantity": 8, "note": "", **form})
+    assert stale.status_code == 200
+    assert f"Stock receipt #{receipt.pk} was changed by alice at " in stale.content.decode()
+    assert "(stock.receipt_corrected)" in stale.content.decode()
+    assert StockReceipt.objects.get(pk=receipt.pk).quantity == 9
