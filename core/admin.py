@@ -97,21 +97,32 @@ class ProductAdmin(VersionCheckedAdmin[Product]):
 
 
 class OrderLineFormSet(forms.BaseInlineFormSet):
+    # Products this save takes more of than is in stock, for the admin's warning after it saves.
+    shortfalls: list[services.Shortfall]
+
     def clean(self) -> None:
         super().clean()
+        self.shortfalls = []
         order = self.instance
         deleted = [form for form in self.forms if getattr(form, "cleaned_data", {}).get("DELETE", False)]
         kept = [form for form in self.forms if form.has_changed() or form.instance.pk if form not in deleted]
         touched = deleted or [form for form in kept if form.has_changed()]
+        # The status in the database: the order form's clean() has locked the row already.
+        current = (
+            Order.objects.filter(pk=order.pk).values_list("status", flat=True).first() if order.pk is not None else None
+        ) or Order.Status.DRAFT
         if touched:
-            # The status in the database: the order form's clean() has locked the row already.
-            current = (
-                Order.objects.filter(pk=order.pk).values_list("status", flat=True).first()
-                if order.pk is not None
-                else Order.Status.DRAFT
-            )
-            services.order_lines_change_check(order_id=order.pk, current=current or order.status, new=order.status)
+            services.order_lines_change_check(order_id=order.pk, current=current, new=order.status)
         services.order_lines_check(status=order.status, line_count=len(kept))
+        if any(form.errors for form in self.forms):
+            return
+        # A read-only line's cleaned_data is its initial data, where the product is its id.
+        lines = [
+            (getattr(f.cleaned_data["product"], "pk", f.cleaned_data["product"]), f.cleaned_data["quantity"])
+            for f in kept
+        ]
+        wanted = services.order_stock_wanted(order_id=order.pk, current=current, new=order.status, lines=lines)
+        self.shortfalls = services.order_stock_check(order_id=order.pk, wanted=wanted)
 
 
 class OrderLineForm(forms.ModelForm[OrderLine]):
@@ -212,11 +223,30 @@ class OrderAdmin(VersionCheckedAdmin[Order], Uncounted[Order]):
         services.order_status_stamp(order=obj, previous=previous)
         super().save_model(request, obj, form, change)
 
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        for formset in formsets:
+            for shortfall in getattr(formset, "shortfalls", []):
+                self._warn_beyond_stock(request, form.instance, shortfall)
+
+    def _warn_beyond_stock(self, request: HttpRequest, order: Order, shortfall: services.Shortfall) -> None:
+        self.message_user(
+            request,
+            f"{order} takes {shortfall}: the product is backordered (stock below zero) until more is "
+            "received. Lower the quantity if that is not what you meant.",
+            messages.WARNING,
+        )
+
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Order], status: str) -> None:
         done = 0
         for order in queryset:
             try:
+                lines = order.lines.values_list("product_id", "quantity")
+                wanted = services.order_stock_wanted(order_id=order.pk, current=order.status, new=status, lines=lines)
+                shortfalls = services.order_stock_check(order_id=order.pk, wanted=wanted)
                 services.order_set_status(order=order, status=status)
+                for shortfall in shortfalls:
+                    self._warn_beyond_stock(request, order, shortfall)
                 done += 1
             except ValidationError as e:
                 self.message_user(request, f"{order}: {' '.join(e.messages)}", messages.ERROR)

@@ -25,3 +25,7 @@ class InvalidQuantityError(CoreError):
 
 class DuplicateEmailError(CoreError):
     """Another customer already has this e-mail address, in any case."""
+
+
+class InsufficientStockError(CoreError):
+    """An order would take more of a product than is in stock, and the shop refuses that."""

@@ -3,7 +3,7 @@
 A service only changes records; the events that its saves write tell consumers what happened.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -12,9 +12,11 @@ from django.db.models import Value
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from core import conf
 from core.errors import (
     DuplicateEmailError,
     EmptyOrderError,
+    InsufficientStockError,
     InvalidQuantityError,
     InvalidTransitionError,
     UnknownProductError,
@@ -88,6 +90,59 @@ def order_lines_change_check(*, order_id: int | None, current: str, new: str | N
             "Save the line changes first, then change the status.",
             code="closed_order",
         )
+
+
+TAKING_STATUSES = frozenset({Status.PLACED, Status.FULFILLED})
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A product of which an order takes more than is in stock."""
+
+    product: Product
+    wanted: int  # the units this change takes, beyond what the order took before it
+    in_stock: int
+
+    def __str__(self) -> str:
+        return f"{self.wanted:,} of {self.product.sku} {self.product.name}, with {self.in_stock:,} in stock"
+
+
+def order_stock_wanted(
+    *, order_id: int | None, current: str, new: str, lines: Iterable[tuple[int, int]]
+) -> dict[int, int]:
+    """Return the units per product that an order moving from `current` to `new` with these
+    (product id, quantity) lines takes out of stock, beyond what it had already taken.
+
+    A draft takes nothing: its lines count once it is placed.
+    """
+    after: dict[int, int] = {}
+    if new in TAKING_STATUSES:
+        for product_id, quantity in lines:
+            after[product_id] = after.get(product_id, 0) + quantity
+    before: dict[int, int] = {}
+    if order_id is not None and current in TAKING_STATUSES:
+        for product_id, quantity in OrderLine.objects.filter(order_id=order_id).values_list("product_id", "quantity"):
+            before[product_id] = before.get(product_id, 0) + quantity
+    return {p: q - before.get(p, 0) for p, q in after.items() if q > before.get(p, 0)}
+
+
+def order_stock_check(*, order_id: int | None, wanted: Mapping[int, int]) -> list[Shortfall]:
+    """Return the products of which more is wanted than is in stock, by SKU; raise
+    InsufficientStockError instead when the shop refuses such orders (conf.refuse_beyond_stock()).
+
+    Stock is what the inventory consumer has applied so far: an order placed a moment ago may
+    not be in it yet, so this is a warning about the shelf, not a reservation.
+    """
+    products = Product.objects.filter(pk__in=list(wanted)).order_by("sku")
+    shortfalls = [Shortfall(p, wanted[p.pk], p.stock) for p in products if wanted[p.pk] > p.stock]
+    if shortfalls and conf.refuse_beyond_stock():
+        name = f"Order #{order_id}" if order_id is not None else "This order"
+        raise InsufficientStockError(
+            f"{name} would take more than is in stock: {'; '.join(str(s) for s in shortfalls)}. "
+            "Lower the quantity, or receive the stock first.",
+            code="beyond_stock",
+        )
+    return shortfalls
 
 
 def order_status_stamp(*, order: Order, previous: str | None) -> None:
