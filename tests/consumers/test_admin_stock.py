@@ -12,8 +12,7 @@ from core import services
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
 from outbox.models import Event
 from tests.consumers.helpers import routed_ids, stock
-from tests.core.helpers import CommittingClient, opened
-from tests.core.test_admin_concurrency import order_change_form
+from tests.core.helpers import CommittingClient, opened, order_change_form
 
 pytestmark = pytest.mark.django_db
 

@@ -6,6 +6,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.test import Client
 
+from core.models import Order
 from outbox.writer import events_flush
 
 
@@ -34,3 +35,28 @@ def opened(client: Client, url: str) -> dict[str, str]:
     events_flush()
     page = client.get(url).content.decode()
     return dict(re.findall(r'<input type="hidden" name="(opened_version)" value="([^"]*)"', page))
+
+
+def order_change_form(order: Order, *, status: str, quantities: dict[int, int] | None = None) -> dict[str, Any]:
+    """The POST body of an order's change form with its current lines (quantities replaced)."""
+    lines = list(order.lines.order_by("id"))
+    data: dict[str, Any] = {
+        "customer": order.customer_id,
+        "status": status,
+        "lines-TOTAL_FORMS": len(lines),
+        "lines-INITIAL_FORMS": len(lines),
+        "lines-MIN_NUM_FORMS": 0,
+        "lines-MAX_NUM_FORMS": 1000,
+    }
+    for i, line in enumerate(lines):
+        quantity = (quantities or {}).get(line.pk, line.quantity)
+        data.update(
+            {
+                f"lines-{i}-id": line.pk,
+                f"lines-{i}-order": order.pk,
+                f"lines-{i}-product": line.product_id,
+                f"lines-{i}-quantity": quantity,
+                f"lines-{i}-unit_price": line.unit_price,
+            }
+        )
+    return data

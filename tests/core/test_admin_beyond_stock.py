@@ -7,9 +7,8 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, Product
-from tests.core.helpers import opened
+from tests.core.helpers import opened, order_change_form
 from tests.core.test_admin import ADD_URL, order_form
-from tests.core.test_admin_concurrency import order_change_form
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from core import services
 from core.models import Customer, Order, OrderLine, Product
 from outbox.context import event_context
 from tests.consumers.helpers import routed_ids, stock
-from tests.core.helpers import logged_in, opened
+from tests.core.helpers import logged_in, opened, order_change_form
 from tests.outbox.helpers import aggregate_events, conninfo
 
 pytestmark = pytest.mark.django_db
@@ -37,31 +37,6 @@ def stocked(products: list[Product]) -> list[Product]:
         services.stock_receive(sku=product.sku, quantity=10)
     inventory.apply_events(event_ids=routed_ids("inventory"))
     return products
-
-
-def order_change_form(order: Order, *, status: str, quantities: dict[int, int] | None = None) -> dict[str, Any]:
-    """The POST body of an order's change form with its current lines (quantities replaced)."""
-    lines = list(order.lines.order_by("id"))
-    data: dict[str, Any] = {
-        "customer": order.customer_id,
-        "status": status,
-        "lines-TOTAL_FORMS": len(lines),
-        "lines-INITIAL_FORMS": len(lines),
-        "lines-MIN_NUM_FORMS": 0,
-        "lines-MAX_NUM_FORMS": 1000,
-    }
-    for i, line in enumerate(lines):
-        quantity = (quantities or {}).get(line.pk, line.quantity)
-        data.update(
-            {
-                f"lines-{i}-id": line.pk,
-                f"lines-{i}-order": order.pk,
-                f"lines-{i}-product": line.product_id,
-                f"lines-{i}-quantity": quantity,
-                f"lines-{i}-unit_price": line.unit_price,
-            }
-        )
-    return data
 
 
 def placed_order(customer: Customer, products: list[Product], quantity: int = 1) -> Order:
