@@ -23,19 +23,19 @@ CHECKS = [
         "orderline",
         models.CheckConstraint(condition=QUANTITY_IN_RANGE, name="order_line_quantity_in_range"),
         "quantity >= 1 AND quantity <= 1000000",
-        "correct their quantities (split a larger line in several)",
+        "correct their quantities in the admin (an open order's lines; split a larger line in several)",
     ),
     (
         "orderline",
         models.CheckConstraint(condition=models.Q(("unit_price__gte", 0)), name="order_line_unit_price_not_negative"),
         "unit_price >= 0",
-        "correct their unit prices",
+        "correct their unit prices in the admin (an open order's lines)",
     ),
     (
         "stockreceipt",
         models.CheckConstraint(condition=QUANTITY_IN_RANGE, name="stock_receipt_quantity_in_range"),
         "quantity >= 1 AND quantity <= 1000000",
-        "correct their quantities (split a larger receipt in several)",
+        "correct their quantities in the admin (Stock receipts: a receipt's quantity can be corrected)",
     ),
 ]
 

@@ -108,3 +108,19 @@ def test_the_e_mail_migration_names_case_duplicates_instead_of_merging_them(cust
     )
     assert "Merge each set into one customer" in str(refused.value)
     assert Customer.objects.count() == 2
+
+
+def test_the_checks_migration_names_rows_that_break_a_new_rule(products: list[Product]) -> None:
+    """The 2,147,483,647 receipt of old stops the migration with its id, to be corrected first."""
+    migration = importlib.import_module("core.migrations.0003_quantity_and_price_checks")
+    with connection.cursor() as cursor:  # as before the migration; rolled back with the test
+        cursor.execute("ALTER TABLE core_stockreceipt DROP CONSTRAINT stock_receipt_quantity_in_range")
+    poisoned = StockReceipt(product=products[0], quantity=2_147_483_647)
+    poisoned.save()
+    with connection.cursor() as cursor:  # the row's deferred foreign key checks, before more DDL
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with pytest.raises(RuntimeError) as refused, connection.schema_editor() as editor:
+        migration.add_checks(django_apps, editor)
+    assert "core_stockreceipt has rows that break stock_receipt_quantity_in_range" in str(refused.value)
+    assert f"ids [{poisoned.pk}]" in str(refused.value)
+    assert StockReceipt.objects.get(pk=poisoned.pk).quantity == 2_147_483_647
