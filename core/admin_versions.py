@@ -67,10 +67,15 @@ def last_change(events: QuerySet[Event]) -> LastChange | None:
 
     Read backwards along the (aggregate, version) unique index, stopping at the first match.
     """
-    rows = events.order_by("-aggregate_version").values_list("aggregate_version", "actor", "created_at", "event_type")
-    for version, actor, at, event_type in rows[:1]:
-        return LastChange(version=version, actor=actor, at=at, event_type=event_type)
-    return None
+    row = (
+        events.order_by("-aggregate_version")
+        .values_list("aggregate_version", "actor", "created_at", "event_type")
+        .first()
+    )
+    if row is None:
+        return None
+    version, actor, at, event_type = row
+    return LastChange(version=version, actor=actor, at=at, event_type=event_type)
 
 
 class VersionedForm(forms.ModelForm[Any]):
@@ -141,7 +146,9 @@ class VersionCheckedAdmin(admin.ModelAdmin[M]):
         # "Order #7", "Stock receipt #12": by id, since a record's own text may be what changed.
         label = f"{str(model._meta.verbose_name).capitalize()} #{instance.pk}"
         try:
-            locked = model._default_manager.select_for_update().get(pk=instance.pk)
+            # NO KEY: it still excludes every other writer of the row (and the services' FOR UPDATE),
+            # but lets order lines referencing a product being edited be inserted meanwhile.
+            locked = model._default_manager.select_for_update(no_key=True).get(pk=instance.pk)
         except model.DoesNotExist:
             change = last_change(self.version_events(instance))
             by = f" by {change.describe()}" if change is not None else ""
