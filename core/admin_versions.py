@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from outbox.models import AggregateVersion, Event
 from outbox.registry import spec_for
@@ -93,6 +94,11 @@ class VersionedForm(forms.ModelForm[Any]):
         super().__init__(*args, **kwargs)
         if self.versions is not None and self.instance.pk is not None and not self.is_bound:
             self.initial["opened_version"] = self.versions.version_of(self.instance)
+
+    @cached_property
+    def changed_data(self) -> list[str]:
+        # The version is how the form was opened, not a change: kept out of the admin's history.
+        return [name for name in super().changed_data if name != "opened_version"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from django.apps import apps as django_apps
+from django.contrib.admin.models import LogEntry
 from django.db import IntegrityError, connection, transaction
 from django.test import Client
 
@@ -92,6 +93,8 @@ def test_a_customer_keeps_their_own_e_mail_when_its_case_changes(admin_client: C
     assert response.status_code == 302, response.content.decode()[:3000]
     customer.refresh_from_db()
     assert customer.email == "Ada@example.com"
+    # The admin's history names what changed, not the form's version.
+    assert LogEntry.objects.get(object_id=str(customer.pk)).get_change_message() == "Changed Email."
 
 
 def test_the_e_mail_migration_names_case_duplicates_instead_of_merging_them(customer: Customer) -> None:
