@@ -56,7 +56,7 @@ WHERE s.source = d.source
 _LOCK_PRODUCTS = "SELECT id FROM core_product WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 _MOVE_STOCKS = """
 UPDATE core_product p SET stock = p.stock + d.delta
-FROM unnest(%s::bigint[], %s::int[]) AS d(id, delta)
+FROM unnest(%s::bigint[], %s::bigint[]) AS d(id, delta)
 WHERE p.id = d.id
 RETURNING p.id, p.stock
 """

@@ -21,10 +21,11 @@ class StockMovement(models.Model):
     product = models.ForeignKey(
         "core.Product", on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="movements"
     )
-    quantity = models.IntegerField(help_text="Signed: negative takes stock out, positive puts it back.")
+    # 64-bit like the product's stock, so that no movement or running total can overflow.
+    quantity = models.BigIntegerField(help_text="Signed: negative takes stock out, positive puts it back.")
     source = models.CharField(max_length=100, help_text="`order:<id>` or `receipt:<id>`.")
     version = models.PositiveIntegerField(help_text="The aggregate version the source was brought to.")
-    stock_after = models.IntegerField()
+    stock_after = models.BigIntegerField()
     created_at = models.DateTimeField(db_default=Now())
 
     class Meta:

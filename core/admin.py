@@ -16,8 +16,10 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 
 from core import services
+from core.admin_versions import VersionCheckedAdmin, VersionedForm
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
 from outbox.admin_volume import Uncounted, as_id
+from outbox.models import Event
 
 
 class ValidAutocompleteSelect(AutocompleteSelect):
@@ -68,8 +70,20 @@ def export_csv(
     return response
 
 
+class CustomerForm(VersionedForm):
+    class Meta:
+        model = Customer
+        fields = ["name", "email"]
+
+    def clean_email(self) -> str:
+        email: str = self.cleaned_data["email"]
+        services.customer_email_check(email=email, customer_id=self.instance.pk)
+        return email
+
+
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin[Customer]):
+class CustomerAdmin(VersionCheckedAdmin[Customer]):
+    form = CustomerForm
     list_display = ["name", "email", "created_at"]
     search_fields = ["name", "email"]
     actions = [export_csv]
@@ -92,25 +106,48 @@ class StockLevelFilter(admin.SimpleListFilter):
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin[Product]):
+class ProductAdmin(VersionCheckedAdmin[Product]):
     list_display = ["sku", "name", "price", "stock"]
     list_filter = [StockLevelFilter]
     search_fields = ["sku", "name"]
     readonly_fields = ["stock"]
     actions = [export_csv]
     show_full_result_count = False
+    # The product's aggregate also holds its stock receipts, which change only its stock (shown
+    # read-only here): a receipt arriving while someone edits the price is no conflict.
+    narrowed_versions = True
+
+    def version_events(self, obj: Product) -> QuerySet[Event]:
+        return super().version_events(obj).filter(event_type__startswith="product.")
 
 
 class OrderLineFormSet(forms.BaseInlineFormSet):
+    # Products this save takes more of than is in stock, for the admin's warning after it saves.
+    shortfalls: list[services.Shortfall]
+
     def clean(self) -> None:
         super().clean()
-        kept = [
-            form
-            for form in self.forms
-            if form.has_changed() or form.instance.pk
-            if not getattr(form, "cleaned_data", {}).get("DELETE", False)
+        self.shortfalls = []
+        order = self.instance
+        deleted = [form for form in self.forms if getattr(form, "cleaned_data", {}).get("DELETE", False)]
+        kept = [form for form in self.forms if form.has_changed() or form.instance.pk if form not in deleted]
+        touched = deleted or [form for form in kept if form.has_changed()]
+        # The status in the database: the order form's clean() has locked the row already.
+        current = (
+            Order.objects.filter(pk=order.pk).values_list("status", flat=True).first() if order.pk is not None else None
+        ) or Order.Status.DRAFT
+        if touched:
+            services.order_lines_change_check(order_id=order.pk, current=current, new=order.status)
+        services.order_lines_check(status=order.status, line_count=len(kept))
+        if any(form.errors for form in self.forms):
+            return
+        # A read-only line's cleaned_data is its initial data, where the product is its id.
+        lines = [
+            (getattr(f.cleaned_data["product"], "pk", f.cleaned_data["product"]), f.cleaned_data["quantity"])
+            for f in kept
         ]
-        services.order_lines_check(status=self.instance.status, line_count=len(kept))
+        wanted = services.order_stock_wanted(order_id=order.pk, current=current, new=order.status, lines=lines)
+        self.shortfalls = services.order_stock_check(order_id=order.pk, wanted=wanted)
 
 
 class OrderLineForm(forms.ModelForm[OrderLine]):
@@ -132,17 +169,38 @@ class OrderLineInline(ValidAutocomplete, admin.TabularInline[OrderLine, Order]):
     autocomplete_fields = ["product"]
     extra = 3
 
+    # A cancelled or fulfilled order's lines are shown read-only: nothing there can change them
+    # (services.order_lines_change_check says why, and refuses the saves that try).
+    def _open(self, obj: Order | None) -> bool:
+        return obj is None or obj.pk is None or obj.status in services.OPEN_STATUSES
 
-class OrderForm(forms.ModelForm[Order]):
+    def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return self._open(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:  # type: ignore[override]
+        return self._open(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:  # type: ignore[override]
+        return self._open(obj) and super().has_delete_permission(request, obj)
+
+
+class OrderForm(VersionedForm):
     class Meta:
         model = Order
         fields = ["customer", "status"]
 
-    def clean_status(self) -> str:
-        new = self.cleaned_data["status"]
-        current = self.initial.get("status", Order.Status.DRAFT) if self.instance.pk else Order.Status.DRAFT
-        services.order_transition_check(current=current, new=new)
-        return new
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()  # on a change, locks the order: `locked` is its row as it is now
+        new = cleaned.get("status")
+        if new is not None:
+            # The status in the database, under the lock, not the one the form was opened with:
+            # an order cancelled meanwhile is not placed again by a form that still says placed.
+            current = self.locked.status if isinstance(self.locked, Order) else Order.Status.DRAFT
+            try:
+                services.order_transition_check(current=current, new=new)
+            except ValidationError as e:
+                self.add_error("status", e)
+        return cleaned
 
 
 # Customers named in an order search, at most: a broader name is a request to be more precise.
@@ -150,7 +208,7 @@ ORDER_SEARCH_CUSTOMERS = 200
 
 
 @admin.register(Order)
-class OrderAdmin(ValidAutocomplete, Uncounted[Order]):
+class OrderAdmin(ValidAutocomplete, VersionCheckedAdmin[Order], Uncounted[Order]):
     form = OrderForm
     inlines = [OrderLineInline]
     list_display = ["__str__", "customer", "status", "created_at", "placed_at"]
@@ -185,15 +243,35 @@ class OrderAdmin(ValidAutocomplete, Uncounted[Order]):
         return queryset.filter(customer_id__in=customers)
 
     def save_model(self, request: HttpRequest, obj: Order, form: forms.ModelForm[Order], change: bool) -> None:
-        previous = form.initial.get("status") if change else Order.Status.DRAFT
+        locked = getattr(form, "locked", None)
+        previous = locked.status if isinstance(locked, Order) else Order.Status.DRAFT
         services.order_status_stamp(order=obj, previous=previous)
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        for formset in formsets:
+            for shortfall in getattr(formset, "shortfalls", []):
+                self._warn_beyond_stock(request, form.instance, shortfall)
+
+    def _warn_beyond_stock(self, request: HttpRequest, order: Order, shortfall: services.Shortfall) -> None:
+        self.message_user(
+            request,
+            f"{order} takes {shortfall}: the product is backordered (stock below zero) until more is "
+            "received. Lower the quantity if that is not what you meant.",
+            messages.WARNING,
+        )
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Order], status: str) -> None:
         done = 0
         for order in queryset:
             try:
+                lines = order.lines.values_list("product_id", "quantity")
+                wanted = services.order_stock_wanted(order_id=order.pk, current=order.status, new=status, lines=lines)
+                shortfalls = services.order_stock_check(order_id=order.pk, wanted=wanted)
                 services.order_set_status(order=order, status=status)
+                for shortfall in shortfalls:
+                    self._warn_beyond_stock(request, order, shortfall)
                 done += 1
             except ValidationError as e:
                 self.message_user(request, f"{order}: {' '.join(e.messages)}", messages.ERROR)
@@ -210,17 +288,34 @@ class OrderAdmin(ValidAutocomplete, Uncounted[Order]):
 
 
 @admin.register(StockReceipt)
-class StockReceiptAdmin(ValidAutocomplete, Uncounted[StockReceipt]):
-    """Receipts are a ledger: added, never edited. A correction is a new receipt."""
+class StockReceiptAdmin(ValidAutocomplete, VersionCheckedAdmin[StockReceipt], Uncounted[StockReceipt]):
+    """Receipts are a ledger: added, and corrected (quantity and note) by users allowed to change
+    them, never deleted. A correction is an event like any other: the inventory consumer moves
+    the difference, and the event log keeps what the receipt said before."""
 
     list_display = ["__str__", "product", "quantity", "note", "created_at"]
     list_filter = ["created_at"]
     search_fields = ["product__sku", "product__name", "note"]
     autocomplete_fields = ["product"]
     actions = [export_csv]
+    # A receipt's events share the product's aggregate with its product and every other receipt
+    # of it; a form for this receipt conflicts only with a change to this receipt.
+    narrowed_versions = True
 
-    def has_change_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
-        return False
+    def version_events(self, obj: StockReceipt) -> QuerySet[Event]:
+        return super().version_events(obj).filter(event_type__startswith="stock.", payload__state__id=obj.pk)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: StockReceipt | None = None) -> list[str]:
+        # A correction says how many arrived, not of what: it moves the difference on one product.
+        return ["product", "created_at"] if obj is not None else []
+
+    def save_model(
+        self, request: HttpRequest, obj: StockReceipt, form: forms.ModelForm[StockReceipt], change: bool
+    ) -> None:
+        if change:
+            services.stock_receipt_correct(receipt=obj, quantity=obj.quantity, note=obj.note)
+        else:
+            super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request: HttpRequest, obj: StockReceipt | None = None) -> bool:
         return False

@@ -20,4 +20,12 @@ class InvalidTransitionError(CoreError):
 
 
 class InvalidQuantityError(CoreError):
-    """A quantity is zero or negative."""
+    """A quantity is below 1 or above the most one line or receipt may hold."""
+
+
+class DuplicateEmailError(CoreError):
+    """Another customer already has this e-mail address, in any case."""
+
+
+class InsufficientStockError(CoreError):
+    """An order would take more of a product than is in stock, and the shop refuses that."""

@@ -33,6 +33,18 @@ def _event(
     return event, current
 
 
+def _resolve_expressions(spec: EventSpec, instance: models.Model, using: str) -> None:
+    """Read back the fields that the save wrote as SQL expressions (`F("price") + 1`).
+
+    Such a field still holds the expression after save(), which no payload can carry; its value
+    is only known to the database. The read runs in the save's transaction, so it sees this
+    save's result and nobody else's later change.
+    """
+    pending = [name for name in spec.attnames if hasattr(getattr(instance, name, None), "resolve_expression")]
+    if pending:
+        instance.refresh_from_db(using=using, fields=pending)
+
+
 def on_save(
     sender: type[models.Model],
     instance: models.Model,
@@ -48,7 +60,9 @@ def on_save(
     connection = connections[using]
     require_atomic(connection)
     kind = ChangeKind.CREATED if created else ChangeKind.UPDATED
-    event, current = _event(registry.spec_for(sender), instance, kind, update_fields)
+    spec = registry.spec_for(sender)
+    _resolve_expressions(spec, instance, using)
+    event, current = _event(spec, instance, kind, update_fields)
     if event is not None:
         write(connection, [event])
     remember(instance, current)

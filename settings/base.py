@@ -244,6 +244,11 @@ EMAIL_NOTICE_LEASE_SECONDS = env.float("EMAIL_NOTICE_LEASE_SECONDS", default=3.0
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="shop@localhost")
 SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 
+# --- Orders -----------------------------------------------------------------------------------
+# An order that takes more of a product than is in stock: a warning in the admin (off, the
+# default: stock goes below zero as a backorder), or a form error (on). Read by core/conf.py.
+ORDERS_REFUSE_BEYOND_STOCK = env.bool("ORDERS_REFUSE_BEYOND_STOCK", default=False)
+
 # --- Periodic jobs ----------------------------------------------------------------------------
 # Run by the relays, each once per day (outbox/jobs.py): "daily_at" is a UTC time of day from which
 # the day's run is due. An empty SALES_SUMMARY_AT turns the sales summary off.

@@ -106,6 +106,18 @@ def test_receipts_put_stock_in_and_a_removed_receipt_takes_it_out(products: list
     assert stock(products[0]) == [0]
 
 
+def test_stock_beyond_32_bits_is_applied_not_refused(products: list[Product]) -> None:
+    """Stock and the ledger are 64-bit: a receipt that takes stock past 2,147,483,647 is applied,
+    where it once failed every retry with "integer out of range" and went dead."""
+    Product.objects.filter(pk=products[0].pk).update(stock=2_147_000_000)  # stock is untracked: no event
+    receipt = services.stock_receive(sku=products[0].sku, quantity=1_000_000)
+    inventory.apply_events(event_ids=routed_ids("inventory"))
+    assert stock(products[0]) == [2_148_000_000]
+    movement = StockMovement.objects.get(source=f"receipt:{receipt.pk}")
+    assert (movement.quantity, movement.stock_after) == (1_000_000, 2_148_000_000)
+    assert set(statuses("inventory").values()) == {"done"}
+
+
 def test_an_event_the_consumer_does_not_handle_is_dead_at_once_with_the_reason(customer: Customer) -> None:
     """A route that should not exist: the delivery says what to fix; nothing else is blocked."""
     inventory.apply_events(event_ids=[e.id for e in events()])

@@ -7,6 +7,7 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, Product
+from tests.core.helpers import opened
 from tests.outbox.helpers import events
 
 pytestmark = pytest.mark.django_db
@@ -47,12 +48,13 @@ def test_staff_user_adds_an_order_with_three_lines_in_one_submit(
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([(0, 0)], "Ensure this value is greater than or equal to 1."),
-        ([(0, -2)], "Ensure this value is greater than or equal to 0."),
+        ([(0, 0)], "Quantity must be a whole number from 1 to 1,000,000 (got 0)."),
+        ([(0, -2)], "Quantity must be a whole number from 1 to 1,000,000 (got -2)."),
+        ([(0, 1_000_001)], "Quantity must be a whole number from 1 to 1,000,000 (got 1000001)."),
         ([(999999, 1)], "Unknown product: it may have been deleted."),
         ([], "An order needs at least one line before it is placed."),
     ],
-    ids=["zero-quantity", "negative-quantity", "unknown-product", "empty-placed-order"],
+    ids=["zero-quantity", "negative-quantity", "too-large-quantity", "unknown-product", "empty-placed-order"],
 )
 def test_invalid_order_shows_the_error_and_saves_nothing(
     admin_client: Client, customer: Customer, products: list[Product], lines: list[tuple[int, int]], message: str
@@ -74,7 +76,9 @@ def test_closed_order_cannot_be_reopened_in_the_form(
     order = services.order_create(customer=customer, lines=[services.LineRequest("KB-001", 1)], place=True)
     services.order_set_status(order=order, status=Order.Status.FULFILLED)
     line = order.lines.get()
+    change_url = f"/admin/core/order/{order.pk}/change/"
     data = {
+        **opened(admin_client, change_url),
         "customer": customer.pk,
         "status": "draft",
         "lines-TOTAL_FORMS": 1,
@@ -87,7 +91,7 @@ def test_closed_order_cannot_be_reopened_in_the_form(
         "lines-0-quantity": line.quantity,
         "lines-0-unit_price": line.unit_price,
     }
-    response = admin_client.post(f"/admin/core/order/{order.pk}/change/", data)
+    response = admin_client.post(change_url, data)
     assert response.status_code == 200
     assert "cannot become draft" in response.content.decode()
     order.refresh_from_db()
@@ -116,9 +120,10 @@ def test_place_action_refuses_an_empty_draft_and_places_the_rest(
 def test_stock_is_read_only_in_the_product_form(admin_client: Client, products: list[Product]) -> None:
     """A posted stock value is ignored: only the inventory consumer changes stock."""
     product = products[0]
+    change_url = f"/admin/core/product/{product.pk}/change/"
     response = admin_client.post(
-        f"/admin/core/product/{product.pk}/change/",
-        {"sku": product.sku, "name": "Renamed", "price": "1.00", "stock": "999"},
+        change_url,
+        {"sku": product.sku, "name": "Renamed", "price": "1.00", "stock": "999", **opened(admin_client, change_url)},
     )
     assert response.status_code == 302
     product.refresh_from_db()
