@@ -5,11 +5,12 @@ from typing import Any
 
 import dramatiq
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
+from consumers import audit
 from core.models import Customer
 from outbox.consuming import Attempt, BadMessage, OversizedMessage, consume
-from outbox.models import Delivery, Event, MessageDrop
+from outbox.models import Delivery, Event, MessageDrop, Pending
 from tests.outbox.helpers import events
 
 
@@ -97,10 +98,11 @@ def test_ids_that_name_no_event_are_refused_without_a_delivery_in_one_log_line(
 
 def test_a_purged_event_is_no_event_either(three: list[int]) -> None:
     """An id whose event was purged since it was published names nothing to deliver."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL outbox.purge = 'on'")  # as outbox.purge deletes settled events
-        cursor.execute("DELETE FROM outbox_pending WHERE event_id = %s", [three[0]])  # published, and settled
-        cursor.execute("DELETE FROM outbox_event WHERE id = %s", [three[0]])
+    Pending.objects.filter(event_id=three[0]).delete()  # published
+    audit.audit_events(event_ids=[three[0]])  # done and sealed: settled
+    with connection.cursor() as cursor:  # as outbox_purge deletes settled events
+        cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [[three[0]]])
+        assert cursor.fetchone() == (1,)
     outcome = consume(consumer="test", event_ids=three, handle=lambda events: None)
     assert outcome.unknown == [three[0]]
     assert set(rows()) == set(three[1:])
