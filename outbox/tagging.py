@@ -12,6 +12,7 @@ The payload is tagged in a canonical form that survives PostgreSQL's jsonb: keys
 numbers in the one form that the written and the read-back value share.
 """
 
+import functools
 import hashlib
 import hmac
 from datetime import date, datetime, time
@@ -44,24 +45,34 @@ def _number(value: float) -> Any:
     return number if -_INT_RANGE < number < _INT_RANGE else [_BIG, str(number)]
 
 
+def _plain(item: Any) -> bool:
+    """Whether the value is a leaf that needs no change: tested inline, as every save tags."""
+    kind = type(item)
+    if kind is str or item is None or kind is bool or kind is datetime or kind is Decimal:
+        return True
+    return kind is int and -_INT_RANGE < item < _INT_RANGE
+
+
 def _canonical(value: Any, default: Any = None) -> Any:
     """Return the value as plain JSON with each number in its canonical form: the same object when
     nothing changes (every save tags its events, and most payloads hold no float)."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value
-    if kind is int or kind is float:
-        return _number(value)
-    if isinstance(value, dict):
+    if kind is dict:
         changed = None
         for key, item in value.items():
+            if _plain(item):
+                continue
             new = _canonical(item, default)
             if new is not item:
                 changed = changed if changed is not None else dict(value)
                 changed[key] = new
-        if changed is not None:
-            return changed
-        return value if kind is dict else dict(value)
+        return value if changed is None else changed
+    if _plain(value):
+        return value
+    if kind is int or kind is float:
+        return _number(value)
+    if isinstance(value, dict):
+        return _canonical(dict(value), default)
     if isinstance(value, list | tuple):
         return [_canonical(item, default) for item in value]
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -100,7 +111,15 @@ def tag(
         default=default,
         option=orjson.OPT_SORT_KEYS,
     )
-    return hmac.new(key or seal_key(), facts, hashlib.sha256).hexdigest()
+    mac = _keyed(key or seal_key()).copy()
+    mac.update(facts)
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    # The key's inner and outer pads hashed once: each tag then copies them (every save tags).
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def event_tag(event: Any, key: bytes | None = None) -> str:

@@ -12,6 +12,7 @@ aggregate's row until commit), inserts the events and queues them for the relay
 notification on commit.
 """
 
+import os
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ class _Row:
     correlation_id: str
     source: str
     doc: bytes  # JSON: the whole event on PostgreSQL, the payload elsewhere (see _row)
-    event_id: uuid.UUID
+    event_id: str  # the UUID's 32 hex digits
     tag: str
 
 
@@ -121,12 +122,20 @@ def _dumps(data: Any) -> bytes:
     return orjson.dumps(data, default=_default)
 
 
+def _uuid4_hex() -> str:
+    """A random (version 4) UUID's hex digits: what uuid.uuid4().hex gives, in a third of the time."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
 def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole: bool, key: bytes) -> _Row:
     """Return the event as a row to write: `doc` is the whole event's JSON when `whole` (for the
     PostgreSQL statement, which unpacks it), else only the payload's (for the portable insert)."""
-    event_id = event.event_id or uuid.uuid4()
+    event_id = event.event_id.hex if event.event_id is not None else _uuid4_hex()
     mark = tag(
-        event_id=event_id.hex,
+        event_id=event_id,
         event_type=event.event_type,
         aggregate_type=event.aggregate_type,
         aggregate_id=event.aggregate_id,
@@ -147,7 +156,7 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
         "correlation_id": correlation_id,
         "source": source,
         "payload": event.payload,
-        "event_id": event_id.hex,
+        "event_id": event_id,
         "tag": mark,
     }
     return _Row(event, actor, correlation_id, source, _dumps(doc), event_id, mark)
@@ -253,7 +262,7 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
         for r in rows:
             e = r.event
             key = (e.aggregate_type, e.aggregate_id)
-            event_id = r.event_id.hex
+            event_id = r.event_id
             values.append(
                 (
                     event_id,
