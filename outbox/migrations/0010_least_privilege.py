@@ -169,7 +169,7 @@ $$;
 def tag_existing(apps: Any, schema_editor: Any) -> None:
     """Tag the events written before tags existed, with the seal key in use (as the owner)."""
     from outbox.keys import seal_key
-    from outbox.tagging import tag
+    from outbox.tagging import event_tag
 
     Event = apps.get_model("outbox", "Event")
     pending = Event.objects.filter(tag="").order_by("id")
@@ -186,17 +186,7 @@ def tag_existing(apps: Any, schema_editor: Any) -> None:
             if not batch:
                 break
             for event in batch:
-                event.tag = tag(
-                    event_id=event.event_id.hex,
-                    event_type=event.event_type,
-                    aggregate_type=event.aggregate_type,
-                    aggregate_id=event.aggregate_id,
-                    payload=event.payload,
-                    actor=event.actor,
-                    correlation_id=event.correlation_id,
-                    source=event.source,
-                    key=key,
-                )
+                event.tag = event_tag(event, key)
             Event.objects.bulk_update(batch, ["tag"])
             after = batch[-1].id
     finally:
