@@ -58,9 +58,36 @@ class _Row:
     actor: str
     correlation_id: str
     source: str
-    doc: bytes  # JSON: the whole event on PostgreSQL, the payload elsewhere (see _row)
+    doc: bytes  # JSON: the whole event on PostgreSQL (but its tag), the payload elsewhere (see _row)
     event_id: str  # the UUID's 32 hex digits
-    tag: str
+    key: bytes
+    # What the tag covers, as emitted, whatever the caller does with its objects until the commit.
+    payload: bytes
+    names: tuple[str, str, str]  # type, aggregate type, aggregate id
+    tag: str = ""  # computed when the row is written (row_tag), for all of a transaction's at once
+
+
+def row_tag(row: _Row) -> str:
+    """Return the row's write-time tag (outbox.tagging), computing it the first time."""
+    if not row.tag:
+        event_type, aggregate_type, aggregate_id = row.names
+        row.tag = tag(
+            event_id=row.event_id,
+            event_type=event_type,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            payload=orjson.loads(row.payload),
+            actor=row.actor,
+            correlation_id=row.correlation_id,
+            source=row.source,
+            key=row.key,
+        )
+    return row.tag
+
+
+def _tagged_doc(row: _Row) -> bytes:
+    # The doc is a JSON object: its tag goes in before the closing brace.
+    return row.doc[:-1] + b',"tag":"' + row_tag(row).encode() + b'"}'
 
 
 # The whole batch travels as one JSON array and PostgreSQL unpacks it: one parameter to send,
@@ -134,32 +161,21 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
     """Return the event as a row to write: `doc` is the whole event's JSON when `whole` (for the
     PostgreSQL statement, which unpacks it), else only the payload's (for the portable insert)."""
     event_id = event.event_id.hex if event.event_id is not None else _uuid4_hex()
-    mark = tag(
-        event_id=event_id,
-        event_type=event.event_type,
-        aggregate_type=event.aggregate_type,
-        aggregate_id=event.aggregate_id,
-        payload=event.payload,
-        actor=actor,
-        correlation_id=correlation_id,
-        source=source,
-        default=_default,
-        key=key,
-    )
+    payload = _dumps(event.payload)
+    names = (event.event_type, event.aggregate_type, event.aggregate_id)
     if not whole:
-        return _Row(event, actor, correlation_id, source, _dumps(event.payload), event_id, mark)
+        return _Row(event, actor, correlation_id, source, payload, event_id, key, payload, names)
     doc: dict[str, Any] = {
-        "type": event.event_type,
-        "aggregatetype": event.aggregate_type,
-        "aggregateid": event.aggregate_id,
+        "type": names[0],
+        "aggregatetype": names[1],
+        "aggregateid": names[2],
         "actor": actor,
         "correlation_id": correlation_id,
         "source": source,
-        "payload": event.payload,
+        "payload": orjson.Fragment(payload),
         "event_id": event_id,
-        "tag": mark,
     }
-    return _Row(event, actor, correlation_id, source, _dumps(doc), event_id, mark)
+    return _Row(event, actor, correlation_id, source, _dumps(doc), event_id, key, payload, names)
 
 
 def require_atomic(connection: BaseDatabaseWrapper) -> None:
@@ -219,7 +235,7 @@ def events_flush(*, using: str = "default") -> None:
 
 def pg_batch(rows: Sequence[_Row]) -> bytes:
     """Return the rows as the JSON array that the insert statement unpacks."""
-    return b"[" + b",".join([r.doc for r in rows]) + b"]"
+    return b"[" + b",".join([_tagged_doc(r) for r in rows]) + b"]"
 
 
 def pg_insert(pg_connection: psycopg.Connection[Any], rows: Sequence[_Row]) -> None:
@@ -273,7 +289,7 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
                     r.actor,
                     r.correlation_id,
                     r.source,
-                    r.tag,
+                    row_tag(r),
                 )
             )
             next_version[key] += 1

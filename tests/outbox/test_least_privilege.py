@@ -564,3 +564,18 @@ def test_verify_names_checkpoints_that_stopped(settings: object) -> None:
     assert kinds() == ["stale_checkpoint"]
     assert checkpoint_take() is not None
     assert kinds() == []
+
+
+def test_a_payload_changed_after_it_was_written_keeps_its_event_valid() -> None:
+    """The tag covers the payload as written, even where the caller reuses the dict before COMMIT."""
+    from outbox.tagging import tag_valid
+    from outbox.writer import NewEvent, events_write
+
+    payload = {"n": 1}
+    with transaction.atomic():
+        events_write([NewEvent("thing.counted", "thing", "1", payload)])
+        payload["n"] = 2
+        events_write([NewEvent("thing.counted", "thing", "1", payload)])
+        payload["n"] = 3
+    counted = list(Event.objects.checked().filter(event_type="thing.counted").order_by("id"))
+    assert [(event.payload["n"], tag_valid(event)) for event in counted] == [(1, True), (2, True)]
