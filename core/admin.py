@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
+from django.db.models.functions import Lower
 from django.http import HttpRequest, StreamingHttpResponse
 
 from core import services
@@ -214,7 +215,9 @@ class OrderAdmin(ValidAutocomplete, VersionCheckedAdmin[Order], Uncounted[Order]
     list_display = ["__str__", "customer", "status", "created_at", "placed_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["customer__email"]  # shows the search box; search_exact() decides what a term means
-    search_help_text = "An order number (7), a customer's exact e-mail, or part of a customer's name."
+    search_help_text = (
+        "An order number (7), a customer's whole e-mail address (in any case), or part of a customer's name."
+    )
     autocomplete_fields = ["customer"]
     readonly_fields = ["created_at", "updated_at", "placed_at", "closed_at"]
     list_select_related = ["customer"]
@@ -227,7 +230,9 @@ class OrderAdmin(ValidAutocomplete, VersionCheckedAdmin[Order], Uncounted[Order]
         if order_id is not None:
             return queryset.filter(pk=order_id)
         if "@" in term:
-            return queryset.filter(customer__email=term)
+            # Addresses are unique whatever their case: read from the lower(email) index.
+            same_address = Customer.objects.alias(address=Lower("email")).filter(address=term.lower())
+            return queryset.filter(customer_id__in=same_address.values("pk"))
         customers = list(
             Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)[: ORDER_SEARCH_CUSTOMERS + 1]
         )

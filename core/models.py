@@ -58,8 +58,9 @@ class Customer(EmittingModel):
     class Meta:
         ordering = ["name"]
         constraints = [
-            # ADA@example.com and ada@example.com are one mailbox, so one customer. The exact
-            # unique index stays: the order search looks customers up by their exact e-mail.
+            # ADA@example.com and ada@example.com are one mailbox, so one customer; the order
+            # search looks customers up by this index too. The exact unique index stays, for
+            # lookups by the address as stored.
             models.UniqueConstraint(
                 Lower("email"),
                 name="customer_email_lower_uniq",

@@ -81,6 +81,7 @@ def test_order_search_by_number_exact_email_or_part_of_a_name(admin_client: Clie
     assert found(str(grace.pk)) == {grace.pk}
     assert found(f"%23{ada[1].pk}") == {ada[1].pk}  # "#7", as the order is named
     assert found("grace%40example.com") == {grace.pk}
+    assert found("GRACE%40Example.com") == {grace.pk}  # one customer per address, whatever its case
     assert found("lovel") == {o.pk for o in ada}
     assert found("nobody") == set()
 
