@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Value
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -247,7 +247,16 @@ def product_create(*, sku: str, name: str, price: Decimal) -> Product:
 
 
 def customer_email_check(*, email: str, customer_id: int | None = None) -> None:
-    """Raise DuplicateEmailError naming the other customer who has this e-mail, in any case."""
+    """Raise DuplicateEmailError naming the other customer who has this e-mail, in any case.
+
+    Inside a transaction on PostgreSQL, the address is locked until it commits: two users saving
+    one address at once (in two cases) are told apart here, the later after the earlier commits,
+    instead of one of them meeting the unique index's error.
+    """
+    connection = connections[router.db_for_write(Customer)]
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('core.customer.email:' || lower(%s)))", [email])
     # Compared as the unique index compares them (lower() in the database), which also finds them by it.
     same = Customer.objects.alias(email_lower=Lower("email")).filter(email_lower=Lower(Value(email)))
     if customer_id is not None:

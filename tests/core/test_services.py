@@ -85,3 +85,39 @@ def test_a_line_added_through_a_stale_order_object_is_refused(customer: Customer
     with pytest.raises(InvalidTransitionError, match="is cancelled"):
         services.order_line_add(order=stale, sku="MS-002", quantity=1)
     assert order.lines.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_address_saved_twice_at_once_in_two_cases_is_refused_in_words() -> None:
+    """The second save waits for the first to commit, then is told which customer has the address
+    (it used to meet the unique index instead: a server error in the admin)."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from core.errors import DuplicateEmailError
+
+    checked, release = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def second() -> None:
+        checked.wait(10)
+        try:
+            services.customer_create(name="Ada again", email="ADA@example.com")
+        except Exception as e:  # the outcome under test
+            outcome.append(e)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with transaction.atomic():
+        services.customer_email_check(email="ada@example.com")
+        checked.set()
+        release.wait(1)  # the second save runs meanwhile, and waits on the address
+        Customer.objects.create(name="Ada", email="ada@example.com")
+    thread.join(30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], DuplicateEmailError), outcome
+    assert "customer #" in str(outcome[0])
+    assert Customer.objects.filter(email__iexact="ada@example.com").count() == 1
