@@ -30,13 +30,13 @@ from typing import Any
 
 from django.db import connection
 
-from core.models import Order, Product
+from core.models import Product
+from core.services import TAKING_STATUSES
 from outbox.consuming import PermanentError, consume
 from outbox.models import Event
 from outbox.tagging import tag_valid
 
 CONSUMER = "inventory"
-TAKING_STATUSES = (Order.Status.PLACED, Order.Status.FULFILLED)
 
 logger = logging.getLogger("consumers.inventory")
 

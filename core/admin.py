@@ -13,7 +13,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
-from django.db.models.functions import Lower
 from django.http import HttpRequest, StreamingHttpResponse
 
 from core import services
@@ -231,8 +230,7 @@ class OrderAdmin(ValidAutocomplete, VersionCheckedAdmin[Order], Uncounted[Order]
             return queryset.filter(pk=order_id)
         if "@" in term:
             # Addresses are unique whatever their case: read from the lower(email) index.
-            same_address = Customer.objects.alias(address=Lower("email")).filter(address=term.lower())
-            return queryset.filter(customer_id__in=same_address.values("pk"))
+            return queryset.filter(customer_id__in=services.customers_by_email(email=term).values("pk"))
         customers = list(
             Customer.objects.filter(name__icontains=term).values_list("pk", flat=True)[: ORDER_SEARCH_CUSTOMERS + 1]
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import connections, router, transaction
-from django.db.models import Value
+from django.db.models import QuerySet, Value
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -92,6 +92,8 @@ def order_lines_change_check(*, order_id: int | None, current: str, new: str | N
         )
 
 
+# The statuses in which an order's lines are out of stock: the inventory consumer moves stock by
+# the same rule that the beyond-stock check below applies.
 TAKING_STATUSES = frozenset({Status.PLACED, Status.FULFILLED})
 
 
@@ -246,6 +248,12 @@ def product_create(*, sku: str, name: str, price: Decimal) -> Product:
     return product
 
 
+def customers_by_email(*, email: str) -> QuerySet[Customer]:
+    """Return the customer with this e-mail address in any case (at most one), compared as the
+    unique index compares them (lower() in the database), which also finds them by it."""
+    return Customer.objects.alias(email_lower=Lower("email")).filter(email_lower=Lower(Value(email)))
+
+
 def customer_email_check(*, email: str, customer_id: int | None = None) -> None:
     """Raise DuplicateEmailError naming the other customer who has this e-mail, in any case.
 
@@ -257,8 +265,7 @@ def customer_email_check(*, email: str, customer_id: int | None = None) -> None:
     if connection.vendor == "postgresql" and connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('core.customer.email:' || lower(%s)))", [email])
-    # Compared as the unique index compares them (lower() in the database), which also finds them by it.
-    same = Customer.objects.alias(email_lower=Lower("email")).filter(email_lower=Lower(Value(email)))
+    same = customers_by_email(email=email)
     if customer_id is not None:
         same = same.exclude(pk=customer_id)
     other = same.first()

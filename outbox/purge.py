@@ -2,11 +2,11 @@
 
 Settled means: not waiting in outbox_pending, delivered (at least one delivery, all of them done:
 none published, failed or dead), and sealed (outbox_seal), so that the chain still verifies
-after the purge. Anything else
-is kept, whatever its age. On PostgreSQL the deletes go through `outbox_purge_events()`, a
-function that runs as the tables' owner (the application's role may not delete events itself),
-and the event table's trigger refuses any event that is not settled, whoever asks. The seals of
-purged events stay, stamped `purged_at`, so outbox_verify can tell a purge from a removal.
+after the purge. Anything else is kept, whatever its age. On PostgreSQL the deletes go through
+`outbox_purge_events()`, a function that runs as the tables' owner (the application's role may
+not delete events itself), and the event table's trigger refuses any event that is not settled,
+whoever asks. The seals of purged events stay, stamped `purged_at`, so outbox_verify can tell a
+purge from a removal.
 """
 
 import json

@@ -290,7 +290,8 @@ def verify(
             seen[name] = event.aggregate_version
             event = next(event_iter, None)
             continue
-        if sealed is not None and position(sealed) == position(event):
+        if at_seal:
+            assert sealed is not None
             expected = chain(previous.get(name, GENESIS), event, key)
             if (
                 sealed.event_id != event.id

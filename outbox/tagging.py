@@ -148,17 +148,19 @@ def tag_valid(event: Any, key: bytes | None = None) -> bool:
 
 def forged_reason(event: Any) -> str:
     """The error recorded on a forged event's deliveries: what happened and what to do."""
+    what = f"Event {event.id} ({event.event_type} {event.aggregate_type}:{event.aggregate_id})"
     copy_of = getattr(event, "copy_of", None)
     if copy_of:
-        return (
-            f"Event {event.id} ({event.event_type} {event.aggregate_type}:{event.aggregate_id}) is a copy of event "
-            f"{copy_of}, which was sealed under its UUID (and may have been purged since): a row inserted by SQL. "
-            "It was refused: nothing was applied and it is not sealed. Investigate who inserted it "
-            "(outbox_verify names it); do not replay it."
+        why = (
+            f"is a copy of event {copy_of}, which was sealed under its UUID (and may have been purged since): "
+            "a row inserted by SQL"
+        )
+    else:
+        why = (
+            "was not written by the outbox's writer: its tag does not verify (a row inserted by SQL, or written "
+            "under another OUTBOX_SEAL_KEY)"
         )
     return (
-        f"Event {event.id} ({event.event_type} {event.aggregate_type}:{event.aggregate_id}) was not written by "
-        "the outbox's writer: its tag does not verify (a row inserted by SQL, or written under another "
-        "OUTBOX_SEAL_KEY). It was refused: nothing was applied and it is not sealed. Investigate who inserted it "
+        f"{what} {why}. It was refused: nothing was applied and it is not sealed. Investigate who inserted it "
         "(outbox_verify names it); do not replay it."
     )

@@ -54,7 +54,6 @@ class _Row:
     inside its atomic block, rather than the COMMIT.
     """
 
-    event: NewEvent
     actor: str
     correlation_id: str
     source: str
@@ -164,7 +163,7 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
     payload = _dumps(event.payload)
     names = (event.event_type, event.aggregate_type, event.aggregate_id)
     if not whole:
-        return _Row(event, actor, correlation_id, source, payload, event_id, key, payload, names)
+        return _Row(actor, correlation_id, source, payload, event_id, key, payload, names)
     doc: dict[str, Any] = {
         "type": names[0],
         "aggregatetype": names[1],
@@ -175,7 +174,7 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
         "payload": orjson.Fragment(payload),
         "event_id": event_id,
     }
-    return _Row(event, actor, correlation_id, source, _dumps(doc), event_id, key, payload, names)
+    return _Row(actor, correlation_id, source, _dumps(doc), event_id, key, payload, names)
 
 
 def require_atomic(connection: BaseDatabaseWrapper) -> None:
@@ -268,7 +267,7 @@ def pg_insert_and_commit(pg_connection: psycopg.Connection[Any], rows: Sequence[
 
 
 def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
-    counts = Counter((r.event.aggregate_type, r.event.aggregate_id) for r in rows)
+    counts = Counter(r.names[1:] for r in rows)
     next_version: dict[tuple[str, str], int] = {}
     with connection.cursor() as cursor:
         for key, n in counts.items():
@@ -276,13 +275,11 @@ def _portable_insert(connection: Any, rows: Sequence[_Row]) -> None:
             next_version[key] = cursor.fetchone()[0] - n + 1
         values = []
         for r in rows:
-            e = r.event
-            key = (e.aggregate_type, e.aggregate_id)
-            event_id = r.event_id
+            key = r.names[1:]
             values.append(
                 (
-                    event_id,
-                    e.event_type,
+                    r.event_id,
+                    r.names[0],
                     *key,
                     next_version[key],
                     r.doc.decode(),

@@ -22,6 +22,7 @@ Run as the owner of the tables. TRUNCATE and ALTER TABLE need ownership, which t
 application's role must not have: see docs/operations.md#database-roles.
 """
 
+import importlib
 from typing import Any
 
 from django.db import migrations, models
@@ -129,40 +130,14 @@ $$;
 REVOKE ALL ON FUNCTION outbox_purge_events(bigint[]) FROM PUBLIC;
 """
 
-# 0005's guards, for a migration back.
-PREVIOUS_GUARDS = """
+# Back to 0005: what this migration added goes, then 0005's own statements put its guards back.
+DROP_ADDED = """
 DROP FUNCTION IF EXISTS outbox_purge_events(bigint[]);
 DROP TRIGGER IF EXISTS outbox_seal_names_its_event ON outbox_seal;
 DROP FUNCTION IF EXISTS outbox_seal_insert_guard();
 DROP TRIGGER IF EXISTS outbox_checkpoint_append_only ON outbox_checkpoint;
 DROP TRIGGER IF EXISTS outbox_aggregate_counts_up ON outbox_aggregate;
 DROP FUNCTION IF EXISTS outbox_aggregate_guard();
-CREATE OR REPLACE FUNCTION outbox_event_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' AND current_setting('outbox.purge', true) = 'on' THEN
-        IF EXISTS (SELECT 1 FROM outbox_pending WHERE event_id = OLD.id)
-           OR EXISTS (SELECT 1 FROM outbox_delivery WHERE event_id = OLD.id AND status <> 'done') THEN
-            RAISE EXCEPTION 'outbox_event %: only settled events may be purged; this one is pending, failed or in flight', OLD.id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'outbox_event is append-only: % of event % refused. Events are facts; only outbox_purge deletes settled ones.', TG_OP, OLD.id
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-CREATE OR REPLACE FUNCTION outbox_seal_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'UPDATE' AND current_setting('outbox.purge', true) = 'on'
-       AND NEW.event_id = OLD.event_id AND NEW.seal = OLD.seal
-       AND NEW.aggregatetype = OLD.aggregatetype AND NEW.aggregateid = OLD.aggregateid
-       AND NEW.aggregate_version = OLD.aggregate_version AND NEW.sealed_at = OLD.sealed_at THEN
-        RETURN NEW;
-    END IF;
-    RAISE EXCEPTION 'outbox_seal is append-only: % of the seal of event % refused', TG_OP, OLD.event_id
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
 """
 
 
@@ -221,7 +196,10 @@ def guards_create(apps: Any, schema_editor: Any) -> None:
 
 def guards_drop(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(PREVIOUS_GUARDS, params=None)
+        append_only = importlib.import_module("outbox.migrations.0005_append_only")
+        schema_editor.execute(DROP_ADDED, params=None)
+        schema_editor.execute(append_only.DROP, params=None)
+        schema_editor.execute(append_only.CREATE, params=None)
 
 
 class Migration(migrations.Migration):
