@@ -18,7 +18,7 @@ from django.db import connection
 from django.test import Client
 
 from core.bench_relay import percentile
-from outbox import routing
+from outbox.relay import routing
 
 YEAR_START = datetime(2026, 1, 1, tzinfo=UTC)
 PRODUCTS = 2000

@@ -23,7 +23,7 @@ from django.db import DatabaseError, connection
 from django.test.utils import override_settings
 
 from core.harness import max_event_id
-from outbox.relay import Relay
+from outbox.relay.loop import Relay
 
 BENCH_QUEUE = "outbox_bench"
 BENCH_CONSUMERS = ["bench_inventory", "bench_email", "bench_audit"]

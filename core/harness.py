@@ -21,7 +21,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from django.db import connection
 
-from outbox import routing
+from outbox.relay import routing
 
 LOOPBACK = "127.0.0.1"
 

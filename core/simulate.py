@@ -19,7 +19,7 @@ from consumers.models import EmailNotice, StockMovement
 from core.models import Order, OrderLine, Product, StockReceipt
 from core.traffic import Shopper, catalogue_ensure
 from outbox.models import Delivery, Event, Pending
-from outbox.routing import consumers_for
+from outbox.relay.routing import consumers_for
 
 SKU_PREFIX = "SIM-"
 ACTIONS = ["place", "edit", "cancel", "receive"]
