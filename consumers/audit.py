@@ -11,9 +11,8 @@ from typing import Any
 
 from django.db import transaction
 
+from outbox import Event, consumer, seals
 from outbox.consume.run import consume
-from outbox.eventlog import sealing
-from outbox.models import Event
 
 CONSUMER = "audit_log"
 audit_logger = logging.getLogger("audit")
@@ -40,10 +39,11 @@ def audit_line(event: Event, seal: str = "") -> str:
     )
 
 
+@consumer(CONSUMER, events="*", queue="audit", priority=20, batch=True, together=True)
 def write_lines(events: list[Event]) -> None:
-    """Seal the events and write their audit lines once the transaction commits."""
-    seals = sealing.seal_many(events)
-    lines = [audit_line(event, seals[event.id]) for event in events]
+    """Write the audit line of each event, with its seal, once the transaction commits."""
+    sealed = seals(events)
+    lines = [audit_line(event, sealed[event.id]) for event in events]
 
     # After the commit that records the deliveries: a rolled-back attempt writes nothing.
     def emit() -> None:

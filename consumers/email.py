@@ -33,9 +33,9 @@ from django.utils import timezone
 
 from consumers.models import EmailNotice
 from core.models import Order, OrderLine
+from outbox import Event, PermanentError, consumer
 from outbox.consume.deliveries import delivery_begin
-from outbox.consume.run import PermanentError, consume
-from outbox.models import Event
+from outbox.consume.run import consume
 
 CONSUMER = "email"
 Kind = EmailNotice.Kind
@@ -58,6 +58,15 @@ def lease_seconds() -> float:
     return float(getattr(settings, "EMAIL_NOTICE_LEASE_SECONDS", 3 * settings.EMAIL_TIMEOUT))
 
 
+@consumer(
+    CONSUMER,
+    events=list(EVENT_TYPES),
+    queue="email",
+    priority=10,
+    kind="external",
+    message=True,
+    records=["consumers.EmailNotice"],
+)
 def send_notices(*, event_ids: object) -> None:
     """Send the notice of each event not yet handled, over one SMTP connection (the actor's service)."""
     connection = mail.get_connection()
@@ -210,7 +219,7 @@ def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -
     if kind is None:
         raise PermanentError(
             f"The e-mail consumer does not handle {event.event_type} events. "
-            "Remove the route in settings/routes.py; the event itself is fine."
+            "Remove the type from its @consumer declaration's events; the event itself is fine."
         )
     message = render(kind, int(event.aggregate_id), orders)
     claimed = claim(kind=kind, event=event, message=message)

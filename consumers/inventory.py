@@ -32,9 +32,8 @@ from django.db import connection
 
 from core.models import Product
 from core.services import TAKING_STATUSES
-from outbox.consume.run import PermanentError, consume
-from outbox.eventlog.tagging import tag_valid
-from outbox.models import Event
+from outbox import Event, PermanentError, consumer
+from outbox.consume.run import consume
 
 CONSUMER = "inventory"
 
@@ -103,7 +102,7 @@ def source_of(event: Event) -> str:
         return f"receipt:{_state(event.id, event.event_type, event.payload)['id']}"
     raise PermanentError(
         f"The inventory consumer does not handle {event.event_type} events. "
-        "Remove the route in settings/routes.py; the event itself is fine."
+        "Remove the type from its @consumer declaration's events; the event itself is fine."
     )
 
 
@@ -159,7 +158,7 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
         for row in Event.objects.checked().filter(
             aggregate_type=first.aggregate_type, aggregate_id=first.aggregate_id, aggregate_version__in=missing
         ):
-            if tag_valid(row):
+            if row.is_authentic():
                 read[row.aggregate_version] = (row.event_type, row.payload)
             else:  # not written by the writer: it changes nothing
                 refused.add(row.aggregate_version)
@@ -216,6 +215,26 @@ def _plan(source: str, events: list[Event], applied_version: int, state: dict[st
     return deltas, todo[-1].aggregate_version
 
 
+@consumer(
+    CONSUMER,
+    events=[
+        "order.placed",
+        "order.cancelled",
+        "order.deleted",
+        "order_line.added",
+        "order_line.changed",
+        "order_line.removed",
+        "stock.received",
+        "stock.receipt_corrected",
+        "stock.receipt_removed",
+    ],
+    queue="inventory",
+    priority=0,
+    batch=True,
+    group_by=lambda event: group_key(event),
+    together=True,
+    records=["consumers.StockMovement"],
+)
 def apply_sources(events: list[Event]) -> None:
     """Bring every source of these events to its last version here (inside the deliveries' transaction)."""
     by_source: dict[str, list[Event]] = {}

@@ -5,7 +5,7 @@ changes share one version sequence. See docs/events.md for the payloads.
 """
 
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
-from outbox.emit.registry import Change, ChangeKind, by_kind, register
+from outbox import Change, ChangeKind, by_kind, register
 
 ORDER_STATUS_EVENTS = {
     Order.Status.DRAFT: "order.created",
@@ -43,6 +43,7 @@ def register_all() -> None:
         Order,
         aggregate_type="order",
         event_type=order_event_type,
+        emits=(*ORDER_STATUS_EVENTS.values(), "order.updated", "order.deleted"),
         untracked_fields=("updated_at",),
     )
     register(

@@ -8,6 +8,8 @@
 from django.apps import apps
 from django.contrib.auth.models import Group, Permission
 
+from outbox import consumer_records
+
 AUDITORS = "Auditors"
 OPERATORS = "Operators"
 
@@ -21,13 +23,14 @@ VIEWED = [
     "outbox.delivery",
     "outbox.replay",
     "outbox.replayitem",
-    "consumers.stockmovement",
-    "consumers.emailnotice",
 ]
-ROLES = {
-    AUDITORS: [f"{label.split('.')[0]}.view_{label.split('.')[1]}" for label in VIEWED],
-    OPERATORS: [f"{label.split('.')[0]}.view_{label.split('.')[1]}" for label in VIEWED] + ["outbox.replay_delivery"],
-}
+
+
+def roles() -> dict[str, list[str]]:
+    """Return each role's permissions: viewing the records above and every consumer's (as each
+    consumer's declaration names them), and for Operators, replaying deliveries."""
+    viewed = [f"{label.split('.')[0]}.view_{label.split('.')[1]}" for label in [*VIEWED, *consumer_records()]]
+    return {AUDITORS: viewed, OPERATORS: [*viewed, "outbox.replay_delivery"]}
 
 
 def roles_sync() -> dict[str, int]:
@@ -35,7 +38,7 @@ def roles_sync() -> dict[str, int]:
     if not apps.is_installed("django.contrib.auth"):
         return {}
     result = {}
-    for name, codes in ROLES.items():
+    for name, codes in roles().items():
         group, _ = Group.objects.get_or_create(name=name)
         permissions = []
         for code in codes:

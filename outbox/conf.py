@@ -14,11 +14,6 @@ def prepared_statements() -> bool:
     return bool(getattr(settings, "OUTBOX_PREPARED_STATEMENTS", True))
 
 
-def routes() -> dict[str, list[str]]:
-    """Event type (or "*" for all) → the consumers (Dramatiq actor names) that receive it."""
-    return dict(getattr(settings, "OUTBOX_ROUTES", {}))
-
-
 def batch_size() -> int:
     """How many events a relay claims at a time."""
     return int(getattr(settings, "OUTBOX_RELAY_BATCH_SIZE", 1000))

@@ -58,6 +58,26 @@ class Event(models.Model):
     def __str__(self) -> str:
         return f"{self.event_type} {self.aggregate_type}:{self.aggregate_id} v{self.aggregate_version}"
 
+    # The names a consumer's handler reads (docs/extending.md).
+    @property
+    def type(self) -> str:
+        """The event type, such as `order.placed`."""
+        return self.event_type
+
+    @property
+    def version(self) -> int:
+        """The event's place in its aggregate's sequence (1, 2, ...)."""
+        return self.aggregate_version
+
+    def is_authentic(self) -> bool:
+        """Whether the outbox's writer wrote this event (its tag verifies), not SQL behind its back.
+
+        Read the event through `Event.objects.checked()` so that a copy of a sealed event is caught too.
+        """
+        from outbox.eventlog.tagging import tag_valid
+
+        return tag_valid(self)
+
 
 class AggregateVersion(models.Model):
     """The latest version of each aggregate that has events.
@@ -338,3 +358,36 @@ class MessageDrop(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer}: {self.messages} {self.reason}"
+
+
+class Dedupe(models.Model):
+    """An external consumer's record of one outside effect, once per (consumer, key): the dedupe key.
+
+    Committed (`sending`, with a lease) before the handler's outside call and marked `sent` after
+    it, with the delivery. A worker that finds it `sent` does nothing; one that finds a live lease
+    retries later; one that finds an expired lease (a worker died mid-call) calls again: the one
+    duplicate window, which `sends` above 1 shows.
+    """
+
+    class Status(models.TextChoices):
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+
+    consumer = models.CharField(max_length=100)
+    key = models.CharField(max_length=200)
+    event_id = models.BigIntegerField(help_text="The event that last asked for it.")
+    status = models.CharField(max_length=20, choices=Status.choices)
+    sends = models.PositiveIntegerField(default=0)
+    token = models.UUIDField(default=uuid.uuid4, editable=False)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    outbox_privileges = ("SELECT", "INSERT", "UPDATE")
+
+    class Meta:
+        db_table = "outbox_dedupe"
+        constraints = [models.UniqueConstraint(fields=["consumer", "key"], name="outbox_dedupe_consumer_key_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} {self.key}: {self.status}"

@@ -190,7 +190,6 @@ DRAMATIQ_TASKS_DATABASE = "default"
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 
 # --- Outbox ------------------------------------------------------------------------------------
-from settings.routes import OUTBOX_ROUTES  # noqa: E402, F401
 
 # The relay's batch size, claim lease and idle poll; the sweeper's deadline for a published
 # delivery that no consumer finished (see docs/operations.md).

@@ -11,6 +11,8 @@ os.environ.setdefault("SALES_SUMMARY_AT", "")
 from .base import *  # noqa: F403
 
 DEBUG = False
+# An app that hangs its own events and consumers on the outbox (docs/extending.md).
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.ledger"]  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -36,6 +36,10 @@ class PermanentError(Exception):
     """Trying again cannot help (bad input, a missing row): the delivery is dead at once."""
 
 
+class RetryableError(Exception):
+    """Trying again may help (a service briefly down): the delivery is retried with backoff."""
+
+
 class BadMessage(PermanentError):
     """A message whose arguments are not a list of event ids. Name it in an actor's `throws`."""
 
@@ -291,3 +295,46 @@ def _record_failures(
                 attempt.allowed,
                 first_line,
             )
+
+
+def _by_aggregate(event: Event) -> object:
+    return (event.aggregate_type, event.aggregate_id)
+
+
+def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> Outcome:
+    """Run the declared consumer `name` over the message's events (what its actor does)."""
+    from outbox.consume.declare import Kind, declaration
+    from outbox.consume.external import DedupeBusy, external_run
+
+    declared = declaration(name)
+    if declared is None:
+        raise PermanentError(f"No consumer is declared with the name {name!r}.")
+    if declared.message:
+        declared.handler(event_ids=event_ids)
+        return Outcome(name)
+    if declared.kind is Kind.EXTERNAL:
+
+        def handle_external(events: list[Event]) -> None:
+            try:
+                external_run(declared, events[0])
+            except DedupeBusy as exc:
+                raise RetryableError(str(exc)) from exc
+
+        return consume(consumer=name, event_ids=event_ids, handle=handle_external, atomic=False, attempt=attempt)
+    handler = declared.handler
+
+    def handle(events: list[Event]) -> None:
+        if declared.batch:
+            handler(events)
+            return
+        for event in events:
+            handler(event)
+
+    return consume(
+        consumer=name,
+        event_ids=event_ids,
+        handle=handle,
+        group_by=declared.group_by or _by_aggregate,
+        together=declared.together,
+        attempt=attempt,
+    )

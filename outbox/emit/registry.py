@@ -48,6 +48,8 @@ class EventSpec:
     # Fields maintained by consumers (projections such as a stock level): changing only these
     # writes no event, and QuerySet.update() may touch them.
     untracked_fields: frozenset[str] = frozenset()
+    # The event types the model may emit (by_kind() knows its own; None: not declared).
+    emits: tuple[str, ...] | None = None
     # Worked out once at registration, since every save reads them: (name, attname) of every
     # concrete field, and the attnames of the tracked ones.
     attnames: tuple[str, ...] = ()
@@ -71,6 +73,7 @@ def by_kind(**types: str) -> EventTypeFunc:
             return None
         return types.get(change.kind.value)
 
+    event_type.emits = tuple(types.values())  # type: ignore[attr-defined]
     return event_type
 
 
@@ -81,6 +84,7 @@ def register(
     event_type: EventTypeFunc,
     aggregate_id: Callable[[Any], object] | None = None,
     untracked_fields: tuple[str, ...] = (),
+    emits: tuple[str, ...] | None = None,
 ) -> EventSpec:
     """Declare that saves and deletes of `model` write events; return the declaration."""
     from outbox.emit.model import EmittingModel
@@ -104,6 +108,7 @@ def register(
         event_type=event_type,
         aggregate_id=aggregate_id or (lambda instance: instance.pk),
         untracked_fields=untracked,
+        emits=tuple(emits) if emits is not None else getattr(event_type, "emits", None),
         attnames=tuple(f.attname for f in fields),
         tracked=tuple((f.name, f.attname) for f in fields if not {f.name, f.attname} & untracked),
     )
@@ -128,3 +133,13 @@ def spec_for(model: type[models.Model]) -> EventSpec:
 def specs() -> list[EventSpec]:
     """Return every declaration."""
     return list(_specs.values())
+
+
+def emitted_types() -> set[str] | None:
+    """Return every event type the emitting models declare, or None if one does not say."""
+    found: set[str] = set()
+    for spec in _specs.values():
+        if spec.emits is None:
+            return None
+        found.update(spec.emits)
+    return found

@@ -2,9 +2,10 @@
 
 Each event's seal is HMAC-SHA256(key, previous seal of its aggregate ‖ the event's facts), the
 facts being every column of the event in a canonical JSON form. The chain is written after
-commit, in version order, by whoever calls `seal()` (the audit-log consumer, for every event it
-logs, so an audit line carries its event's seal). `verify()` recomputes the chains and names each
-event that was edited or removed behind the application's back.
+commit, in version order, by the outbox's own consumer (outbox/eventlog/sealer.py),
+and by any consumer that asks for the seals (`outbox.seals()`; the audit log carries them in its
+lines). `verify()` recomputes the chains and names each event that was edited or removed behind
+the application's back.
 
 The key is OUTBOX_SEAL_KEY (by default derived from SECRET_KEY): whoever can write the database
 but does not hold the key cannot forge a chain that verifies. Keep the key out of the database.
@@ -208,7 +209,7 @@ def verify(
 
     - changed: the event's facts (or its seal) no longer give its seal;
     - removed: a sealed event is gone and the purge did not remove it;
-    - unsealed: an event older than `unsealed_grace` has no seal (is the audit consumer running?);
+    - unsealed: an event older than `unsealed_grace` has no seal (is a worker taking the outbox_seal queue?);
     - missing_versions: the aggregate's counter is past its last event and seal;
     - forged: an event the writer did not write (its tag does not verify);
     - and, over the whole log, what outbox.eventlog.checkpoints.checkpoints_check() finds: sealed events
@@ -316,7 +317,7 @@ def verify(
                     ":".join(name),
                     event.aggregate_version,
                     event.id,
-                    f"no seal after {unsealed_grace}; is the audit_log consumer running?",
+                    f"no seal after {unsealed_grace}; are workers taking the outbox_seal queue running?",
                 )
             )
         seen[name] = event.aggregate_version

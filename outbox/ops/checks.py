@@ -28,29 +28,51 @@ def check_emitting_models_registered(app_configs: Any = None, **kwargs: Any) -> 
 
 
 @checks.register()
-def check_routes_name_existing_actors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Every consumer named by OUTBOX_ROUTES must be a Dramatiq actor that the worker defines."""
-    import dramatiq
-    from dramatiq.errors import ActorNotFound
+def check_consumers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Each consumer takes types that something emits, and is declared where the worker loads it."""
+    from outbox.consume import declare
 
-    from outbox.relay import routing
-
-    routing.load_actors()
-    broker = dramatiq.get_broker()
-    errors: list[checks.CheckMessage] = []
-    for name in sorted(routing.route_names()):
-        try:
-            broker.get_actor(name)
-        except ActorNotFound:
-            known = ", ".join(sorted(broker.get_declared_actors())) or "none"
-            errors.append(
+    emitted = registry.emitted_types()
+    found: list[checks.CheckMessage] = []
+    taken: set[str] = set()
+    packages = [config.name for config in apps.get_app_configs()]
+    for declared in declare.declared():
+        module = declared.handler.__module__
+        if not any(module == name or module.startswith(name + ".") for name in packages):
+            found.append(
                 checks.Error(
-                    f"OUTBOX_ROUTES sends events to {name!r}, but no Dramatiq actor has that name.",
-                    hint=f"Fix the name in settings/routes.py or define the actor. Known actors: {known}.",
+                    f"Consumer {declared.name!r} is declared in {module}, which is not part of an installed app: "
+                    "the worker would not load it.",
+                    hint="Declare it in an installed app's `consumers` module, or in a module its AppConfig.ready() "
+                    "imports.",
                     id="outbox.E002",
                 )
             )
-    return errors
+        types = [t for t in declared.events if t != declare.ALL]
+        taken.update(types)
+        if emitted is not None:
+            for event_type in types:
+                if event_type not in emitted:
+                    found.append(
+                        checks.Error(
+                            f"Consumer {declared.name!r} takes {event_type!r} events, but no emitting model emits "
+                            "that type.",
+                            hint="Fix the type in its @consumer declaration. Emitted types: "
+                            + ", ".join(sorted(emitted)),
+                            id="outbox.E004",
+                        )
+                    )
+    wildcard = {c.name for c in declare.declared() if declare.ALL in c.events and c.name != "outbox_seal"}
+    if emitted is not None and not wildcard:
+        for event_type in sorted(emitted - taken):
+            found.append(
+                checks.Info(
+                    f"No consumer takes {event_type!r} events (only the outbox's sealer does).",
+                    hint="That may be intended; declare a consumer for the type if something should react to it.",
+                    id="outbox.I001",
+                )
+            )
+    return found
 
 
 @checks.register()

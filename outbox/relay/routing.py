@@ -1,4 +1,7 @@
-"""Routing: which consumers (Dramatiq actors) receive an event, and the messages that carry it.
+"""Routing: which consumers receive an event, and the messages that carry it.
+
+The routes come from the consumers' declarations (`@outbox.consumer`, outbox/consume/declare.py):
+no central table lists them.
 
 One message per (consumer, batch) carries the ids of every event in the batch for that consumer:
 a worker then handles a batch per message instead of paying the broker round trip per event.
@@ -14,31 +17,43 @@ from django.apps import apps
 from dramatiq import Message
 
 from outbox import conf
+from outbox.consume import declare
 
 
 def load_actors() -> None:
-    """Import the apps' actor modules, as the worker does, so that the broker knows every actor."""
+    """Import the apps' actor modules, as the worker does, and make every declared consumer's actor
+    on the current broker, so that the broker knows every actor."""
     for app in apps.get_app_configs():
         for module in conf.actor_modules():
             name = f"{app.name}.{module}"
             if importlib.util.find_spec(name) is not None:
                 importlib.import_module(name)
+    declare.actors_declare()
+
+
+def routes() -> dict[str, list[str]]:
+    """Event type (or "*" for all) → the consumers that take it, from the enabled declarations."""
+    table: dict[str, list[str]] = {}
+    for declared in declare.enabled():
+        for event_type in declared.events:
+            table.setdefault(event_type, []).append(declared.name)
+    return table
 
 
 def consumers_for(event_type: str, table: dict[str, list[str]] | None = None) -> tuple[str, ...]:
     """Return the consumers that receive events of this type, each once."""
-    table = conf.routes() if table is None else table
+    table = routes() if table is None else table
     return tuple(dict.fromkeys([*table.get(event_type, ()), *table.get("*", ())]))
 
 
 def route_names() -> set[str]:
     """Return every consumer named by the routes."""
-    return {name for names in conf.routes().values() for name in names}
+    return {name for names in routes().values() for name in names}
 
 
 def route_pairs(event_types: Iterable[str]) -> tuple[list[str], list[str]]:
     """Return the routes of these event types as parallel lists (types, consumers), each pair once."""
-    table = conf.routes()
+    table = routes()
     types: list[str] = []
     consumers: list[str] = []
     for event_type in event_types:
@@ -50,7 +65,7 @@ def route_pairs(event_types: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def messages(events: Iterable[tuple[int, str]]) -> list[Message[None]]:
     """Return one message per consumer carrying the ids of its events, from (id, type) pairs."""
-    table = conf.routes()
+    table = routes()
     known: dict[str, tuple[str, ...]] = {}
     by_consumer: dict[str, list[int]] = defaultdict(list)
     for event_id, event_type in events:
@@ -64,5 +79,6 @@ def messages(events: Iterable[tuple[int, str]]) -> list[Message[None]]:
 
 def message(consumer: str, event_ids: list[int]) -> Message[None]:
     """Return the message that asks `consumer` to handle these events."""
-    actor = dramatiq.get_broker().get_actor(consumer)
-    return Message(queue_name=actor.queue_name, actor_name=consumer, args=(event_ids,), kwargs={}, options={})
+    declared = declare.declaration(consumer)
+    queue = declare.queue_of(declared) if declared else dramatiq.get_broker().get_actor(consumer).queue_name
+    return Message(queue_name=queue, actor_name=consumer, args=(event_ids,), kwargs={}, options={})

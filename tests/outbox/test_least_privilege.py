@@ -249,7 +249,7 @@ def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: 
                 return (
                     not Pending.objects.exists()
                     and Delivery.objects.filter(status="published").count() == 0
-                    and Delivery.objects.filter(event_id=forged, status="dead").count() == 2
+                    and Delivery.objects.filter(event_id=forged, status="dead").count() == 3  # stock, audit, seal
                 )
 
             wait_until(settled, timeout=60, what="every delivery to be done or dead")

@@ -132,7 +132,11 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
     with processes(tmp_path, **env) as procs:
         relay = procs.relay("r1")
         worker = procs.worker()
-        wait_until(lambda: Delivery.objects.filter(status="done").count() == 3, timeout=90, what="the worker")
+        wait_until(
+            lambda: Delivery.objects.filter(consumer="audit_log", status="done").count() == 3,
+            timeout=90,
+            what="the worker",
+        )
 
         def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             try:

@@ -1,0 +1,216 @@
+"""Consumers, each declared in one place: `@consumer(name, events=[...])` on its handler.
+
+A declaration says which event types the consumer takes, on which Dramatiq queue, with which
+priority and retries, and its kind:
+
+- `transactional` (the default): the handler's database writes commit in the transaction that
+  records the delivery done, so the effect happens exactly once however often the event arrives;
+- `external`: for an effect outside the database (an e-mail, a webhook). A dedupe record commits
+  before the handler runs and is marked after it (outbox/consume/external.py); the handler gets
+  the dedupe key, to pass to the outside system.
+
+The framework makes the Dramatiq actor, routes events to it (the relay reads the declarations),
+batches events into messages and transactions, tracks, retries and records dead deliveries. The
+handler sees one event (or, with `batch=True`, a list, for a consumer whose effect is cheaper in
+bulk). Settings may move a consumer to another queue or switch it off:
+`OUTBOX_CONSUMERS = {"email": {"queue": "mail"}, "audit_log": {"enabled": False}}`.
+"""
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dramatiq
+from django.conf import settings
+
+from outbox.errors import RegistrationError
+
+ALL = "*"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Kind(str, enum.Enum):
+    """How a consumer's effect is made to happen once."""
+
+    TRANSACTIONAL = "transactional"
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One consumer's declaration."""
+
+    name: str
+    events: tuple[str, ...]  # (ALL,) for every type
+    handler: Callable[..., Any]
+    kind: Kind = Kind.TRANSACTIONAL
+    queue: str = ""
+    priority: int = 0
+    retries: int | None = None
+    batch: bool = False
+    # Events in one group share a transaction; by default one aggregate's events do.
+    group_by: Callable[[Any], object] | None = None
+    # Try the whole message as one transaction first (for a handler that takes no lock another
+    # message could take in another order).
+    together: bool = False
+    dedupe_key: Callable[[Any], str] | None = None
+    # Models ("app_label.Model") holding the consumer's effect, which the Auditors role may read.
+    records: tuple[str, ...] = ()
+    enabled: bool = True
+    # The handler takes the message's event ids and runs it itself (through outbox.consume.run),
+    # for an external consumer that keeps its own dedupe records; prefer the kinds above.
+    message: bool = False
+
+    def takes(self, event_type: str) -> bool:
+        """Whether this consumer receives events of the type."""
+        return ALL in self.events or event_type in self.events
+
+
+_declared: dict[str, Consumer] = {}
+
+
+def consumer(
+    name: str,
+    *,
+    events: Iterable[str] | str,
+    queue: str | None = None,
+    priority: int = 0,
+    retries: int | None = None,
+    kind: Kind | str = Kind.TRANSACTIONAL,
+    batch: bool = False,
+    group_by: Callable[[Any], object] | None = None,
+    together: bool = False,
+    dedupe_key: Callable[[Any], str] | None = None,
+    records: Iterable[str] = (),
+    enabled: bool = True,
+    message: bool = False,
+) -> Callable[[F], F]:
+    """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
+    if isinstance(events, str):
+        if events != ALL:
+            raise RegistrationError(f'Consumer {name!r}: events must be a list of event types or "*", not {events!r}.')
+        types: tuple[str, ...] = (ALL,)
+    else:
+        types = tuple(dict.fromkeys(events))
+        if not types:
+            raise RegistrationError(f'Consumer {name!r} takes no event types: name some, or "*" for all.')
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise RegistrationError(
+            f"Consumer {name!r}: kind must be one of {[k.value for k in Kind]}, not {kind!r}."
+        ) from None
+    if dedupe_key is not None and kind is not Kind.EXTERNAL:
+        raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
+    if kind is Kind.EXTERNAL and batch:
+        raise RegistrationError(f"Consumer {name!r}: an external consumer handles one event at a time (no batch).")
+
+    def decorate(handler: F) -> F:
+        declared = Consumer(
+            name=name,
+            events=types,
+            handler=handler,
+            kind=Kind(kind),
+            queue=queue or name,
+            priority=priority,
+            retries=retries,
+            batch=batch,
+            group_by=group_by,
+            together=together,
+            dedupe_key=dedupe_key,
+            records=tuple(records),
+            enabled=enabled,
+            message=message,
+        )
+        known = _declared.get(name)
+        if known is not None and _origin(known.handler) != _origin(handler):
+            raise RegistrationError(
+                f"Consumer {name!r} is declared twice: by {_origin(known.handler)} and by {_origin(handler)}."
+            )
+        _declared[name] = declared
+        actor_declare(declared)
+        return handler
+
+    return decorate
+
+
+def _origin(handler: Callable[..., Any]) -> str:
+    return f"{handler.__module__}.{handler.__qualname__}"
+
+
+def _overrides(name: str) -> dict[str, Any]:
+    found = getattr(settings, "OUTBOX_CONSUMERS", {}).get(name, {})
+    unknown = set(found) - {"queue", "enabled"}
+    if unknown:
+        raise RegistrationError(
+            f"OUTBOX_CONSUMERS[{name!r}] has unknown keys {sorted(unknown)}: only 'queue' and 'enabled' may be set."
+        )
+    return dict(found)
+
+
+def queue_of(declared: Consumer) -> str:
+    """Return the consumer's queue, as settings may override it."""
+    return str(_overrides(declared.name).get("queue", declared.queue))
+
+
+def is_enabled(declared: Consumer) -> bool:
+    """Whether the relay routes events to the consumer (settings may switch it off, or on)."""
+    return bool(_overrides(declared.name).get("enabled", declared.enabled))
+
+
+def declared() -> list[Consumer]:
+    """Return every declared consumer, switched off or not."""
+    return list(_declared.values())
+
+
+def enabled() -> list[Consumer]:
+    """Return the consumers the relay routes to."""
+    return [c for c in _declared.values() if is_enabled(c)]
+
+
+def consumer_records() -> list[str]:
+    """Return the models ("app_label.model", lower case) holding the declared consumers' effects."""
+    return sorted({label.lower() for c in _declared.values() for label in c.records})
+
+
+def declaration(name: str) -> Consumer | None:
+    """Return the named consumer's declaration, or None."""
+    return _declared.get(name)
+
+
+def forget(name: str) -> None:
+    """Remove a declaration (for tests that declare consumers of their own)."""
+    _declared.pop(name, None)
+
+
+def actor_declare(declared: Consumer, broker: dramatiq.Broker | None = None) -> dramatiq.Actor[Any, Any]:
+    """Make (or return) the consumer's Dramatiq actor on the broker."""
+    from outbox.consume.run import BadMessage, deliver
+
+    broker = broker or dramatiq.get_broker()
+    if declared.name in broker.actors:
+        return broker.get_actor(declared.name)
+
+    def run(event_ids: list[int]) -> None:
+        deliver(declared.name, event_ids)
+
+    run.__name__ = run.__qualname__ = declared.name
+    run.__doc__ = declared.handler.__doc__
+    return dramatiq.actor(
+        run,
+        actor_name=declared.name,
+        queue_name=queue_of(declared),
+        priority=declared.priority,
+        broker=broker,
+        max_retries=declared.retries if declared.retries is not None else getattr(settings, "CONSUMER_MAX_RETRIES", 5),
+        min_backoff=getattr(settings, "CONSUMER_MIN_BACKOFF_MS", 1_000),
+        max_backoff=getattr(settings, "CONSUMER_MAX_BACKOFF_MS", 30_000),
+        throws=(BadMessage,),
+    )
+
+
+def actors_declare(broker: dramatiq.Broker | None = None) -> None:
+    """Make every declared consumer's actor on the broker (for a broker set up after the declarations)."""
+    for declared in _declared.values():
+        actor_declare(declared, broker)

@@ -1,0 +1,19 @@
+"""The sealer: the outbox's own consumer, which seals every event (outbox/eventlog/sealing.py).
+
+It takes every event type, so the chain that verify and the purge depend on is written whatever
+other consumers a project declares. A consumer that wants an event's seal (the audit log puts it
+in each line) calls `outbox.seals()`, which seals what is not sealed yet: seals are a function of
+the log, so whichever comes first writes them and the other reads the same values.
+"""
+
+from outbox.consume.declare import ALL, consumer
+from outbox.eventlog.sealing import seal_many
+from outbox.models import Event
+
+CONSUMER = "outbox_seal"
+
+
+@consumer(CONSUMER, events=ALL, queue=CONSUMER, priority=30, batch=True, together=True)
+def seal_events(events: list[Event]) -> None:
+    """Seal the events, and any earlier unsealed events of their aggregates."""
+    seal_many(events)
