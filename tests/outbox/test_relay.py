@@ -19,7 +19,8 @@ from core.models import Customer
 from outbox.models import Delivery, Pending
 from outbox.writer import events_flush
 from tests.outbox.helpers import committed_count, conninfo
-from tests.processes import private_redis, processes, wait_until
+from tests.processes import private_redis, processes
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

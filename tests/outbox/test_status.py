@@ -17,7 +17,8 @@ from outbox.models import Delivery, Event, Pending, RelayHeartbeat
 from outbox.status import delivery_counts
 from outbox.writer import events_flush
 from tests.outbox.helpers import conninfo
-from tests.processes import processes, wait_until
+from tests.processes import processes
+from tooling.processes import wait_until
 
 # The relays here publish to Redis: empty it around each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("empty_queues")
