@@ -18,7 +18,7 @@ import dramatiq
 from django.conf import settings
 
 from consumers import audit, email, inventory
-from outbox.consuming import BadMessage
+from outbox.consume.run import BadMessage
 
 RETRIES: dict[str, Any] = {
     "max_retries": settings.CONSUMER_MAX_RETRIES,

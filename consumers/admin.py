@@ -1,6 +1,6 @@
 """The consumers' records in the admin, read-only: the stock ledger and the e-mail notices.
 
-Both grow with every order, so their lists never count (outbox.admin_volume.Uncounted), and
+Both grow with every order, so their lists never count (outbox.admin.volume.Uncounted), and
 each filter and search is answered by an index: searches are exact, not substring scans.
 """
 
@@ -13,7 +13,7 @@ from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
 from core.models import Product
-from outbox.admin_volume import UncountedAdmin, as_id
+from outbox.admin.volume import UncountedAdmin, as_id
 
 SOURCE = re.compile(r"(order|receipt):\d+")
 

@@ -1,6 +1,6 @@
 """The audit-log consumer: one structured JSON line per event, written once however often delivered.
 
-It also seals each event (outbox.sealing: a keyed hash chain per aggregate), and the line
+It also seals each event (outbox.eventlog.sealing: a keyed hash chain per aggregate), and the line
 carries the seal, so the log kept outside the database anchors the chain that outbox_verify
 checks.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 from django.db import transaction
 
-from outbox import sealing
-from outbox.consuming import consume
+from outbox.consume.run import consume
+from outbox.eventlog import sealing
 from outbox.models import Event
 
 CONSUMER = "audit_log"

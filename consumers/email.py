@@ -33,8 +33,8 @@ from django.utils import timezone
 
 from consumers.models import EmailNotice
 from core.models import Order, OrderLine
-from outbox.consuming import PermanentError, consume
-from outbox.deliveries import delivery_begin
+from outbox.consume.deliveries import delivery_begin
+from outbox.consume.run import PermanentError, consume
 from outbox.models import Event
 
 CONSUMER = "email"

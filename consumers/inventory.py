@@ -32,9 +32,9 @@ from django.db import connection
 
 from core.models import Product
 from core.services import TAKING_STATUSES
-from outbox.consuming import PermanentError, consume
+from outbox.consume.run import PermanentError, consume
+from outbox.eventlog.tagging import tag_valid
 from outbox.models import Event
-from outbox.tagging import tag_valid
 
 CONSUMER = "inventory"
 

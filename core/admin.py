@@ -1,7 +1,7 @@
 """Admin for business users. Business rules live in core.services; the admin only adapts.
 
 Orders and stock receipts grow with the business: their lists never count
-(outbox.admin_volume.Uncounted), and an order search is answered by an index.
+(outbox.admin.volume.Uncounted), and an order search is answered by an index.
 """
 
 import csv
@@ -18,7 +18,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from core import services
 from core.admin_versions import VersionCheckedAdmin, VersionedForm
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
-from outbox.admin_volume import Uncounted, as_id
+from outbox.admin.volume import Uncounted, as_id
 from outbox.models import Event
 
 

@@ -23,8 +23,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from outbox.emit.registry import spec_for
 from outbox.models import AggregateVersion, Event
-from outbox.registry import spec_for
 
 M = TypeVar("M", bound=Model)
 

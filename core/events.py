@@ -5,7 +5,7 @@ changes share one version sequence. See docs/events.md for the payloads.
 """
 
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
-from outbox.registry import Change, ChangeKind, by_kind, register
+from outbox.emit.registry import Change, ChangeKind, by_kind, register
 
 ORDER_STATUS_EVENTS = {
     Order.Status.DRAFT: "order.created",

@@ -7,4 +7,4 @@ class OutboxConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from outbox import checks  # noqa: F401  (registers the system checks)
+        from outbox.ops import checks  # noqa: F401  (registers the system checks)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
-from outbox.context import event_context
+from outbox.emit.context import event_context
 
 # A client-supplied request id is kept only if it is short and plain, so it cannot pollute logs.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

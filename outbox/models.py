@@ -9,7 +9,7 @@ from django.db.models.functions import Now
 class EventQuerySet(models.QuerySet["Event"]):
     def checked(self) -> "EventQuerySet":
         """Annotate each event with `copy_of`: the id of another event already sealed under its UUID
-        (a copy inserted by SQL, say of a purged event), or None. outbox.tagging.tag_valid() reads it."""
+        (a copy inserted by SQL, say of a purged event), or None. outbox.eventlog.tagging.tag_valid() reads it."""
         sealed_elsewhere = Seal.objects.filter(event_uuid=models.OuterRef("event_id")).exclude(
             event_id=models.OuterRef("id")
         )
@@ -34,7 +34,7 @@ class Event(models.Model):
     correlation_id = models.CharField(max_length=64)
     source = models.CharField(max_length=100)
     created_at = models.DateTimeField(db_default=Now())
-    # The writer's HMAC over the event's facts (outbox.tagging): a row inserted by SQL has none
+    # The writer's HMAC over the event's facts (outbox.eventlog.tagging): a row inserted by SQL has none
     # that verifies, and is refused by every consumer and by the sealer.
     tag = models.CharField(max_length=64, blank=True, db_default="", default="", editable=False)
 

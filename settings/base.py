@@ -171,8 +171,8 @@ DRAMATIQ_PROMETHEUS = env.bool("DRAMATIQ_PROMETHEUS", default=False)
 # Middleware is listed explicitly: django-dramatiq's default list names a Prometheus middleware
 # path that Dramatiq 2 no longer has, and its AdminMiddleware writes a row per message.
 DRAMATIQ_BROKER = {
-    # Dramatiq's Redis broker, plus idle workers woken on enqueue (outbox/broker.py).
-    "BROKER": "outbox.broker.WakingRedisBroker" if REDIS_URL else "dramatiq.brokers.stub.StubBroker",
+    # Dramatiq's Redis broker, plus idle workers woken on enqueue (outbox/consume/broker.py).
+    "BROKER": "outbox.consume.broker.WakingRedisBroker" if REDIS_URL else "dramatiq.brokers.stub.StubBroker",
     "OPTIONS": {"url": REDIS_URL} if REDIS_URL else {},
     "MIDDLEWARE": [
         "dramatiq.middleware.AgeLimit",
@@ -182,7 +182,7 @@ DRAMATIQ_BROKER = {
         # Lets a consumer know which attempt it is making, to mark a delivery dead on the last.
         "dramatiq.middleware.CurrentMessage",
         "django_dramatiq.middleware.DbConnectionsMiddleware",
-        "outbox.worker.AttemptClock",
+        "outbox.consume.worker.AttemptClock",
         *(["dramatiq.middleware.prometheus.Prometheus"] if DRAMATIQ_PROMETHEUS else []),
     ],
 }
@@ -202,11 +202,11 @@ OUTBOX_REDELIVERY_SECONDS = env.float("OUTBOX_REDELIVERY_SECONDS", default=60.0)
 # beat is older than the second figure.
 OUTBOX_HEARTBEAT_SECONDS = env.float("OUTBOX_HEARTBEAT_SECONDS", default=5.0)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env.float("OUTBOX_HEARTBEAT_STALE_SECONDS", default=30.0)
-# The event log's seal key (outbox/sealing.py): text, or hex:<hex digits>. Empty: derived from
+# The event log's seal key (outbox/eventlog/sealing.py): text, or hex:<hex digits>. Empty: derived from
 # SECRET_KEY, which then can never be rotated without breaking the chains. Set it, the same on
 # every machine, in production (`python manage.py outbox_seal_key` prints the one in use).
 OUTBOX_SEAL_KEY = secret("OUTBOX_SEAL_KEY")
-# How often a relay records a signed checkpoint of the sealed log (outbox/checkpoints.py), so that
+# How often a relay records a signed checkpoint of the sealed log (outbox/eventlog/checkpoints.py), so that
 # outbox_verify names a log emptied or cut short.
 OUTBOX_CHECKPOINT_SECONDS = env.float("OUTBOX_CHECKPOINT_SECONDS", default=60.0)
 # --- Message size cap: a worker drops (and counts) a message naming more event ids, or larger
@@ -250,7 +250,7 @@ SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 ORDERS_REFUSE_BEYOND_STOCK = env.bool("ORDERS_REFUSE_BEYOND_STOCK", default=False)
 
 # --- Periodic jobs ----------------------------------------------------------------------------
-# Run by the relays, each once per day (outbox/jobs.py): "daily_at" is a UTC time of day from which
+# Run by the relays, each once per day (outbox/ops/jobs.py): "daily_at" is a UTC time of day from which
 # the day's run is due. An empty SALES_SUMMARY_AT turns the sales summary off.
 SALES_SUMMARY_AT = env.str("SALES_SUMMARY_AT", default="06:00")
 # Settled events older than this many days are purged (and their deliveries); unset, nothing is.
@@ -267,7 +267,7 @@ if SALES_SUMMARY_AT:
 if OUTBOX_RETENTION_DAYS is not None:
     OUTBOX_PERIODIC_JOBS["retention_purge"] = {
         # By dotted path, imported when the job runs.
-        "callable": "outbox.purge.purge_settled",
+        "callable": "outbox.eventlog.purge.purge_settled",
         "daily_at": OUTBOX_RETENTION_PURGE_AT,
         "kwargs": {"older_than": timedelta(days=OUTBOX_RETENTION_DAYS), "batch_size": OUTBOX_PURGE_BATCH_SIZE},
     }

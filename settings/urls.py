@@ -3,8 +3,8 @@
 from django.contrib import admin
 from django.urls import path
 
-from outbox.dashboard import dashboard
-from outbox.metrics import metrics
+from outbox.admin.dashboard import dashboard
+from outbox.ops.metrics import metrics
 from settings.health import healthz
 
 # The admin's index links to the dashboard.

@@ -10,7 +10,7 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, Product
-from outbox.writer import events_flush
+from outbox.emit.writer import events_flush
 from tests.core.test_admin import ADD_URL, order_form
 
 pytestmark = pytest.mark.django_db

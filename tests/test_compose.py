@@ -156,7 +156,7 @@ def test_workers_cover_every_consumer_queue_once() -> None:
     """Each consumer's queue is served by exactly one worker service; inventory has its own."""
     import dramatiq
 
-    from outbox import routing
+    from outbox.relay import routing
 
     routing.load_actors()
     broker = dramatiq.get_broker()

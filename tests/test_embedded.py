@@ -213,7 +213,7 @@ def test_healthz_reports_ok_on_the_embedded_default(server: Server) -> None:
 DELIVERY_SCRIPT = """
 from core.models import Product
 from outbox.models import Delivery, Event, Pending
-from outbox.routing import consumers_for
+from outbox.relay.routing import consumers_for
 print("PENDING=" + str(Pending.objects.count()))
 print("DONE=" + str(Delivery.objects.filter(status="done").count()))
 print("NOT_DONE=" + str(Delivery.objects.exclude(status="done").count()))

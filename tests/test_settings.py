@@ -362,7 +362,7 @@ def test_local_settings_with_debug_off_serve_the_admin_and_its_css_without_colle
 
 
 SEAL_KEY_SCRIPT = """
-from outbox.sealing import seal_key
+from outbox.eventlog.sealing import seal_key
 print("KEY=" + seal_key().hex())
 """
 

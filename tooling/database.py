@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from django.db import connection
 
-from outbox import routing
+from outbox.relay import routing
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from django.db.models import Count, Sum
 
 from core.models import Order, OrderLine, Product, StockReceipt
 from outbox.models import Delivery, Event, Pending
-from outbox.routing import consumers_for
+from outbox.relay.routing import consumers_for
 from tooling.traffic import Shopper, catalogue_ensure
 
 SKU_PREFIX = "SIM-"

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import migrations, models
 
-from outbox.ddl import index_create, index_drop
+from outbox.backends.ddl import index_create, index_drop
 
 INDEXES = [
     models.Index(fields=["id"], name="email_notice_resent_idx", condition=models.Q(sends__gt=1)),

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db import migrations, models
 
-from outbox.ddl import foreign_key_index, index_create, index_drop
+from outbox.backends.ddl import foreign_key_index, index_create, index_drop
 
 NEW = "inventory_movement_product_idx"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import migrations, models
 
-from outbox.ddl import index_create, index_drop
+from outbox.backends.ddl import index_create, index_drop
 
 INDEXES = {
     "order_placed_at_idx": ("placed_at", "placed_at IS NOT NULL"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import migrations, models
 
-from outbox.ddl import foreign_key_index, index_create, index_drop
+from outbox.backends.ddl import foreign_key_index, index_create, index_drop
 
 BRIN = "outbox_event_created_brin"  # PostgreSQL only (0002)
 

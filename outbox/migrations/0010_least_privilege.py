@@ -1,6 +1,6 @@
 """The event log holds against the application's own database role.
 
-- outbox_event gets `tag`, the writer's HMAC over each event's facts (outbox/tagging.py); events
+- outbox_event gets `tag`, the writer's HMAC over each event's facts (outbox/eventlog/tagging.py); events
   written before it are tagged here, by the owner, with the seal key in use.
 - No session setting opens the guards any more (0005 let `SET LOCAL outbox.purge = on` do it):
   an event may be deleted only by a member of the table's owner role, and only once settled and
@@ -12,7 +12,7 @@
 - outbox_seal keeps each event's UUID (filled in here for the events still in the log), so a copy
   of a purged event inserted later is refused; a seal may only be added for an event as the log
   holds it, and never born purged.
-- outbox_checkpoint: signed counts of the sealed events (outbox/checkpoints.py), append-only.
+- outbox_checkpoint: signed counts of the sealed events (outbox/eventlog/checkpoints.py), append-only.
 
 Stop the processes that write events (web, relays, workers) before migrating: an event written by
 code from before this migration, while it runs or after, has no tag and would be refused as
@@ -143,8 +143,8 @@ DROP FUNCTION IF EXISTS outbox_aggregate_guard();
 
 def tag_existing(apps: Any, schema_editor: Any) -> None:
     """Tag the events written before tags existed, with the seal key in use (as the owner)."""
-    from outbox.keys import seal_key
-    from outbox.tagging import event_tag
+    from outbox.eventlog.keys import seal_key
+    from outbox.eventlog.tagging import event_tag
 
     Event = apps.get_model("outbox", "Event")
     pending = Event.objects.filter(tag="").order_by("id")

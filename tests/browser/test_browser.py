@@ -15,8 +15,8 @@ from consumers.models import StockMovement
 from core import services
 from core.models import Customer, Order, Product
 from core.roles import AUDITORS, OPERATORS
-from outbox import routing
 from outbox.models import Delivery, Event, Replay
+from outbox.relay import routing
 from tests.browser.conftest import Screenshots, System, reload_until
 from tooling.processes import wait_until
 

@@ -2,7 +2,7 @@
 
 from core.models import Product
 from outbox.models import Delivery
-from outbox.routing import consumers_for
+from outbox.relay.routing import consumers_for
 from tests.outbox.helpers import events
 
 

@@ -20,8 +20,8 @@ from dramatiq import Message
 
 from core import services
 from core.models import Customer, Product
-from outbox import routing
 from outbox.models import Delivery, Event, MessageDrop
+from outbox.relay import routing
 from tests.consumers.helpers import stock
 from tests.processes import database_url, manage_run, processes
 from tooling.processes import wait_until

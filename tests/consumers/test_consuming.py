@@ -9,7 +9,7 @@ from django.db import connection
 
 from consumers import audit
 from core.models import Customer
-from outbox.consuming import Attempt, BadMessage, OversizedMessage, consume
+from outbox.consume.run import Attempt, BadMessage, OversizedMessage, consume
 from outbox.models import Delivery, Event, MessageDrop, Pending
 from tests.outbox.helpers import events
 

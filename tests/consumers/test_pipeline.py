@@ -19,8 +19,8 @@ from django.test import Client
 from consumers.models import EmailNotice, StockMovement
 from core import services
 from core.models import Customer, Order, Product
-from outbox import routing
 from outbox.models import Delivery, Event
+from outbox.relay import routing
 from tests.consumers.helpers import stock
 from tests.core.test_admin import ADD_URL, order_form
 from tests.outbox.helpers import conninfo

@@ -7,7 +7,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from core.models import Order
-from outbox.writer import events_flush
+from outbox.emit.writer import events_flush
 
 
 class CommittingClient(Client):

@@ -12,7 +12,7 @@ from django.test import Client
 from consumers import inventory
 from core import services
 from core.models import Customer, Order, OrderLine, Product
-from outbox.context import event_context
+from outbox.emit.context import event_context
 from tests.consumers.helpers import routed_ids, stock
 from tests.core.helpers import logged_in, opened, order_change_form
 from tests.outbox.helpers import aggregate_events, conninfo

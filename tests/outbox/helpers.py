@@ -7,8 +7,8 @@ import psycopg
 from django.db import connection
 from django.db.models import QuerySet
 
+from outbox.emit.writer import events_flush
 from outbox.models import Event
-from outbox.writer import events_flush
 
 
 def conninfo() -> str:

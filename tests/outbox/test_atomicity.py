@@ -10,8 +10,8 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, Product
+from outbox.emit.writer import NewEvent, events_write
 from outbox.errors import NotInTransactionError
-from outbox.writer import NewEvent, events_write
 from tests.core.test_admin import ADD_URL, order_form
 from tests.outbox.helpers import committed_count, events, failing_insert
 

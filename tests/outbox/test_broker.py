@@ -9,7 +9,7 @@ import redis
 from django.conf import settings
 from dramatiq import Message
 
-from outbox.broker import WakingRedisBroker, wake_key
+from outbox.consume.broker import WakingRedisBroker, wake_key
 
 REDIS_URL = settings.REDIS_URL
 IDLE_TIMEOUT_MS = 30_000

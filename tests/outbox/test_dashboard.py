@@ -9,8 +9,8 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from core import services
+from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
-from outbox.writer import events_flush
 
 URL = "/admin/outbox/dashboard/"
 

@@ -1,4 +1,4 @@
-"""Index changes for migrations (outbox/ddl.py), on PostgreSQL: concurrent, and a failed build's
+"""Index changes for migrations (outbox/backends/ddl.py), on PostgreSQL: concurrent, and a failed build's
 INVALID leftover is built again rather than taken for done."""
 
 from collections.abc import Iterator
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection
 
-from outbox.ddl import index_create, index_drop
+from outbox.backends.ddl import index_create, index_drop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 
 from core import services
-from outbox.deliveries import delivery_begin, delivery_fail
+from outbox.consume.deliveries import delivery_begin, delivery_fail
 from outbox.models import Delivery
 from tests.outbox.helpers import events
 

@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 
 from core import services
 from core.models import Customer, Order, Product
-from outbox.context import event_context
+from outbox.emit.context import event_context
 from outbox.models import Delivery, Event
 from tests.outbox.helpers import aggregate_events, events
 
@@ -167,10 +167,10 @@ def test_delivery_status_filter_holds_with_more_deliveries_in_flight_than_it_lis
 ) -> None:
     """In flight: the events named, or past the number it names, the semi-join alone; the same events."""
     Delivery.objects.create(event=log.repriced, consumer="audit_log_2", status=Delivery.Status.PUBLISHED)
-    monkeypatch.setattr("outbox.routing.route_names", lambda: {"audit_log", "audit_log_2"})
+    monkeypatch.setattr("outbox.relay.routing.route_names", lambda: {"audit_log", "audit_log_2"})
     url = f"{CHANGELIST}?delivery=audit_log_2:published"
     assert listed_ids(admin_client.get(url)) == [log.repriced.id]
-    monkeypatch.setattr("outbox.admin_volume.IN_FLIGHT_LISTED", 0)
+    monkeypatch.setattr("outbox.admin.volume.IN_FLIGHT_LISTED", 0)
     assert listed_ids(admin_client.get(url)) == [log.repriced.id]
 
 

@@ -8,8 +8,8 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Order, OrderLine, Product
+from outbox.emit.writer import events_flush
 from outbox.errors import BulkWriteError
-from outbox.writer import events_flush
 from tests.core.test_admin import ADD_URL, order_form
 from tests.outbox.helpers import aggregate_events, events
 

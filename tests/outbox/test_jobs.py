@@ -18,9 +18,9 @@ from django.utils import timezone
 from core import services
 from core.models import Customer, Product
 from core.reports import sales_summary_send
-from outbox.jobs import JobRunner, jobs_configured
 from outbox.models import JobRun, Pending, RelayHeartbeat
-from outbox.relay import Relay
+from outbox.ops.jobs import JobRunner, jobs_configured
+from outbox.relay.loop import Relay
 from tests.outbox.helpers import committed_count
 from tests.processes import manage_run, processes
 from tests.smtp import smtp_server
@@ -148,7 +148,7 @@ def test_a_failing_job_is_recorded_and_the_relay_keeps_relaying() -> None:
 def test_a_job_with_a_bad_time_of_day_is_refused_when_the_relay_is_created() -> None:
     """A misconfigured schedule stops the relay at start, naming the setting, not at 3 in the morning."""
     with (
-        override_settings(OUTBOX_PERIODIC_JOBS={"purge": job("outbox.purge.purge_settled", "3am")}),
+        override_settings(OUTBOX_PERIODIC_JOBS={"purge": job("outbox.eventlog.purge.purge_settled", "3am")}),
         pytest.raises(ImproperlyConfigured, match=r"OUTBOX_PERIODIC_JOBS\['purge'\]\['daily_at'\]"),
     ):
         Relay()
@@ -172,7 +172,7 @@ def test_the_retention_purge_is_registered_only_with_a_retention_period() -> Non
     result = manage_run("shell", "-c", script, env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
     assert "['retention_purge', 'sales_summary']" in result.stdout
-    assert "'callable': 'outbox.purge.purge_settled'" in result.stdout
+    assert "'callable': 'outbox.eventlog.purge.purge_settled'" in result.stdout
     assert "'older_than': datetime.timedelta(days=30), 'batch_size': 200" in result.stdout
 
 

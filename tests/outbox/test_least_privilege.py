@@ -20,9 +20,9 @@ from django.db import DatabaseError, connection, transaction
 from consumers import audit, inventory
 from core import services
 from core.models import Product
-from outbox.checkpoints import checkpoint_take
+from outbox.eventlog.checkpoints import checkpoint_take
+from outbox.eventlog.sealing import verify
 from outbox.models import Checkpoint, Delivery, Event, Pending, Seal
-from outbox.sealing import verify
 from tests.outbox.helpers import conninfo
 from tests.processes import database_url, manage_run, processes
 from tests.smtp import smtp_server
@@ -432,8 +432,8 @@ def test_the_tag_survives_what_jsonb_does_to_a_payload() -> None:
     from datetime import datetime
     from datetime import timezone as dt_timezone
 
-    from outbox.tagging import tag_valid
-    from outbox.writer import NewEvent, events_write
+    from outbox.emit.writer import NewEvent, events_write
+    from outbox.eventlog.tagging import tag_valid
 
     @dataclasses.dataclass
     class Reading:
@@ -569,8 +569,8 @@ def test_verify_names_checkpoints_that_stopped(settings: object) -> None:
 
 def test_a_payload_changed_after_it_was_written_keeps_its_event_valid() -> None:
     """The tag covers the payload as written, even where the caller reuses the dict before COMMIT."""
-    from outbox.tagging import tag_valid
-    from outbox.writer import NewEvent, events_write
+    from outbox.emit.writer import NewEvent, events_write
+    from outbox.eventlog.tagging import tag_valid
 
     payload = {"n": 1}
     with transaction.atomic():

@@ -15,9 +15,9 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import services
-from outbox.drops import message_drop_count
+from outbox.consume.drops import message_drop_count
+from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, JobRun, MessageDrop, Pending, RelayHeartbeat
-from outbox.writer import events_flush
 from tests.processes import processes
 from tooling.processes import free_port, wait_until
 

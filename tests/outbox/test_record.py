@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from consumers import audit
 from core import services
+from outbox.eventlog.purge import parse_age, purge_settled
+from outbox.eventlog.sealing import verify
 from outbox.models import Delivery, Event, Pending, Replay, Seal
-from outbox.purge import parse_age, purge_settled
-from outbox.sealing import verify
 from tests.outbox.helpers import events
 from tests.processes import database_url, manage_run
 

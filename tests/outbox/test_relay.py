@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from core import services
 from core.models import Customer
+from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Pending
-from outbox.writer import events_flush
 from tests.outbox.helpers import committed_count, conninfo
 from tests.processes import private_redis, processes
 from tooling.processes import wait_until

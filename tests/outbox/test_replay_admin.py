@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from core import services
 from core.models import Customer, Order, Product
 from outbox.models import Delivery, Event, Replay, ReplayItem
-from outbox.replay import ReplayRefused, replay
+from outbox.ops.replay import ReplayRefused, replay
 from tests.outbox.helpers import conninfo, events
 from tooling.processes import wait_until
 

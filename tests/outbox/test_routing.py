@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from outbox import routing
+from outbox.relay import routing
 
 
 def test_routes_combine_the_type_and_the_wildcard_once_each(settings: Any) -> None:

@@ -13,9 +13,9 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
 from core import services
+from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, Pending, RelayHeartbeat
-from outbox.status import delivery_counts
-from outbox.writer import events_flush
+from outbox.ops.status import delivery_counts
 from tests.outbox.helpers import conninfo
 from tests.processes import processes
 from tooling.processes import wait_until

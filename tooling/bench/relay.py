@@ -17,7 +17,7 @@ import dramatiq
 from django.db import DatabaseError, connection
 from django.test.utils import override_settings
 
-from outbox.relay import Relay
+from outbox.relay.loop import Relay
 from tooling.database import max_event_id
 from tooling.processes import child_env, manage_start, stop_children, wait_until
 

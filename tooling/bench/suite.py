@@ -26,7 +26,7 @@ from django.db import connection, transaction
 from core import services
 from core.models import Customer, Order, OrderLine, Product
 from outbox import conf as outbox_conf
-from outbox.context import emission_disabled
+from outbox.emit.context import emission_disabled
 from tooling.database import scratch_database
 
 BENCH_SKUS = ["BENCH-1", "BENCH-2", "BENCH-3"]

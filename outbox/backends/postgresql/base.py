@@ -15,7 +15,7 @@ from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction  # type: ignore[attr-defined]
 
 from outbox import conf
-from outbox.writer import pg_insert, pg_insert_and_commit, pg_prepare
+from outbox.emit.writer import pg_insert, pg_insert_and_commit, pg_prepare
 
 
 class DatabaseWrapper(base.DatabaseWrapper):

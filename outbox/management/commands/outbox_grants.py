@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from outbox.grants import GrantError, grants_apply, grants_plan
+from outbox.ops.grants import GrantError, grants_apply, grants_plan
 
 
 class Command(BaseCommand):

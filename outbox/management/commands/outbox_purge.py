@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from outbox.purge import parse_age, purge_settled
+from outbox.eventlog.purge import parse_age, purge_settled
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ import dramatiq
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from dramatiq.brokers.stub import StubBroker
 
-from outbox.relay import Relay
+from outbox.relay.loop import Relay
 
 
 class Command(BaseCommand):
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         worker = None
         if isinstance(broker, StubBroker):
             # The in-process broker's messages exist only in this process: run the consumers here.
-            from outbox.routing import load_actors
+            from outbox.relay.routing import load_actors
 
             load_actors()
             worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)

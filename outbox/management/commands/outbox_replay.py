@@ -10,8 +10,8 @@ from django.utils.timezone import is_naive, make_aware
 from tqdm import tqdm
 
 from outbox.models import Delivery
-from outbox.replay import Criteria, ReplayRefused, in_flight_note, replay, select
-from outbox.replay import deliveries as count_deliveries
+from outbox.ops.replay import Criteria, ReplayRefused, in_flight_note, replay, select
+from outbox.ops.replay import deliveries as count_deliveries
 
 STATUSES = [choice for choice, _ in Delivery.Status.choices]
 SHOWN = 50

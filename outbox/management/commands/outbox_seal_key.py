@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from outbox.sealing import KEY_BYTES, key_setting, seal_key
+from outbox.eventlog.sealing import KEY_BYTES, key_setting, seal_key
 
 
 class Command(BaseCommand):

@@ -6,8 +6,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from outbox import conf
-from outbox.heartbeats import heartbeats_forget_stale
-from outbox.status import COUNTED_STATUSES, OutboxStatus, outbox_status
+from outbox.ops.status import COUNTED_STATUSES, OutboxStatus, outbox_status
+from outbox.relay.heartbeats import heartbeats_forget_stale
 
 
 class Command(BaseCommand):

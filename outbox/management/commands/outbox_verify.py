@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from outbox.checkpoints import Expected
-from outbox.sealing import verify
+from outbox.eventlog.checkpoints import Expected
+from outbox.eventlog.sealing import verify
 
 
 class Command(BaseCommand):

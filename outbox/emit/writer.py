@@ -27,10 +27,10 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from outbox import conf
-from outbox.context import current
+from outbox.emit.context import current
 from outbox.errors import NotInTransactionError
-from outbox.keys import seal_key
-from outbox.tagging import tag
+from outbox.eventlog.keys import seal_key
+from outbox.eventlog.tagging import tag
 
 
 # Plain slotted dataclasses: every save builds a few, and frozen ones cost more to build.
@@ -67,7 +67,7 @@ class _Row:
 
 
 def row_tag(row: _Row) -> str:
-    """Return the row's write-time tag (outbox.tagging), computing it the first time."""
+    """Return the row's write-time tag (outbox.eventlog.tagging), computing it the first time."""
     if not row.tag:
         event_type, aggregate_type, aggregate_id = row.names
         row.tag = tag(

@@ -21,8 +21,9 @@ from django.http import HttpRequest, HttpResponseBadRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from outbox import eventlog, routing
+from outbox.eventlog import selectors as eventlog
 from outbox.models import Delivery
+from outbox.relay import routing
 
 M = TypeVar("M", bound=Model)
 

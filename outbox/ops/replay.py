@@ -19,8 +19,9 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from dramatiq.brokers.stub import StubBroker
 
-from outbox import conf, routing
+from outbox import conf
 from outbox.models import Delivery, Event, Replay, ReplayItem
+from outbox.relay import routing
 
 REPLAYABLE = (Delivery.Status.FAILED, Delivery.Status.DEAD, Delivery.Status.PUBLISHED)
 MESSAGE_SIZE = 1000

@@ -1,7 +1,7 @@
 """`/metrics`: the outbox's state for Prometheus, computed from the database on each scrape.
 
-The same figures as `outbox_status` (outbox/status.py), as gauges, plus the commit-to-consumer
-latency of recent deliveries and the messages the workers dropped (outbox/drops.py). Every web
+The same figures as `outbox_status` (outbox/ops/status.py), as gauges, plus the commit-to-consumer
+latency of recent deliveries and the messages the workers dropped (outbox/consume/drops.py). Every web
 process answers the same (the figures are the database's), so any one can be scraped. Readable
 by a logged-in staff user, or by a scraper sending `Authorization: Bearer <METRICS_TOKEN>`.
 """
@@ -16,9 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from outbox import conf
-from outbox.drops import message_drops
+from outbox.consume.drops import message_drops
 from outbox.models import MessageDrop
-from outbox.status import COUNTED_STATUSES, consumer_latency, outbox_status
+from outbox.ops.status import COUNTED_STATUSES, consumer_latency, outbox_status
 
 
 class OutboxCollector:

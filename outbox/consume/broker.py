@@ -13,7 +13,7 @@ define, one whose arguments its actor does not take. Dramatiq's consumer raises 
 and its worker then restarts the consumer after 3 s, losing the messages it had prefetched until
 the sweeper publishes them again a minute later: one bad message stalled the queue. Here each is
 moved to the queue's dead-letter set (where Dramatiq keeps dead messages for a week), counted
-(outbox.drops) and logged in one short line, and the next message follows at once.
+(outbox.consume.drops) and logged in one short line, and the next message follows at once.
 """
 
 import dataclasses
@@ -95,7 +95,7 @@ class ShortMessage(Message[Any]):
     most a few hundred characters of its arguments."""
 
     def __str__(self) -> str:
-        from outbox.drops import excerpt
+        from outbox.consume.drops import excerpt
 
         return excerpt(super().__str__())
 
@@ -158,7 +158,7 @@ class _WakingConsumer(_RedisConsumer):
         consumer: str | None = None,
     ) -> None:
         """Move the fetched message to the dead-letter set, count it and log it in one short line."""
-        from outbox.drops import excerpt, message_drop_count_safely
+        from outbox.consume.drops import excerpt, message_drop_count_safely
 
         # Found by its body, never by the id it names: a forged body may name another message.
         message_id = self._fetched_id(data)

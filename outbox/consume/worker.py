@@ -5,7 +5,7 @@ from typing import Any
 
 import dramatiq
 
-from outbox.deliveries import attempt_started
+from outbox.consume.deliveries import attempt_started
 
 
 class AttemptClock(dramatiq.Middleware):

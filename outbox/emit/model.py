@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 from django.db import models, router, transaction
 from typing_extensions import Self
 
+from outbox.emit.registry import spec_for
 from outbox.errors import BulkWriteError
-from outbox.registry import spec_for
 
 
 class EmittingQuerySet(models.QuerySet[Any]):
@@ -42,7 +42,7 @@ class EmittingQuerySet(models.QuerySet[Any]):
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Insert the objects and write one `created` event each, in one transaction."""
-        from outbox.receivers import emit_created
+        from outbox.emit.receivers import emit_created
 
         if kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts"):
             raise BulkWriteError(

@@ -13,8 +13,8 @@ from django.db import connection
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from outbox.claims import pg_execute
 from outbox.models import RelayHeartbeat
+from outbox.relay.claims import pg_execute
 
 _PG_BEAT = """
 INSERT INTO outbox_relay_heartbeat (name, host, pid, started_at, beat_at, events_relayed)

@@ -19,8 +19,8 @@ from django.db.models.functions import Now, TruncMinute
 from django.utils import timezone
 
 from outbox import conf
-from outbox.jobs import OUTCOME_OK, jobs_configured
 from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
+from outbox.ops.jobs import OUTCOME_OK, jobs_configured
 
 # Deliveries counted exactly: each status is bounded by a partial index (see Delivery.Meta).
 COUNTED_STATUSES = (Delivery.Status.PUBLISHED, Delivery.Status.FAILED, Delivery.Status.DEAD)

@@ -5,8 +5,8 @@ from typing import Any
 from django.apps import apps
 from django.core import checks
 
-from outbox import registry
-from outbox.emitting import EmittingModel
+from outbox.emit import registry
+from outbox.emit.model import EmittingModel
 
 
 @checks.register()
@@ -19,7 +19,7 @@ def check_emitting_models_registered(app_configs: Any = None, **kwargs: Any) -> 
             errors.append(
                 checks.Error(
                     f"{model._meta.label} inherits EmittingModel but declares no events.",
-                    hint="Declare them with outbox.registry.register() in the app's events module.",
+                    hint="Declare them with outbox.emit.registry.register() in the app's events module.",
                     obj=model,
                     id="outbox.E001",
                 )
@@ -33,7 +33,7 @@ def check_routes_name_existing_actors(app_configs: Any = None, **kwargs: Any) ->
     import dramatiq
     from dramatiq.errors import ActorNotFound
 
-    from outbox import routing
+    from outbox.relay import routing
 
     routing.load_actors()
     broker = dramatiq.get_broker()
@@ -58,7 +58,7 @@ def check_seal_key_format(app_configs: Any = None, **kwargs: Any) -> list[checks
     """A `hex:` OUTBOX_SEAL_KEY must be hex, or no event could be sealed."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from outbox.sealing import seal_key
+    from outbox.eventlog.sealing import seal_key
 
     try:
         seal_key()

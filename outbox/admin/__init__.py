@@ -1,7 +1,7 @@
 """The outbox in the admin: the event log for auditors, deliveries and replays for operators.
 
 Everything here is read-only (events are facts; deliveries and replays are written by the relay,
-the consumers and `outbox.replay`), and built for millions of rows (`outbox.admin_volume`). The
+the consumers and `outbox.ops.replay`), and built for millions of rows (`outbox.admin.volume`). The
 one write is replay, an action behind the `outbox.replay_delivery` permission that asks for a
 reason and shows what it will send before it sends anything.
 """
@@ -20,8 +20,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from outbox import admin_replay, eventlog
-from outbox.admin_volume import (
+from outbox.admin import replay as admin_replay
+from outbox.admin.volume import (
     ActorFilter,
     AggregateTypeFilter,
     ConsumerFilter,
@@ -32,6 +32,7 @@ from outbox.admin_volume import (
     UncountedAdmin,
     as_id,
 )
+from outbox.eventlog import selectors as eventlog
 from outbox.models import Delivery, Event, Replay, ReplayItem
 
 TIMELINE_PAGE = 50

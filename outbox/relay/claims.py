@@ -13,8 +13,9 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from outbox import conf, routing
+from outbox import conf
 from outbox.models import Delivery, Pending
+from outbox.relay import routing
 
 Claimed = list[tuple[int, str]]  # (event id, event type), in id order
 

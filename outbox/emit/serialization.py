@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import models
 
-from outbox.registry import ChangeKind, EventSpec
+from outbox.emit.registry import ChangeKind, EventSpec
 
 _MISSING = object()
 

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
-from outbox.writer import require_atomic
+from outbox.emit.writer import require_atomic
 
 _BEGIN = """
 INSERT INTO outbox_delivery

@@ -5,7 +5,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from outbox.models import Delivery
-from outbox.status import consumer_latency, outbox_status, throughput_last_hour
+from outbox.ops.status import consumer_latency, outbox_status, throughput_last_hour
 
 
 def dashboard(request: HttpRequest) -> TemplateResponse:

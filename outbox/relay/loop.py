@@ -7,8 +7,8 @@ notification, or polls where there is none. A broker outage releases the batch u
 backs off with jitter; a database outage does the same on the database side.
 
 Between batches the relay also beats its heartbeat (outbox_relay_heartbeat, for status reports),
-takes a checkpoint of the sealed log (outbox/checkpoints.py) and starts the periodic jobs that
-are due (outbox/jobs.py).
+takes a checkpoint of the sealed log (outbox/eventlog/checkpoints.py) and starts the periodic jobs that
+are due (outbox/ops/jobs.py).
 """
 
 import logging
@@ -30,10 +30,11 @@ import redis
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from outbox import claims, conf, routing, sweeper
-from outbox.checkpoints import checkpoint_take
-from outbox.heartbeats import heartbeat_beat, heartbeat_forget
-from outbox.jobs import JobRunner
+from outbox import conf
+from outbox.eventlog.checkpoints import checkpoint_take
+from outbox.ops.jobs import JobRunner
+from outbox.relay import claims, routing, sweeper
+from outbox.relay.heartbeats import heartbeat_beat, heartbeat_forget
 
 logger = logging.getLogger(__name__)
 

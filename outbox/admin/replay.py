@@ -1,4 +1,4 @@
-"""Replay from the admin: the two actions' flows, each an intermediate page, then `outbox.replay`.
+"""Replay from the admin: the two actions' flows, each an intermediate page, then `outbox.ops.replay`.
 
 An action's first post shows what would be sent (a dry run) with a form asking for the reason;
 the form posts the same action back with `confirm`, and only then is anything sent. Both need
@@ -17,10 +17,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from outbox import routing
 from outbox.models import Delivery, Event
-from outbox.replay import Criteria, ReplayRefused, deliveries_for, in_flight_note, replay
-from outbox.replay import deliveries as count_deliveries
+from outbox.ops.replay import Criteria, ReplayRefused, deliveries_for, in_flight_note, replay
+from outbox.ops.replay import deliveries as count_deliveries
+from outbox.relay import routing
 
 # Larger replays belong to `python manage.py outbox_replay`, which sends in batches with progress.
 ADMIN_REPLAY_LIMIT = 10_000

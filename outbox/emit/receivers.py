@@ -6,12 +6,12 @@ from typing import Any
 from django.db import connections, models
 from django.db.models.signals import post_delete, post_save
 
-from outbox import registry
-from outbox.context import emission_enabled
+from outbox.emit import registry
+from outbox.emit.context import emission_enabled
+from outbox.emit.registry import Change, ChangeKind, EventSpec
+from outbox.emit.serialization import changes, payload, remember, state
+from outbox.emit.writer import NewEvent, require_atomic, write
 from outbox.errors import BulkWriteError
-from outbox.registry import Change, ChangeKind, EventSpec
-from outbox.serialization import changes, payload, remember, state
-from outbox.writer import NewEvent, require_atomic, write
 
 
 def _event(

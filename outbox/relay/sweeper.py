@@ -16,8 +16,8 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from outbox.claims import pg_execute
 from outbox.models import Delivery
+from outbox.relay.claims import pg_execute
 
 Overdue = list[tuple[int, int, str]]  # (delivery id, event id, consumer)
 

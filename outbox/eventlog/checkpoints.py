@@ -23,9 +23,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from outbox import conf
-from outbox.keys import seal_key
+from outbox.eventlog.keys import seal_key
+from outbox.eventlog.sealing import Problem
 from outbox.models import Checkpoint, Event, Seal
-from outbox.sealing import Problem
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A worker drops a message that cannot be applied (undecodable, too big, for an unknown actor, or
 naming events that do not exist) instead of retrying it or restarting its consumer. Each drop is
 one log line and one increment here; the counts live in the database, not in the worker, so that
-`/metrics` on any web process adds up every worker's drops (outbox/metrics.py).
+`/metrics` on any web process adds up every worker's drops (outbox/ops/metrics.py).
 """
 
 import logging

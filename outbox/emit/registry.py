@@ -83,11 +83,11 @@ def register(
     untracked_fields: tuple[str, ...] = (),
 ) -> EventSpec:
     """Declare that saves and deletes of `model` write events; return the declaration."""
-    from outbox.emitting import EmittingModel
+    from outbox.emit.model import EmittingModel
 
     if not issubclass(model, EmittingModel):
         raise RegistrationError(
-            f"{model.__name__} must inherit outbox.emitting.EmittingModel to emit events: its "
+            f"{model.__name__} must inherit outbox.emit.model.EmittingModel to emit events: its "
             "save() and delete() must run in a transaction with the event insert."
         )
     if model in _specs:
@@ -108,7 +108,7 @@ def register(
         tracked=tuple((f.name, f.attname) for f in fields if not {f.name, f.attname} & untracked),
     )
     _specs[model] = spec
-    from outbox.receivers import connect
+    from outbox.emit.receivers import connect
 
     connect(model)
     return spec
@@ -121,7 +121,7 @@ def spec_for(model: type[models.Model]) -> EventSpec:
     except KeyError:
         raise RegistrationError(
             f"{model.__name__} inherits EmittingModel but is not registered: declare its events "
-            "with outbox.registry.register()."
+            "with outbox.emit.registry.register()."
         ) from None
 
 

@@ -21,11 +21,11 @@ from django.db import connection, transaction
 from dramatiq.middleware import CurrentMessage
 
 from outbox import conf
-from outbox.deliveries import deliveries_begin, delivery_fail
-from outbox.drops import excerpt, message_drop_count
-from outbox.keys import seal_key
+from outbox.consume.deliveries import deliveries_begin, delivery_fail
+from outbox.consume.drops import excerpt, message_drop_count
+from outbox.eventlog.keys import seal_key
+from outbox.eventlog.tagging import forged_reason, tag_valid
 from outbox.models import Delivery, Event, MessageDrop
-from outbox.tagging import forged_reason, tag_valid
 
 logger = logging.getLogger("outbox.consumer")
 

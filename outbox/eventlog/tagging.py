@@ -22,7 +22,7 @@ from uuid import UUID
 
 import orjson
 
-from outbox.keys import seal_key
+from outbox.eventlog.keys import seal_key
 
 TAG_LENGTH = 64
 

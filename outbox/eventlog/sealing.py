@@ -24,9 +24,9 @@ import orjson
 from django.db import connection
 from django.utils import timezone
 
-from outbox.keys import HEX_PREFIX, KEY_BYTES, key_setting, parse_key, seal_key
+from outbox.eventlog.keys import HEX_PREFIX, KEY_BYTES, key_setting, parse_key, seal_key
+from outbox.eventlog.tagging import forged_reason, tag_valid
 from outbox.models import AggregateVersion, Checkpoint, Event, Seal
-from outbox.tagging import forged_reason, tag_valid
 
 __all__ = ["HEX_PREFIX", "KEY_BYTES", "chain", "key_setting", "parse_key", "seal", "seal_key", "seal_many", "verify"]
 
@@ -211,7 +211,7 @@ def verify(
     - unsealed: an event older than `unsealed_grace` has no seal (is the audit consumer running?);
     - missing_versions: the aggregate's counter is past its last event and seal;
     - forged: an event the writer did not write (its tag does not verify);
-    - and, over the whole log, what outbox.checkpoints.checkpoints_check() finds: sealed events
+    - and, over the whole log, what outbox.eventlog.checkpoints.checkpoints_check() finds: sealed events
       gone since a checkpoint counted them, an emptied log, forged or missing checkpoints, and a
       log behind the checkpoint `expect` (a token an auditor kept, outbox_verify --expect).
     """
@@ -326,7 +326,7 @@ def verify(
         name = (counter.aggregate_type, counter.aggregate_id)
         missing(name, seen.get(name, 0) + 1, counter.version)
     if aggregate is None:
-        from outbox.checkpoints import checkpoints_check
+        from outbox.eventlog.checkpoints import checkpoints_check
 
         report.checkpoint, found = checkpoints_check(key=key, expect=expect)
         problems.extend(found)
