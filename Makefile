@@ -49,7 +49,7 @@ test: install-dev services lint
 	$(BIN)/pytest
 
 ## bench: every benchmark figure, as JSON.
-bench: install services
+bench: install-dev services
 	DJANGO_SETTINGS_MODULE=settings.test $(BIN)/python manage.py outbox_bench --json
 
 ## constraints: re-pin every transitive dependency from the current venv.

@@ -3,9 +3,12 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import EMBEDDED, EMBEDDED_SECRET_KEY, SECRET_KEY, env
+from .base import EMBEDDED, EMBEDDED_SECRET_KEY, INSTALLED_APPS, SECRET_KEY, env
 
 DEBUG = env.bool("DEBUG", default=True)
+
+# The development tools (outbox_bench, outbox_chaos, simulate): never installed in production.
+INSTALLED_APPS = [*INSTALLED_APPS, "tooling"]
 
 if not EMBEDDED and SECRET_KEY == EMBEDDED_SECRET_KEY:
     # The embedded key is public: on a real database it would sign sessions and, with no

@@ -9,10 +9,12 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("SALES_SUMMARY_AT", "")
 
 from .base import *  # noqa: F403
+from .base import INSTALLED_APPS
 
 DEBUG = False
-# An app that hangs its own events and consumers on the outbox (docs/extending.md).
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.ledger"]  # noqa: F405
+# The development tools, whose commands the suite runs, and an app that hangs its own events and
+# consumers on the outbox (tests/ledger, docs/extending.md).
+INSTALLED_APPS = [*INSTALLED_APPS, "tooling", "tests.ledger"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

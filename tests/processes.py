@@ -1,36 +1,23 @@
 """Real processes for fault tests: relays, workers and a private Redis, all on loopback.
 
-Every wait is bounded in time; every process is stopped when its test ends.
+Every wait is bounded in time (tooling.processes.wait_until); every process is stopped when its test ends.
 """
 
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from django.db import connection
 
-from core.harness import LocalRedis
+from tooling.processes import LocalRedis
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def manage_run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""A real SMTP server on loopback (aiosmtpd), recording every message it accepts."""
+"""A real SMTP server on loopback (tooling.processes.smtp_server), recording every message it accepts."""
 
 import email
 import email.message
@@ -9,18 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
-
-from core.harness import free_port
-
-__all__ = ["Mailbox", "free_port", "smtp_server"]
+from tooling import processes
 
 
 @dataclass
 class Mailbox:
     """What the server accepted, in order; and a switch to refuse everything with a 5xx or 4xx."""
 
-    host: str = "127.0.0.1"
+    host: str = processes.LOOPBACK
     port: int = 0
     messages: list[email.message.EmailMessage] = field(default_factory=list)
     refuse_with: str = ""
@@ -46,11 +42,8 @@ class Mailbox:
 
 @contextmanager
 def smtp_server() -> Iterator[Mailbox]:
-    """Run an SMTP server on a free loopback port until the block ends."""
-    mailbox = Mailbox(port=free_port())
-    controller = Controller(mailbox, hostname=mailbox.host, port=mailbox.port)
-    controller.start()
-    try:
+    """Run an SMTP server on a free loopback port until the block ends; yield its mailbox."""
+    mailbox = Mailbox()
+    with processes.smtp_server(mailbox) as server:
+        mailbox.host, mailbox.port = server.host, server.port
         yield mailbox
-    finally:
-        controller.stop()

@@ -21,8 +21,8 @@ import yaml
 from django.conf import settings
 from psycopg import sql
 
-from core.harness import free_port
-from tests.processes import manage_run, wait_until
+from tests.processes import manage_run
+from tooling.processes import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from core.harness import free_port
 from tests.processes import manage_run
+from tooling.processes import free_port
 
 pytestmark = pytest.mark.embedded
 

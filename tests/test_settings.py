@@ -14,9 +14,9 @@ from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
-from core.harness import free_port
 from settings.base import EMBEDDED_SECRET_KEY
 from tests.processes import REPO, database_url, manage_run
+from tooling.processes import free_port
 
 TIMEOUT = 120  # seconds for any one manage.py run
 # Variables that select a deployment: removed from every child's environment, then set per test.
@@ -220,12 +220,14 @@ print("CONNECTION=" + pool.connection_class.__name__)
 print("REDIS_HOST=" + str(pool.connection_kwargs.get("host")))
 print("REDIS_PASSWORD=" + str(pool.connection_kwargs.get("password")))
 print("EMAIL_BACKEND=" + settings.EMAIL_BACKEND)
+print("TOOLING=" + str("tooling" in settings.INSTALLED_APPS))
 """
 
 
 def test_production_settings_take_a_tls_redis_url_with_a_password() -> None:
     """`rediss://:<password>@host` gives the broker (and so the relay and /healthz, which use its
-    client) TLS connections that authenticate; e-mail goes over SMTP."""
+    client) TLS connections that authenticate; e-mail goes over SMTP; the development tools are
+    not installed."""
     env = _production_env(REDIS_URL="rediss://:s3cret@redis.example.com:6380/0")
 
     result = _manage("shell", "--settings=settings.production", "-c", PRODUCTION_REPORT_SCRIPT, env=env)
@@ -237,6 +239,7 @@ def test_production_settings_take_a_tls_redis_url_with_a_password() -> None:
     assert report["REDIS_HOST"] == "redis.example.com"
     assert report["REDIS_PASSWORD"] == "s3cret"
     assert report["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+    assert report["TOOLING"] == "False", "production installs the development tools"
 
 
 WHICH_SETTINGS_SCRIPT = """

@@ -22,8 +22,9 @@ import redis
 from django.db import connection, connections
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.processes import REPO, Process, processes, wait_until
-from tests.smtp import Mailbox, free_port, smtp_server
+from tests.processes import REPO, Process, processes
+from tests.smtp import Mailbox, smtp_server
+from tooling.processes import free_port, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 REDIS_URL = "redis://127.0.0.1:6379/12"

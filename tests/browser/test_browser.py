@@ -18,7 +18,7 @@ from core.roles import AUDITORS, OPERATORS
 from outbox.models import Delivery, Event, Replay
 from outbox.relay import routing
 from tests.browser.conftest import Screenshots, System, reload_until
-from tests.processes import wait_until
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,7 +23,8 @@ from core.models import Customer, Product
 from outbox.models import Delivery, Event, MessageDrop
 from outbox.relay import routing
 from tests.consumers.helpers import stock
-from tests.processes import database_url, manage_run, processes, wait_until
+from tests.processes import database_url, manage_run, processes
+from tooling.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queues")]
 

@@ -13,7 +13,8 @@ from core import services
 from core.models import Customer, Order, Product
 from outbox.models import Delivery, Event
 from tests.consumers.helpers import routed_ids
-from tests.smtp import Mailbox, free_port
+from tests.smtp import Mailbox
+from tooling.processes import free_port
 
 
 def place(customer: Customer, products: list[Product]) -> Order:

@@ -24,8 +24,9 @@ from outbox.relay import routing
 from tests.consumers.helpers import stock
 from tests.core.test_admin import ADD_URL, order_form
 from tests.outbox.helpers import conninfo
-from tests.processes import processes, wait_until
+from tests.processes import processes
 from tests.smtp import Mailbox, smtp_server
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

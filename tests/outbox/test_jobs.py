@@ -22,8 +22,9 @@ from outbox.models import JobRun, Pending, RelayHeartbeat
 from outbox.ops.jobs import JobRunner, jobs_configured
 from outbox.relay.loop import Relay
 from tests.outbox.helpers import committed_count
-from tests.processes import manage_run, processes, wait_until
+from tests.processes import manage_run, processes
 from tests.smtp import smtp_server
+from tooling.processes import wait_until
 
 CALLS: list[str] = []
 CALLS_LOCK = threading.Lock()

@@ -24,8 +24,9 @@ from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.eventlog.sealing import verify
 from outbox.models import Checkpoint, Delivery, Event, Pending, Seal
 from tests.outbox.helpers import conninfo
-from tests.processes import database_url, manage_run, processes, wait_until
+from tests.processes import database_url, manage_run, processes
 from tests.smtp import smtp_server
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,8 +18,8 @@ from core import services
 from outbox.consume.drops import message_drop_count
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, JobRun, MessageDrop, Pending, RelayHeartbeat
-from tests.processes import processes, wait_until
-from tests.smtp import free_port
+from tests.processes import processes
+from tooling.processes import free_port, wait_until
 
 # The relays here publish to Redis: empty it around each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("empty_queues")

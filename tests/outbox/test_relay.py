@@ -19,7 +19,8 @@ from core.models import Customer
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Pending
 from tests.outbox.helpers import committed_count, conninfo
-from tests.processes import private_redis, processes, wait_until
+from tests.processes import private_redis, processes
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

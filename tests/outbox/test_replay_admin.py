@@ -22,7 +22,7 @@ from core.models import Customer, Order, Product
 from outbox.models import Delivery, Event, Replay, ReplayItem
 from outbox.ops.replay import ReplayRefused, replay
 from tests.outbox.helpers import conninfo, events
-from tests.processes import wait_until
+from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db
 

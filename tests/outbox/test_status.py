@@ -17,7 +17,8 @@ from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, Pending, RelayHeartbeat
 from outbox.ops.status import delivery_counts
 from tests.outbox.helpers import conninfo
-from tests.processes import processes, wait_until
+from tests.processes import processes
+from tooling.processes import wait_until
 
 # The relays here publish to Redis: empty it around each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("empty_queues")

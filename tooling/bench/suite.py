@@ -10,8 +10,8 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -27,25 +27,9 @@ from core import services
 from core.models import Customer, Order, OrderLine, Product
 from outbox import conf as outbox_conf
 from outbox.emit.context import emission_disabled
+from tooling.database import scratch_database
 
 BENCH_SKUS = ["BENCH-1", "BENCH-2", "BENCH-3"]
-
-
-@contextmanager
-def scratch_database(*, verbosity: int = 0, suffix: str = "bench") -> Iterator[str]:
-    """Create and migrate a throwaway database named `<database>_<suffix>`; drop it afterwards."""
-    settings_dict = connection.settings_dict
-    original = settings_dict["NAME"]
-    settings_dict.setdefault("TEST", {})
-    saved_test_name = settings_dict["TEST"].get("NAME")
-    if connection.vendor != "sqlite":
-        settings_dict["TEST"]["NAME"] = f"{original}_{suffix}"
-    name = connection.creation.create_test_db(verbosity=verbosity, autoclobber=True, serialize=False)
-    try:
-        yield name
-    finally:
-        connection.creation.destroy_test_db(original, verbosity=verbosity)
-        settings_dict["TEST"]["NAME"] = saved_test_name
 
 
 def _proc_field(path: str, name: str) -> str:
@@ -220,9 +204,9 @@ def bench_run(
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
-    from core import bench_pipeline
-    from core.bench_eventlog import eventlog_figures
-    from core.bench_relay import e2e_latency, relay_figures
+    from tooling.bench import pipeline as bench_pipeline
+    from tooling.bench.eventlog import eventlog_figures
+    from tooling.bench.relay import e2e_latency, relay_figures
 
     with scratch_database(verbosity=verbosity):
         result: dict[str, Any] = {}

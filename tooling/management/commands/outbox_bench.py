@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from core import bench_pipeline
-from core.bench import GROUPS, bench_run
+from tooling.bench import pipeline as bench_pipeline
+from tooling.bench.suite import GROUPS, bench_run
 
 
 class Command(BaseCommand):

@@ -5,39 +5,42 @@ what is measured is the relay, not the setup. Events are routed to three bench c
 messages go to Redis and are dropped after each run.
 """
 
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dramatiq
-from django.conf import settings as django_settings
 from django.db import DatabaseError, connection
 from django.test.utils import override_settings
 
-from core.harness import max_event_id
+from outbox import consumer
+from outbox.consume import declare
 from outbox.relay.loop import Relay
+from tooling.database import max_event_id
+from tooling.processes import child_env, manage_start, stop_children, wait_until
 
 BENCH_QUEUE = "outbox_bench"
 BENCH_CONSUMERS = ["bench_inventory", "bench_email", "bench_audit"]
 
 
-def _discard(event_ids: list[int]) -> None:
+def _discard(event: object) -> None:
     """The bench consumers' body: their messages are never consumed, only counted by the relay."""
 
 
 def _declare_actors() -> None:
-    declared = set(dramatiq.get_broker().get_declared_actors())
+    """Declare the bench consumers, switched off: only the relay benchmark's settings turn them on."""
     for name in BENCH_CONSUMERS:
-        if name not in declared:
-            dramatiq.actor(actor_name=name, queue_name=BENCH_QUEUE)(_discard)
+        if declare.declaration(name) is None:
+            consumer(name, events="*", queue=BENCH_QUEUE, enabled=False)(_discard)
+
+
+def _bench_routes() -> dict[str, dict[str, bool]]:
+    """OUTBOX_CONSUMERS that route every event to the bench consumers, and to no other."""
+    return {c.name: {"enabled": c.name in BENCH_CONSUMERS} for c in declare.declared()}
 
 
 # Inserts n events named <prefix><g>; the statements below append what to do with their ids.
@@ -164,7 +167,7 @@ def relay_rates(*, backlog: int, batch_size: int, label: str) -> tuple[list[floa
 def relay_figures(*, backlog: int, history: int, rss_backlog: int, batch_size: int) -> dict[str, Any]:
     """Measure relay_events_per_s, relay_slowdown_with_history and relay_rss_mb."""
     _declare_actors()
-    with override_settings(OUTBOX_ROUTES={"*": BENCH_CONSUMERS}):
+    with override_settings(OUTBOX_CONSUMERS=_bench_routes()):
         empty_rates, empty_checkpointed = relay_rates(backlog=backlog, batch_size=batch_size, label="empty")
         history_create(n=history)
         history_rates, history_checkpointed = relay_rates(backlog=backlog, batch_size=batch_size, label="full")
@@ -197,50 +200,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def child_env(*, redis_url: str | None = None, **extra: str) -> dict[str, str]:
-    """Return the environment of a manage.py child that uses this process's (scratch) database."""
-    settings_dict = connection.settings_dict
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "settings.local"),
-        "DATABASE_URL": (
-            f"postgres://{settings_dict['USER']}@{settings_dict['HOST'] or '127.0.0.1'}:"
-            f"{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
-        ),
-        "REDIS_URL": redis_url or django_settings.REDIS_URL,
-        # Dramatiq's own (lower-case) name; 100 ms as in compose.yaml.
-        "dramatiq_worker_timeout": os.environ.get("dramatiq_worker_timeout", "100"),  # noqa: SIM112
-        **extra,
-    }
-
-
-def manage_start(args: list[str], *, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start `manage.py <args>` in a session of its own, its output to `log` (or nowhere)."""
-    command = [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py"), *args]
-    # A session of its own: stop_children() can then kill the worker's forked processes with it.
-    if log is None:
-        return subprocess.Popen(  # noqa: S603
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-    with log.open("wb") as out:
-        return subprocess.Popen(  # noqa: S603
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
-    """Ask each child to stop (SIGTERM); kill its whole session if it is not gone within 30 s."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(timeout=10)
-
-
 def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     """Commit events at `rate` per second while a relay and a worker run as their own processes;
     return the p50/p99 milliseconds from commit to the consumer's start.
@@ -250,8 +209,8 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     machine's here).
     """
     from core import services
-    from core.bench_pipeline import bench_redis_url
     from core.models import Customer
+    from tooling.bench.pipeline import bench_redis_url
 
     # The bench's own Redis database, emptied first: messages left by an earlier run would keep
     # the worker busy (and the latency high) while it works through them.
@@ -263,7 +222,8 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
         manage_start(["rundramatiq", "--processes", "1", "--threads", "4"], env=env),
     ]
     try:
-        _wait_for(lambda: _done_after(first_id) >= 1, timeout=60)  # both are up and the path works
+        # Both are up and the path works.
+        wait_until(lambda: _done_after(first_id) >= 1, timeout=60, what="the relay and worker to start")
         start_id = max_event_id()
         count = int(rate * seconds)
         interval = 1.0 / rate
@@ -273,7 +233,7 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
             customer.name = f"Latency {i}"
             customer.save(update_fields=["name"])
             time.sleep(max(0.0, next_at - time.monotonic()))
-        _wait_for(lambda: _done_after(start_id) >= count, timeout=60 + seconds)
+        wait_until(lambda: _done_after(start_id) >= count, timeout=60 + seconds, what="the relay and worker to finish")
     finally:
         stop_children(children)
     with connection.cursor() as cursor:
@@ -293,11 +253,3 @@ def _done_after(event_id: int) -> int:
             [event_id],
         )
         return int(cursor.fetchone()[0])
-
-
-def _wait_for(predicate: Callable[[], bool], *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the relay and worker did not finish within {timeout:.0f} s")
-        time.sleep(0.1)

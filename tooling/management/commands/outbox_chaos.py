@@ -7,8 +7,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from tqdm import tqdm
 
-from core.bench import scratch_database
-from core.chaos import ChaosError, Scale, run
+from tooling.chaos.run import ChaosError, Scale, run
+from tooling.database import scratch_database
 
 INVARIANTS = (
     "lost_events",

@@ -13,9 +13,10 @@ from typing import Any
 
 from django.db import connection
 
-from core.harness import NoticeCounter, undone_deliveries
 from core.models import Customer
 from outbox.models import Delivery, Event
+from tooling.database import undone_deliveries
+from tooling.processes import NoticeCounter
 
 SKU_PREFIX = "CHAOS-"
 ROLLBACK_EMAIL = "chaos-rollback@example.com"

@@ -3,7 +3,7 @@
 While orders are placed, edited and cancelled (and some transactions rolled back on purpose),
 relays and workers are SIGKILLed at random and started again, Redis is restarted once with its
 data lost, and PostgreSQL is restarted once. Then the run waits for the pipeline to drain, and
-measures `drain_seconds` (from the last fault to every delivery done); `core.chaos_checks`
+measures `drain_seconds` (from the last fault to every delivery done); `tooling.chaos.checks`
 checks the invariants.
 """
 
@@ -26,13 +26,22 @@ from typing import Any
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
 from core import services
-from core.bench_relay import child_env, manage_start, stop_children
-from core.chaos_checks import ROLLBACK_EMAIL, SKU_PREFIX, check
-from core.harness import HarnessError, LocalRedis, max_event_id, smtp_server, undone_deliveries, wait_for
 from core.models import Customer
-from core.traffic import Shopper, catalogue_ensure
+from tooling.chaos.checks import ROLLBACK_EMAIL, SKU_PREFIX, check
+from tooling.database import max_event_id, undone_deliveries
+from tooling.processes import (
+    LocalRedis,
+    NoticeCounter,
+    ProcessError,
+    child_env,
+    manage_start,
+    smtp_server,
+    stop_children,
+    wait_until,
+)
+from tooling.traffic import Shopper, catalogue_ensure
 
-logger = logging.getLogger("core.chaos")
+logger = logging.getLogger("tooling.chaos")
 
 
 class ChaosError(RuntimeError):
@@ -256,11 +265,11 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
     try:
         redis_server = LocalRedis(workdir)
         redis_server.start()
-    except HarnessError as e:
+    except ProcessError as e:
         raise ChaosError(str(e)) from e
     first_event = max_event_id()
     try:
-        with ExitStack() as stack, smtp_server() as smtp:
+        with ExitStack() as stack, smtp_server(NoticeCounter()) as smtp:
             env = child_env(
                 redis_url=redis_server.url,
                 EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
@@ -286,16 +295,16 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             finally:
                 monkey.finish()
             try:
-                wait_for(_db_up, timeout=60, what="PostgreSQL to answer again")
-            except HarnessError as e:
+                wait_until(_db_up, timeout=60, what="PostgreSQL to answer again", interval=0.2)
+            except ProcessError as e:
                 raise ChaosError(str(e)) from e
             traffic_seconds = time.monotonic() - started
             drained = _drain(first_event, scale.drain_timeout)
             drain_seconds = time.monotonic() - monkey.faults.last_at
             fleet.stop_all()
-            figures = check(first_event, smtp.counter)
+            figures = check(first_event, smtp.handler)
     finally:
-        with suppress(HarnessError):
+        with suppress(ProcessError):
             redis_server.stop()
     faults = monkey.faults
     (workdir / "faults.log").write_text("\n".join(faults.log) + "\n")

@@ -17,8 +17,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
-from core.bench_relay import percentile
 from outbox.relay import routing
+from tooling.bench.relay import percentile
 
 YEAR_START = datetime(2026, 1, 1, tzinfo=UTC)
 PRODUCTS = 2000

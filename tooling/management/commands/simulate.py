@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from dramatiq.brokers.stub import StubBroker
 from tqdm import tqdm
 
-from core.simulate import Report, report, run_traffic
+from tooling.simulate import Report, report, run_traffic
 
 
 class Command(BaseCommand):

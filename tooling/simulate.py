@@ -1,6 +1,6 @@
 """A traffic generator: realistic business changes at a given rate, then a consistency report.
 
-The changes are a `core.traffic.Shopper`'s: orders placed, edited, cancelled, and stock received,
+The changes are a `tooling.traffic.Shopper`'s: orders placed, edited, cancelled, and stock received,
 through the same services the admin uses. The report then checks what the pipeline made of it:
 every event delivered, every product's stock equal to its receipts minus its placed lines
 (cancelled orders give theirs back) and to its ledger, one e-mail per notice.
@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.apps import apps
 from django.db.models import Count, Sum
 
-from consumers.models import EmailNotice, StockMovement
 from core.models import Order, OrderLine, Product, StockReceipt
-from core.traffic import Shopper, catalogue_ensure
 from outbox.models import Delivery, Event, Pending
 from outbox.relay.routing import consumers_for
+from tooling.traffic import Shopper, catalogue_ensure
 
 SKU_PREFIX = "SIM-"
 ACTIONS = ["place", "edit", "cancel", "receive"]
@@ -104,6 +104,9 @@ class Report:
 
 def report(*, since_event_id: int) -> Report:
     """Check the pipeline's work on every event after `since_event_id` and on the simulated catalogue."""
+    # The consumers' records, read through the app registry: no code imports `consumers`.
+    stock_movement = apps.get_model("consumers", "StockMovement")
+    email_notice = apps.get_model("consumers", "EmailNotice")
     result = Report()
     types = Counter(dict(Event.objects.filter(id__gt=since_event_id).values_list("event_type").annotate(Count("id"))))
     result.events = sum(types.values())
@@ -127,7 +130,7 @@ def report(*, since_event_id: int) -> Report:
         .annotate(Sum("quantity"))
     )
     ledger = dict(
-        StockMovement.objects.filter(product__in=products).values_list("product_id").annotate(Sum("quantity"))
+        stock_movement.objects.filter(product__in=products).values_list("product_id").annotate(Sum("quantity"))
     )
     for product in products.order_by("sku"):
         expected = received.get(product.pk, 0) - taken.get(product.pk, 0)
@@ -137,8 +140,8 @@ def report(*, since_event_id: int) -> Report:
             result.ledger_mismatches.append(
                 {"sku": product.sku, "stock": product.stock, "ledger": ledger.get(product.pk, 0)}
             )
-    notices = EmailNotice.objects.filter(event_id__gt=since_event_id)
+    notices = email_notice.objects.filter(event_id__gt=since_event_id)
     result.emails_expected = types.get("order.placed", 0) + types.get("order.cancelled", 0)
-    result.emails_sent = notices.filter(status=EmailNotice.Status.SENT).count()
+    result.emails_sent = notices.filter(status="sent").count()
     result.emails_resent = notices.filter(sends__gt=1).count()
     return result
