@@ -197,7 +197,7 @@ def actor_declare(declared: Consumer, broker: dramatiq.Broker | None = None) -> 
 
     run.__name__ = run.__qualname__ = declared.name
     run.__doc__ = declared.handler.__doc__
-    return dramatiq.actor(
+    return dramatiq.actor(  # type: ignore[call-overload]
         run,
         actor_name=declared.name,
         queue_name=queue_of(declared),

@@ -15,8 +15,9 @@ from outbox import RegistrationError, consumer, testing
 from outbox.consume import declare
 from outbox.models import Dedupe, Delivery
 from tests.ledger.models import Invoice, LedgerEntry
-from tests.processes import processes, wait_until
+from tests.processes import processes
 from tests.smtp import Mailbox, smtp_server
+from tooling.processes import wait_until
 
 
 @pytest.fixture
@@ -69,11 +70,13 @@ def test_drain_applies_each_consumer_once_however_often_it_runs(mailbox: Mailbox
 @pytest.mark.django_db
 def test_drain_fails_naming_the_delivery_that_died() -> None:
     Invoice.objects.create(number="A-3", email="not-reachable@example.com", total=7)
-    with pytest.raises(testing.Stuck, match=r"(?s)invoice_mail: event \d+: .*(Connection|refused|Errno)"):
-        with override_settings(
+    with (
+        pytest.raises(testing.Stuck, match=r"(?s)invoice_mail: event \d+: .*(Connection|refused|Errno)"),
+        override_settings(
             EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend", EMAIL_HOST="127.0.0.1", EMAIL_PORT=9
-        ):
-            testing.drain()
+        ),
+    ):
+        testing.drain()
     assert LedgerEntry.objects.count() == 1  # the other consumer was not held up
 
 
