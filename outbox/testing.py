@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from outbox import conf
-from outbox.consume.declare import declaration
+from outbox.consume.declare import declaration, retries_of
 from outbox.consume.run import Attempt, Outcome, deliver
 from outbox.emit.context import event_context
 from outbox.emit.writer import events_flush
@@ -108,8 +108,7 @@ def drain(*, rounds: int = 50, allow_dead: bool = False) -> Drained:
             if not work:
                 break
         for consumer, ids in work:
-            declared = declaration(consumer)
-            allowed = 1 + (declared.retries if declared and declared.retries is not None else 5)
+            allowed = 1 + retries_of(declaration(consumer))
             number = max(attempts.get((consumer, i), 0) for i in ids) + 1
             for i in ids:
                 attempts[(consumer, i)] = number

@@ -96,14 +96,14 @@ def consumer(
         if not types:
             raise RegistrationError(f'Consumer {name!r} takes no event types: name some, or "*" for all.')
     try:
-        kind = Kind(kind)
+        chosen = Kind(kind)
     except ValueError:
         raise RegistrationError(
             f"Consumer {name!r}: kind must be one of {[k.value for k in Kind]}, not {kind!r}."
         ) from None
-    if dedupe_key is not None and kind is not Kind.EXTERNAL:
+    if dedupe_key is not None and chosen is not Kind.EXTERNAL:
         raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
-    if kind is Kind.EXTERNAL and batch:
+    if chosen is Kind.EXTERNAL and batch:
         raise RegistrationError(f"Consumer {name!r}: an external consumer handles one event at a time (no batch).")
 
     def decorate(handler: F) -> F:
@@ -111,7 +111,7 @@ def consumer(
             name=name,
             events=types,
             handler=handler,
-            kind=Kind(kind),
+            kind=chosen,
             queue=queue or name,
             priority=priority,
             retries=retries,
@@ -152,6 +152,13 @@ def _overrides(name: str) -> dict[str, Any]:
 def queue_of(declared: Consumer) -> str:
     """Return the consumer's queue, as settings may override it."""
     return str(_overrides(declared.name).get("queue", declared.queue))
+
+
+def retries_of(declared: Consumer | None) -> int:
+    """Return how many times a failed event is tried again: the declaration's, or CONSUMER_MAX_RETRIES."""
+    if declared is not None and declared.retries is not None:
+        return declared.retries
+    return int(getattr(settings, "CONSUMER_MAX_RETRIES", 5))
 
 
 def is_enabled(declared: Consumer) -> bool:
@@ -203,7 +210,7 @@ def actor_declare(declared: Consumer, broker: dramatiq.Broker | None = None) -> 
         queue_name=queue_of(declared),
         priority=declared.priority,
         broker=broker,
-        max_retries=declared.retries if declared.retries is not None else getattr(settings, "CONSUMER_MAX_RETRIES", 5),
+        max_retries=retries_of(declared),
         min_backoff=getattr(settings, "CONSUMER_MIN_BACKOFF_MS", 1_000),
         max_backoff=getattr(settings, "CONSUMER_MAX_BACKOFF_MS", 30_000),
         throws=(BadMessage,),
