@@ -1,41 +1,43 @@
 """The e-mail consumer: order confirmations and cancellation notices, over SMTP.
 
-An SMTP server is not part of the database transaction, so the tracking row alone cannot make
-the e-mail happen once. Each notice has a dedupe key, (order, kind), recorded before the SMTP
-call (`sending`, with a lease) and marked `sent` after it, with the delivery, in one short
-transaction; no transaction is open during the SMTP call.
+An external consumer (outbox/consume/external.py): an SMTP server is not part of the database
+transaction, so each notice has a dedupe key, `order:<id>:<kind>`, which the outbox records before
+the SMTP call (`sending`, with a lease, on the database's clock) and marks `sent` after it, with
+the delivery and the notice's `EmailNotice` row, in one short transaction; no transaction is open
+during the SMTP call.
 
 - A duplicate message, a replay, or a second event asking for the same notice finds it `sent`
   and sends nothing.
 - Two workers with the same notice: the second finds a live lease and retries later.
 - A worker that dies between the SMTP server's accept and the `sent` record leaves the notice
   `sending`; once the lease runs out, the retry sends it again. That is the one duplicate
-  window; `notify()` returns its length for each e-mail, and docs/benchmarks.md reports it.
+  window; the delivery's outcome gives its length for each e-mail, and docs/benchmarks.md reports it.
+- A send the server certainly did not take (a refusal, no session) is not counted in `sends`.
+
+One SMTP connection serves a message's notices, and their orders are read in three queries
+(`session`).
 """
 
 import logging
 import smtplib
 import socket
-import time
 import uuid
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parseaddr
 from typing import Any
 
 from django.conf import settings
 from django.core import mail
-from django.db import connection as db_connection
-from django.db import transaction
-from django.db.models import F, Prefetch
+from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from consumers.models import EmailNotice
 from core.models import Order, OrderLine
-from outbox import Event, PermanentError, consumer
-from outbox.consume.deliveries import delivery_begin
-from outbox.consume.run import consume
+from outbox import DedupeKey, Event, PermanentError, consumer
 
 CONSUMER = "email"
 Kind = EmailNotice.Kind
@@ -49,37 +51,22 @@ SUBJECTS = {
 logger = logging.getLogger("consumers.email")
 
 
-class NoticeBusy(Exception):
-    """Another worker holds the notice's lease: it is sending it right now."""
+def notice_key(event: Event) -> str:
+    """The notice's dedupe key: one confirmation and one cancellation per order."""
+    kind = KINDS.get(event.event_type)
+    return f"order:{event.aggregate_id}:{kind.value if kind else event.event_type}"
 
 
-def lease_seconds() -> float:
-    """How long a worker may take over one SMTP send before another may send the notice again."""
-    return float(getattr(settings, "EMAIL_NOTICE_LEASE_SECONDS", 3 * settings.EMAIL_TIMEOUT))
+def not_taken(exc: BaseException) -> bool:
+    """Whether the SMTP server certainly did not take the message: it answered the send with an
+    error, or no session was made (a session the message's connection failed to open is not taken
+    either, whatever the error: see Session.open). A session lost mid-send may have delivered it."""
+    refused = (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)
+    return isinstance(exc, (NoSession, *refused, ConnectionRefusedError, socket.gaierror))
 
 
-@consumer(
-    CONSUMER,
-    events=list(EVENT_TYPES),
-    queue="email",
-    priority=10,
-    kind="external",
-    message=True,
-    records=["consumers.EmailNotice"],
-)
-def send_notices(*, event_ids: object) -> None:
-    """Send the notice of each event not yet handled, over one SMTP connection (the actor's service)."""
-    connection = mail.get_connection()
-    orders = OrderCache(event_ids)
-    try:
-        consume(
-            consumer=CONSUMER,
-            event_ids=event_ids,
-            handle=lambda events: notify(events[0], connection=connection, orders=orders),
-            atomic=False,
-        )
-    finally:
-        connection.close()
+class NoSession(Exception):
+    """The SMTP session could not be opened: nothing was sent."""
 
 
 class OrderCache:
@@ -131,140 +118,111 @@ def render(kind: str, order_id: int, orders: OrderCache | None = None) -> mail.E
     )
 
 
-# On PostgreSQL the lease is taken and tested on the database's clock, so that workers on
-# machines whose clocks disagree still agree on whose lease has run out. (The embedded default
-# runs its one worker on the machine of its SQLite file: its clock is the only one.)
-_CLAIM = """
-INSERT INTO email_notice
-    (order_id, kind, event_id, recipient, subject, token, status, sends, lease_until, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, 'sending', 1, {lease_until}, CURRENT_TIMESTAMP)
-ON CONFLICT (order_id, kind) DO UPDATE
-    SET sends = email_notice.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
-    WHERE email_notice.status = 'sending'
-      AND (email_notice.lease_until IS NULL OR email_notice.lease_until < {now})
-RETURNING id, token
-"""
-_CLAIM_POSTGRESQL = _CLAIM.format(
-    lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
-)
-_CLAIM_LOCAL_CLOCK = _CLAIM.format(lease_until="%s", now="%s")
-
-
-# sent_at on the same clock as the lease.
-_SENT = "UPDATE email_notice SET status = 'sent', sent_at = {now}, lease_until = NULL WHERE id = %s"
-_SENT_POSTGRESQL = _SENT.format(now="statement_timestamp()")
-_SENT_LOCAL_CLOCK = _SENT.format(now="%s")
-
-
-def message_id(*, notice_id: int, kind: str, order_id: int, token: uuid.UUID | None) -> str:
+def message_id(*, token: uuid.UUID) -> str:
     """Return the notice's Message-ID: the same on every send of it, so that a copy sent again
     after a crash (the duplicate window) is recognisably the same message to the recipient's mail
     system, which can drop it.
 
-    The notice's random token makes it no other notice's, even one with the same id in a restored
-    or copied database. (Notices recorded before the token existed have none.)
+    The token is random, its dedupe record's: the Message-ID is no other notice's, even where a
+    restored or copied database repeats ids.
     """
     domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2] or "localhost"
-    if token is None:
-        return f"<notice-{notice_id}.{kind}.order-{order_id}@{domain}>"
-    # Short enough not to be folded onto a second header line (the order and kind have headers).
-    return f"<notice-{notice_id}.{token.hex}@{domain}>"
+    return f"<notice-{token.hex}@{domain}>"
 
 
-def not_taken(exc: BaseException) -> bool:
-    """Whether the SMTP server certainly did not take the message: it answered the send with an
-    error, or no session was made (a session the batch's connection failed to open is not taken
-    either, whatever the error). A session lost mid-send may have delivered it."""
-    return isinstance(
-        exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused, ConnectionRefusedError, socket.gaierror)
-    )
+@dataclass
+class Session:
+    """What a message's notices share: one SMTP connection, opened on the first send, and the orders."""
+
+    connection: Any
+    orders: OrderCache
+    opened: bool = False
+
+    def open(self) -> None:
+        """Open the connection once per message (later sends reuse it); a failure means nothing was sent."""
+        if self.opened or self.connection is None:
+            return
+        try:
+            self.connection.open()
+        except Exception as exc:
+            raise NoSession(f"The SMTP session could not be opened: {type(exc).__name__}: {exc}") from exc
+        self.opened = True
+
+    def broken(self) -> None:
+        """Close a session a send failed on: it is not reused."""
+        if self.connection is not None:
+            self.connection.close()
+        self.opened = False
 
 
-def claim(*, kind: str, event: Event, message: mail.EmailMessage) -> tuple[int, uuid.UUID | None] | None:
-    """Record the intent to send, in one statement; return the notice's id and token, or None if
-    it was sent.
-
-    Raises NoticeBusy when another worker holds the notice's lease.
-    """
-    order_id = int(event.aggregate_id)
-    # As the backend stores a UUIDField (a uuid on PostgreSQL, 32 hex digits on SQLite), and back.
-    token_field = EmailNotice._meta.get_field("token")
-    token = token_field.get_db_prep_value(uuid.uuid4(), db_connection)
-    params: list[Any] = [order_id, kind, event.id, message.to[0], str(message.subject), token]
-    if db_connection.vendor == "postgresql":
-        statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
-    else:
-        now = timezone.now()
-        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=lease_seconds()), now]
-    with db_connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    if row is not None:
-        return int(row[0]), token_field.to_python(row[1])
-    notice = EmailNotice.objects.get(order_id=order_id, kind=kind)
-    if notice.status == EmailNotice.Status.SENT:
-        return None
-    raise NoticeBusy(
-        f"Another worker is sending the {notice.get_kind_display().lower()} for order {notice.order_id} "
-        f"(lease until {notice.lease_until:%H:%M:%S}); retrying later."
-    )
+@contextmanager
+def smtp_session(events: list[Event]) -> Iterator[Session]:
+    """Open what a message's notices share, and close the connection after the last."""
+    session = Session(connection=mail.get_connection(), orders=OrderCache([event.id for event in events]))
+    try:
+        yield session
+    finally:
+        session.broken()
 
 
-def notify(event: Event, *, connection: Any, orders: OrderCache | None = None) -> float | None:
-    """Send the event's notice unless it was sent; return the duplicate window in seconds, if sent.
-
-    The window is the time from the SMTP server's accept to the commit of the `sent` record.
-    """
+@consumer(
+    CONSUMER,
+    events=list(EVENT_TYPES),
+    queue="email",
+    priority=10,
+    kind="external",
+    dedupe_key=notice_key,
+    session=smtp_session,
+    not_sent=not_taken,
+    records=["consumers.EmailNotice"],
+)
+def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], None]:
+    """Send the event's notice; return what records it once the SMTP server accepted it."""
     kind = KINDS.get(event.event_type)
     if kind is None:
         raise PermanentError(
             f"The e-mail consumer does not handle {event.event_type} events. "
             "Remove the type from its @consumer declaration's events; the event itself is fine."
         )
-    message = render(kind, int(event.aggregate_id), orders)
-    claimed = claim(kind=kind, event=event, message=message)
-    if claimed is None:
-        with transaction.atomic():
-            delivery_begin(event_id=event.id, consumer=CONSUMER)
-        return None
-    notice_id, token = claimed
-    message.extra_headers["Message-ID"] = message_id(
-        notice_id=notice_id, kind=kind, order_id=int(event.aggregate_id), token=token
-    )
-    opened = False
+    order_id = int(event.aggregate_id)
+    message = render(kind, order_id, session.orders)
+    message.extra_headers["Message-ID"] = message_id(token=key.token)
     try:
-        if connection is not None:
-            connection.open()  # once per batch: later sends reuse it
-            message.connection = connection
-        opened = True
+        session.open()
+        if session.connection is not None:
+            message.connection = session.connection
         message.send()
+    except NoSession as exc:
+        cause = exc.__cause__
+        if isinstance(cause, smtplib.SMTPResponseException) and cause.smtp_code >= 500:
+            raise PermanentError(f"The SMTP server refused the {kind} for order {order_id}: {cause}") from exc
+        raise
     except Exception as exc:
-        # Give the lease back: the next attempt need not wait for it. A send the server certainly
-        # did not take (no session, or a refusal) is not counted, so that `sends` above 1 means
-        # "may have been sent twice".
-        uncount = {"sends": F("sends") - 1} if not opened or not_taken(exc) else {}
-        EmailNotice.objects.filter(pk=notice_id, status=EmailNotice.Status.SENDING).update(lease_until=None, **uncount)
-        if connection is not None:
-            connection.close()  # a broken session is not reused
+        session.broken()
         if isinstance(exc, smtplib.SMTPRecipientsRefused) or (
             isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
         ):
-            raise PermanentError(f"The SMTP server refused the {kind} for order {event.aggregate_id}: {exc}") from exc
+            raise PermanentError(f"The SMTP server refused the {kind} for order {order_id}: {exc}") from exc
         raise
-    accepted = time.monotonic()
-    with transaction.atomic(), db_connection.cursor() as cursor:
-        if db_connection.vendor == "postgresql":
-            cursor.execute(_SENT_POSTGRESQL, [notice_id])
-        else:
-            cursor.execute(_SENT_LOCAL_CLOCK, [timezone.now(), notice_id])
-        delivery_begin(event_id=event.id, consumer=CONSUMER)
-    window = time.monotonic() - accepted
-    logger.info(
-        "email: sent the %s for order %s to %s (event %s; recorded %.2f ms after the SMTP accept)",
-        kind,
-        event.aggregate_id,
-        message.to[0],
-        event.id,
-        window * 1000,
-    )
-    return window
+
+    def record() -> None:
+        notice = EmailNotice(
+            order_id=order_id,
+            kind=kind,
+            event_id=event.id,
+            recipient=message.to[0],
+            subject=str(message.subject),
+            sends=key.sends,
+            token=key.token,
+            sent_at=timezone.now(),
+        )
+        # One statement: a notice recorded before (a database restored to before a send) is brought up to date.
+        EmailNotice.objects.bulk_create(
+            [notice],
+            update_conflicts=True,
+            unique_fields=["order_id", "kind"],
+            update_fields=["event_id", "recipient", "subject", "sends", "token", "sent_at"],
+        )
+        logger.info("email: sent the %s for order %s to %s (event %s)", kind, order_id, message.to[0], event.id)
+
+    return record

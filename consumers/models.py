@@ -64,35 +64,29 @@ class StockSource(models.Model):
 
 
 class EmailNotice(models.Model):
-    """An e-mail to a customer about an order, once per (order, kind): the dedupe key.
+    """An e-mail the SMTP server accepted for a customer about an order, once per (order, kind).
 
-    Recorded (`sending`, with a lease) before the SMTP call and marked `sent` after it. A worker
-    that finds a notice `sent` sends nothing; one that finds it `sending` with a live lease waits for
-    the other worker; one that finds an expired lease (a worker died mid-send) sends again. That
-    last case is the remaining duplicate window: the SMTP server accepted the message but the
-    worker died before recording it.
+    The e-mail consumer is an external consumer: its dedupe record (outbox's `outbox_dedupe`, key
+    `order:<id>:<kind>`) is taken before the SMTP call and marked sent after it; this row commits
+    in that same transaction. A notice being sent right now, or left by a worker that died
+    mid-send, is a `sending` dedupe record and has no row here yet.
     """
 
     class Kind(models.TextChoices):
         CONFIRMATION = "order_confirmation", "Order confirmation"
         CANCELLATION = "order_cancellation", "Order cancellation"
 
-    class Status(models.TextChoices):
-        SENDING = "sending", "Sending"
-        SENT = "sent", "Sent"
-
     order_id = models.BigIntegerField()
     kind = models.CharField(max_length=30, choices=Kind.choices)
     event_id = models.BigIntegerField(help_text="The event that last asked for it.")
     recipient = models.EmailField()
     subject = models.CharField(max_length=200)
-    status = models.CharField(max_length=20, choices=Status.choices)
     # Sends that may have reached the SMTP server (a refusal or a failed connection is not
-    # counted): above 1 means it may have been delivered twice.
+    # counted): above 1 means it may have been delivered twice (the duplicate window).
     sends = models.PositiveIntegerField(default=0)
-    # Random, in the notice's Message-ID: unique to it even in a restored or copied database.
+    # Random, its dedupe record's, in the notice's Message-ID: unique to it even in a restored or
+    # copied database.
     token = models.UUIDField(null=True, blank=True, editable=False)
-    lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     sent_at = models.DateTimeField(null=True, blank=True, help_text="When the SMTP server accepted it.")
 
@@ -105,4 +99,4 @@ class EmailNotice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} for order {self.order_id}: {self.status}"
+        return f"{self.get_kind_display()} for order {self.order_id}, sent to {self.recipient}"

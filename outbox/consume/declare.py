@@ -7,7 +7,9 @@ priority and retries, and its kind:
   records the delivery done, so the effect happens exactly once however often the event arrives;
 - `external`: for an effect outside the database (an e-mail, a webhook). A dedupe record commits
   before the handler runs and is marked after it (outbox/consume/external.py); the handler gets
-  the dedupe key, to pass to the outside system.
+  the dedupe key, to pass to the outside system, and what the declaration's `session` opened for
+  the message, if it has one; a callable it returns runs in the transaction that marks the call
+  made (the consumer's own record of the effect).
 
 The framework makes the Dramatiq actor, routes events to it (the relay reads the declarations),
 batches events into messages and transactions, tracks, retries and records dead deliveries. The
@@ -18,6 +20,7 @@ bulk). Settings may move a consumer to another queue or switch it off:
 
 import enum
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -58,9 +61,13 @@ class Consumer:
     # Models ("app_label.Model") holding the consumer's effect, which the Auditors role may read.
     records: tuple[str, ...] = ()
     enabled: bool = True
-    # The handler takes the message's event ids and runs it itself (through outbox.consume.run),
-    # for an external consumer that keeps its own dedupe records; prefer the kinds above.
-    message: bool = False
+    # External kind: opens what the message's calls share (a connection, say), once per message:
+    # a callable taking the message's events and returning a context manager, whose value the
+    # handler gets as its third argument.
+    session: Callable[[list[Any]], AbstractContextManager[Any]] | None = None
+    # External kind: whether an error certainly means the outside system did not take the call
+    # (a refusal, no connection); such a call is not counted in the dedupe record's `sends`.
+    not_sent: Callable[[BaseException], bool] | None = None
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -84,7 +91,8 @@ def consumer(
     dedupe_key: Callable[[Any], str] | None = None,
     records: Iterable[str] = (),
     enabled: bool = True,
-    message: bool = False,
+    session: Callable[[list[Any]], AbstractContextManager[Any]] | None = None,
+    not_sent: Callable[[BaseException], bool] | None = None,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -105,6 +113,10 @@ def consumer(
         raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
     if chosen is Kind.EXTERNAL and batch:
         raise RegistrationError(f"Consumer {name!r}: an external consumer handles one event at a time (no batch).")
+    if chosen is not Kind.EXTERNAL and (session is not None or not_sent is not None):
+        raise RegistrationError(
+            f"Consumer {name!r}: session and not_sent are for external consumers (kind='external')."
+        )
 
     def decorate(handler: F) -> F:
         declared = Consumer(
@@ -121,7 +133,8 @@ def consumer(
             dedupe_key=dedupe_key,
             records=tuple(records),
             enabled=enabled,
-            message=message,
+            session=session,
+            not_sent=not_sent,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):

@@ -4,28 +4,45 @@ No transaction can hold an outside call, so the tracking row alone cannot make i
 For each event the framework:
 
 1. records the intent under the event's dedupe key (`outbox.models.Dedupe`: `sending`, with a
-   lease), in a short transaction of its own;
+   lease), in one statement of its own;
 2. calls the handler with the key, no transaction open;
-3. marks the record `sent` and the delivery done, in one transaction.
+3. marks the record `sent` and the delivery done, in one transaction, with whatever the handler
+   asked to record (a handler may return a callable: it runs in that transaction, so that the
+   consumer's own record of the effect commits with the mark).
 
 A duplicate finds the record `sent` and calls nothing; a second worker finds a live lease and
 retries later; a worker that dies between the outside system's accept and step 3 leaves the
 record `sending`, and once the lease runs out the retry calls again. That is the one duplicate
 window; `external_run()` returns its length.
+
+On PostgreSQL the lease is taken and tested on the database's clock, so that workers on machines
+whose clocks disagree still agree on whose lease has run out. (The embedded default runs its one
+worker on the machine of its SQLite file: its clock is the only one.)
+
+`sends` counts the calls that may have reached the outside system: a call the declaration's
+`not_sent(exc)` says certainly did not (a refusal, no connection; the error or one it was raised
+from) is taken back, so that `sends`
+above 1 means "may have happened twice".
 """
 
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from outbox.consume.declare import Consumer
 from outbox.consume.deliveries import delivery_begin
 from outbox.models import Dedupe, Event
+
+logger = logging.getLogger("outbox.consumer")
 
 
 class DedupeBusy(Exception):
@@ -50,36 +67,77 @@ def lease_seconds() -> float:
     return float(getattr(settings, "OUTBOX_EXTERNAL_LEASE_SECONDS", 60.0))
 
 
+_CLAIM = """
+INSERT INTO outbox_dedupe (consumer, key, event_id, status, sends, token, lease_until, created_at)
+VALUES (%s, %s, %s, 'sending', 1, %s, {lease_until}, CURRENT_TIMESTAMP)
+ON CONFLICT (consumer, key) DO UPDATE
+    SET sends = outbox_dedupe.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
+    WHERE outbox_dedupe.status = 'sending'
+      AND (outbox_dedupe.lease_until IS NULL OR outbox_dedupe.lease_until < {now})
+RETURNING token, sends
+"""
+_CLAIM_POSTGRESQL = _CLAIM.format(
+    lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
+)
+_CLAIM_LOCAL_CLOCK = _CLAIM.format(lease_until="%s", now="%s")
+
+# sent_at on the same clock as the lease.
+_SENT = "UPDATE outbox_dedupe SET status = 'sent', sent_at = {now}, lease_until = NULL WHERE consumer = %s AND key = %s"
+_SENT_POSTGRESQL = _SENT.format(now="statement_timestamp()")
+_SENT_LOCAL_CLOCK = _SENT.format(now="%s")
+
+
 def dedupe_claim(*, consumer: str, key: str, event_id: int) -> DedupeKey | None:
-    """Record the intent to call; return the key, or None when the call was made already.
+    """Record the intent to call, in one statement; return the key, or None when the call was made.
 
     Raises DedupeBusy when another worker holds the lease.
     """
-    now = timezone.now()
-    until = now + timedelta(seconds=lease_seconds())
-    with transaction.atomic():
-        row, created = Dedupe.objects.select_for_update().get_or_create(
-            consumer=consumer,
-            key=key,
-            defaults={"event_id": event_id, "status": Dedupe.Status.SENDING, "sends": 1, "lease_until": until},
-        )
-        if not created:
-            if row.status == Dedupe.Status.SENT:
-                return None
-            if row.lease_until is not None and row.lease_until > now:
-                raise DedupeBusy(
-                    f"{consumer}: another worker is making the call for {key!r} (lease until "
-                    f"{row.lease_until:%H:%M:%S}); retrying later."
-                )
-            row.sends += 1
-            row.lease_until = until
-            row.event_id = event_id
-            row.save(update_fields=["sends", "lease_until", "event_id"])
-    return DedupeKey(key=key, token=row.token, sends=row.sends)
+    token_field = Dedupe._meta.get_field("token")
+    # As the backend stores a UUIDField (a uuid on PostgreSQL, 32 hex digits on SQLite), and back.
+    token = token_field.get_db_prep_value(uuid.uuid4(), connection)
+    params: list[Any] = [consumer, key, event_id, token]
+    if connection.vendor == "postgresql":
+        statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
+    else:
+        now = timezone.now()
+        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=lease_seconds()), now]
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is not None:
+        return DedupeKey(key=key, token=token_field.to_python(row[0]), sends=int(row[1]))
+    held = Dedupe.objects.filter(consumer=consumer, key=key).values_list("status", "lease_until").first()
+    if held is not None and held[0] == Dedupe.Status.SENT:
+        return None
+    until = f"lease until {held[1]:%H:%M:%S}" if held is not None and held[1] is not None else "its record just changed"
+    raise DedupeBusy(f"{consumer}: another worker is making the call for {key!r} ({until}); retrying later.")
 
 
-def external_run(declared: Consumer, event: Event) -> float | None:
-    """Make the event's outside effect unless it was made; return the duplicate window in seconds, if made."""
+def _release(consumer: str, key: str, *, uncount: bool) -> None:
+    """Give the lease back, so that the retry need not wait for it; `uncount`: the call did not happen."""
+    Dedupe.objects.filter(consumer=consumer, key=key, status=Dedupe.Status.SENDING).update(
+        lease_until=None, **({"sends": F("sends") - 1} if uncount else {})
+    )
+
+
+def _not_sent(test: Callable[[BaseException], bool] | None, exc: BaseException) -> bool:
+    """Whether the error, or one it was raised from (a PermanentError wrapping a refusal), says
+    that the call certainly did not reach the outside system."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a cause chain is short; a cycle is not followed
+        if seen is None or test is None:
+            return False
+        if test(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def external_run(declared: Consumer, event: Event, session: object = None) -> float | None:
+    """Make the event's outside effect unless it was made; return the duplicate window in seconds, if made.
+
+    `session` is what the declaration's `session` opened for the message, passed to the handler.
+    """
     key = declared.dedupe_key(event) if declared.dedupe_key else f"event:{event.event_id}"
     claimed = dedupe_claim(consumer=declared.name, key=key, event_id=event.id)
     if claimed is None:
@@ -87,15 +145,24 @@ def external_run(declared: Consumer, event: Event) -> float | None:
             delivery_begin(event_id=event.id, consumer=declared.name)
         return None
     try:
-        declared.handler(event, claimed)
-    except Exception:
-        # Give the lease back, so that the retry need not wait for it.
-        Dedupe.objects.filter(consumer=declared.name, key=key, status=Dedupe.Status.SENDING).update(lease_until=None)
+        if declared.session is not None:
+            record = declared.handler(event, claimed, session)
+        else:
+            record = declared.handler(event, claimed)
+    except Exception as exc:
+        _release(declared.name, key, uncount=_not_sent(declared.not_sent, exc))
         raise
     accepted = time.monotonic()
-    with transaction.atomic():
-        Dedupe.objects.filter(consumer=declared.name, key=key).update(
-            status=Dedupe.Status.SENT, sent_at=timezone.now(), lease_until=None
-        )
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_SENT_POSTGRESQL, [declared.name, key])
+        else:
+            cursor.execute(_SENT_LOCAL_CLOCK, [timezone.now(), declared.name, key])
+        if callable(record):
+            record()
         delivery_begin(event_id=event.id, consumer=declared.name)
-    return time.monotonic() - accepted
+    window = time.monotonic() - accepted
+    logger.debug(
+        "%s: made the call for %s (event %s), recorded %.2f ms after it", declared.name, key, event.id, window * 1000
+    )
+    return window

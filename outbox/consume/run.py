@@ -14,7 +14,9 @@ and what is already dead, so only the failed events run again.
 import logging
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import dramatiq
 from django.db import connection, transaction
@@ -26,6 +28,9 @@ from outbox.consume.drops import excerpt, message_drop_count
 from outbox.eventlog.keys import seal_key
 from outbox.eventlog.tagging import forged_reason, tag_valid
 from outbox.models import Delivery, Event, MessageDrop
+
+if TYPE_CHECKING:
+    from outbox.consume.declare import Consumer
 
 logger = logging.getLogger("outbox.consumer")
 
@@ -63,6 +68,8 @@ class Outcome:
     unknown: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     dead: dict[int, str] = field(default_factory=dict)
+    # External consumers: per event called, the duplicate window in seconds (outside call → mark).
+    windows: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ def consume(
     together: bool = False,
     atomic: bool = True,
     attempt: Attempt | None = None,
+    prepare: Callable[[list[Event]], object] | None = None,
 ) -> Outcome:
     """Apply `handle` to the message's events not yet done by `consumer`.
 
@@ -137,6 +145,8 @@ def consume(
     With `atomic=False` the handler gets one event at a time and manages its own transactions,
     calling delivery_begin() itself (a side effect outside the database must not run inside a
     transaction).
+
+    `prepare`, if given, gets the events about to be handled, once, before the first.
 
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
@@ -168,6 +178,8 @@ def consume(
             outcome.failed[event_id] = forged_reason(event)
             permanent.add(event_id)
     runnable = [events[i] for i in sorted(events) if i not in outcome.failed]
+    if prepare is not None:
+        prepare(runnable)
     if atomic:
 
         def split(events: list[Event]) -> list[list[Event]]:
@@ -304,23 +316,12 @@ def _by_aggregate(event: Event) -> object:
 def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> Outcome:
     """Run the declared consumer `name` over the message's events (what its actor does)."""
     from outbox.consume.declare import Kind, declaration
-    from outbox.consume.external import DedupeBusy, external_run
 
     declared = declaration(name)
     if declared is None:
         raise PermanentError(f"No consumer is declared with the name {name!r}.")
-    if declared.message:
-        declared.handler(event_ids=event_ids)
-        return Outcome(name)
     if declared.kind is Kind.EXTERNAL:
-
-        def handle_external(events: list[Event]) -> None:
-            try:
-                external_run(declared, events[0])
-            except DedupeBusy as exc:
-                raise RetryableError(str(exc)) from exc
-
-        return consume(consumer=name, event_ids=event_ids, handle=handle_external, atomic=False, attempt=attempt)
+        return _deliver_external(declared, event_ids, attempt)
     handler = declared.handler
 
     def handle(events: list[Event]) -> None:
@@ -338,3 +339,40 @@ def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> 
         together=declared.together,
         attempt=attempt,
     )
+
+
+def _deliver_external(declared: "Consumer", event_ids: object, attempt: Attempt | None) -> Outcome:
+    """Run an external consumer: each event alone, its call between its dedupe record's claim and mark,
+    the declaration's session open across the message."""
+    from outbox.consume.external import DedupeBusy, external_run
+
+    windows: dict[int, float] = {}
+    with ExitStack() as stack:
+        session: object = None
+        opened = False
+
+        def handle(events: list[Event]) -> None:
+            nonlocal session, opened
+            if declared.session is not None and not opened:
+                # Opened on the first event that needs a call (none when the message was all done),
+                # with the message's runnable events, so that it can read what they need at once.
+                session = stack.enter_context(declared.session(runnable))
+                opened = True
+            try:
+                window = external_run(declared, events[0], session)
+            except DedupeBusy as exc:
+                raise RetryableError(str(exc)) from exc
+            if window is not None:
+                windows[events[0].id] = window
+
+        runnable: list[Event] = []
+        outcome = consume(
+            consumer=declared.name,
+            event_ids=event_ids,
+            handle=handle,
+            atomic=False,
+            attempt=attempt,
+            prepare=runnable.extend,
+        )
+    outcome.windows = windows
+    return outcome

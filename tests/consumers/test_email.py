@@ -3,15 +3,18 @@
 from datetime import timedelta
 from typing import Any
 
+import dramatiq
 import pytest
 from django.db import connection as db_connection
 from django.utils import timezone
 
-from consumers import email
 from consumers.models import EmailNotice
 from core import services
 from core.models import Customer, Order, Product
-from outbox.models import Delivery, Event
+from outbox.consume.external import DedupeBusy, dedupe_claim
+from outbox.consume.run import Attempt
+from outbox.models import Dedupe, Delivery, Event
+from outbox.testing import deliver
 from tests.consumers.helpers import routed_ids
 from tests.smtp import Mailbox
 from tooling.processes import free_port
@@ -22,14 +25,22 @@ def place(customer: Customer, products: list[Product]) -> Order:
     return services.order_create(customer=customer, lines=lines, place=True)
 
 
-def sending(order: Order, event: Event, *, lease_until: Any) -> EmailNotice:
-    """The confirmation's notice as a worker leaves it while it sends: `sending`, under a lease."""
-    return EmailNotice.objects.create(
-        order_id=order.pk,
-        kind="order_confirmation",
+def send(event_ids: object) -> None:
+    """Run the e-mail consumer over a message of these event ids, as its worker does."""
+    deliver("email", event_ids)
+
+
+def record() -> Dedupe:
+    """The confirmation's dedupe record."""
+    return Dedupe.objects.get(consumer="email")
+
+
+def sending(order: Order, event: Event, *, lease_until: Any) -> Dedupe:
+    """The confirmation's dedupe record as a worker leaves it while it sends: `sending`, under a lease."""
+    return Dedupe.objects.create(
+        consumer="email",
+        key=f"order:{order.pk}:order_confirmation",
         event_id=event.pk,
-        recipient="ada@example.com",
-        subject="s",
         status="sending",
         sends=1,
         lease_until=lease_until,
@@ -41,8 +52,8 @@ def test_a_placed_order_sends_one_confirmation_listing_its_lines(
 ) -> None:
     order = place(customer, products)
     ids = routed_ids("email")
-    email.send_notices(event_ids=ids)
-    email.send_notices(event_ids=ids)  # a duplicate message
+    send(ids)
+    send(ids)  # a duplicate message
     assert mailbox.subjects() == [f"Your order #{order.pk} is confirmed"]
     message = mailbox.messages[0]
     assert message["To"] == "ada@example.com"
@@ -52,7 +63,11 @@ def test_a_placed_order_sends_one_confirmation_listing_its_lines(
     assert "3 x MN-003 Monitor at 249.00 = 747.00" in body
     assert "Total: 954.50" in body
     notice = EmailNotice.objects.get()
-    assert (notice.kind, notice.status, notice.sends) == ("order_confirmation", "sent", 1)
+    assert (notice.kind, notice.recipient, notice.sends) == ("order_confirmation", "ada@example.com", 1)
+    assert (record().key, record().status, record().sends) == (f"order:{order.pk}:order_confirmation", "sent", 1)
+    assert (
+        message["Message-ID"] == f"<notice-{record().token.hex}@localhost>" == f"<notice-{notice.token.hex}@localhost>"
+    )
     assert Delivery.objects.get(consumer="email").status == "done"
 
 
@@ -62,8 +77,8 @@ def test_a_cancellation_sends_its_own_notice_once(
     order = place(customer, products)
     services.order_set_status(order=order, status="cancelled")
     ids = routed_ids("email")
-    email.send_notices(event_ids=ids)
-    email.send_notices(event_ids=ids[::-1])
+    send(ids)
+    send(ids[::-1])
     assert sorted(mailbox.subjects()) == [
         f"Your order #{order.pk} has been cancelled",
         f"Your order #{order.pk} is confirmed",
@@ -76,17 +91,18 @@ def test_a_refused_message_is_dead_with_the_servers_reply_and_a_replay_sends_it(
     place(customer, products)
     ids = routed_ids("email")
     mailbox.refuse_with = "554 5.7.1 Message rejected by test policy"
-    email.send_notices(event_ids=ids)
+    send(ids)
     delivery = Delivery.objects.get(consumer="email")
     assert delivery.status == "dead"
     assert "refused" in delivery.last_error
     assert "Message rejected by test policy" in delivery.last_error
-    assert EmailNotice.objects.get().lease_until is None  # nothing holds it now
+    assert (record().status, record().lease_until, record().sends) == ("sending", None, 0)  # nothing holds it now
+    assert not EmailNotice.objects.exists()
     mailbox.refuse_with = ""
-    email.send_notices(event_ids=ids)  # what outbox_replay sends: a new message
+    send(ids)  # what outbox_replay sends: a new message
     assert mailbox.count() == 1
     assert Delivery.objects.get(consumer="email").status == "done"
-    assert EmailNotice.objects.get().sends == 1  # the refusal is not a send
+    assert EmailNotice.objects.get().sends == record().sends == 1  # the refusal is not a send
 
 
 def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
@@ -95,11 +111,12 @@ def test_an_smtp_server_that_is_down_fails_the_delivery_with_the_error(
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"  # type: ignore[attr-defined]
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # type: ignore[attr-defined]
     place(customer, products)
-    email.send_notices(event_ids=routed_ids("email"))
+    send(routed_ids("email"))
     delivery = Delivery.objects.get(consumer="email")
     assert delivery.status == "dead"  # a direct call is its message's only attempt
     assert "ConnectionRefusedError" in delivery.last_error
-    assert EmailNotice.objects.get().sends == 0  # nothing reached a server
+    assert record().sends == 0  # nothing reached a server
+    assert not EmailNotice.objects.exists()
 
 
 def test_a_session_that_could_not_be_opened_is_not_counted_as_a_send(
@@ -109,12 +126,12 @@ def test_a_session_that_could_not_be_opened_is_not_counted_as_a_send(
     means nothing was sent: the notice's `sends` stays 0."""
     settings.EMAIL_USE_TLS = True
     place(customer, products)
-    email.send_notices(event_ids=routed_ids("email"))
+    send(routed_ids("email"))
     delivery = Delivery.objects.get(consumer="email")
     assert delivery.status == "dead"
     assert "STARTTLS" in delivery.last_error
     assert mailbox.count() == 0
-    assert EmailNotice.objects.get().sends == 0
+    assert record().sends == 0
 
 
 def test_a_notice_another_worker_is_sending_is_not_sent_twice(
@@ -123,23 +140,32 @@ def test_a_notice_another_worker_is_sending_is_not_sent_twice(
     order = place(customer, products)
     event = Event.objects.get(pk=routed_ids("email")[0])
     sending(order, event, lease_until=timezone.now() + timedelta(seconds=30))
-    with pytest.raises(email.NoticeBusy, match="Another worker is sending"):
-        email.notify(event, connection=None)
+    with pytest.raises(DedupeBusy, match="another worker is making the call"):
+        dedupe_claim(consumer="email", key=f"order:{order.pk}:order_confirmation", event_id=event.pk)
+    # In a worker with attempts left, the message is retried later; nothing is sent meanwhile.
+    with pytest.raises(dramatiq.Retry):
+        deliver("email", [event.pk], attempt=Attempt(1, 3))
+    delivery = Delivery.objects.get(consumer="email")
+    assert delivery.status == "failed"
+    assert "another worker is making the call" in delivery.last_error
     assert mailbox.count() == 0
+    assert record().sends == 1
 
 
 def test_a_worker_that_died_after_the_smtp_accept_leaves_the_one_duplicate_window(
     mailbox: Mailbox, customer: Customer, products: list[Product]
 ) -> None:
     """A notice left `sending` with its lease run out: the SMTP server may have it, and it is sent
-    again. `sends` counts it, and notify() returns how long that window was on this send."""
+    again. `sends` counts it, and the delivery's outcome says how long that window was on this send."""
     order = place(customer, products)
     event = Event.objects.get(pk=routed_ids("email")[0])
     sending(order, event, lease_until=timezone.now() - timedelta(seconds=1))
-    email.send_notices(event_ids=[event.pk])
+    outcome = deliver("email", [event.pk])
     assert mailbox.count() == 1
-    notice = EmailNotice.objects.get()
-    assert (notice.status, notice.sends) == ("sent", 2)
+    assert EmailNotice.objects.get().sends == 2
+    assert (record().status, record().sends) == ("sent", 2)
+    assert list(outcome.windows) == [event.pk]
+    assert 0 < outcome.windows[event.pk] < 5
 
 
 def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id(
@@ -149,18 +175,18 @@ def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id
     send, so that the recipient's mail system can tell the copy from a second confirmation."""
     place(customer, products)
     ids = routed_ids("email")
-    email.send_notices(event_ids=ids)
-    # A worker that died after the SMTP accept, before recording it: the notice is still
-    # `sending` with its lease run out, and the delivery not done.
-    notice = EmailNotice.objects.get()
-    EmailNotice.objects.filter(pk=notice.pk).update(status="sending", lease_until=timezone.now() - timedelta(seconds=1))
+    send(ids)
+    # A worker that died after the SMTP accept, before recording it: the dedupe record is still
+    # `sending` with its lease run out, no notice is recorded, and the delivery is not done.
+    token = record().token
+    Dedupe.objects.filter(consumer="email").update(status="sending", lease_until=timezone.now() - timedelta(seconds=1))
+    EmailNotice.objects.all().delete()
     Delivery.objects.filter(consumer="email").update(status="published")
-    email.send_notices(event_ids=ids)
+    send(ids)
 
     assert mailbox.count() == 2
     first, second = (m["Message-ID"] for m in mailbox.messages)
-    assert notice.token is not None
-    assert first == second == f"<notice-{notice.pk}.{notice.token.hex}@localhost>"
+    assert first == second == f"<notice-{token.hex}@localhost>"
     assert EmailNotice.objects.get().sends == 2
 
 
@@ -171,16 +197,18 @@ def test_each_notice_has_a_message_id_of_its_own_even_where_ids_repeat(
     Message-ID its own, so no mail system drops a new confirmation as an old one's copy."""
     order = place(customer, products)
     ids = routed_ids("email")
-    email.send_notices(event_ids=ids)
+    send(ids)
     # The same ids again, as in a copy of the database taken before this notice was sent.
-    first_id = EmailNotice.objects.get().pk
+    first_ids = record().pk, EmailNotice.objects.get().pk
+    Dedupe.objects.all().delete()
     EmailNotice.objects.all().delete()
     with db_connection.cursor() as cursor:
-        cursor.execute("SELECT setval(pg_get_serial_sequence('email_notice', 'id'), %s, false)", [first_id])
+        cursor.execute("SELECT setval(pg_get_serial_sequence('outbox_dedupe', 'id'), %s, false)", [first_ids[0]])
+        cursor.execute("SELECT setval(pg_get_serial_sequence('email_notice', 'id'), %s, false)", [first_ids[1]])
     Delivery.objects.filter(consumer="email").update(status="published")
-    email.send_notices(event_ids=ids)
+    send(ids)
 
-    assert EmailNotice.objects.get().pk == first_id
+    assert (record().pk, EmailNotice.objects.get().pk) == first_ids
     first, second = (m["Message-ID"] for m in mailbox.messages)
     assert first != second
     assert all(m["X-Order-Id"] == str(order.pk) for m in mailbox.messages)
@@ -194,15 +222,15 @@ def test_a_send_the_server_refused_is_not_counted_as_sent(
     place(customer, products)
     ids = routed_ids("email")
     mailbox.refuse_with = "451 4.3.0 Try again later"
-    email.send_notices(event_ids=ids)
-    assert (EmailNotice.objects.get().status, EmailNotice.objects.get().sends) == ("sending", 0)
+    send(ids)
+    assert (record().status, record().sends) == ("sending", 0)
     mailbox.refuse_with = ""
     Delivery.objects.filter(consumer="email").update(status="published")
-    email.send_notices(event_ids=ids)
+    send(ids)
 
     assert mailbox.count() == 1
-    notice = EmailNotice.objects.get()
-    assert (notice.status, notice.sends) == ("sent", 1)
+    assert (record().status, record().sends) == ("sent", 1)
+    assert EmailNotice.objects.get().sends == 1
 
 
 def test_the_lease_of_another_worker_is_judged_by_the_database_clock(
@@ -218,13 +246,14 @@ def test_the_lease_of_another_worker_is_judged_by_the_database_clock(
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement_timestamp()")
         db_now = cursor.fetchone()[0]
-    notice = sending(order, event, lease_until=db_now + timedelta(minutes=1))
+    held = sending(order, event, lease_until=db_now + timedelta(minutes=1))
     monkeypatch.setattr(timezone, "now", lambda: db_now + timedelta(hours=1))
-    with pytest.raises(email.NoticeBusy):
-        email.notify(event, connection=None)
+    with pytest.raises(DedupeBusy):
+        dedupe_claim(consumer="email", key=held.key, event_id=event.pk)
     assert mailbox.count() == 0
 
-    EmailNotice.objects.filter(pk=notice.pk).update(lease_until=db_now - timedelta(seconds=1))
+    Dedupe.objects.filter(pk=held.pk).update(lease_until=db_now - timedelta(seconds=1))
     monkeypatch.setattr(timezone, "now", lambda: db_now - timedelta(hours=1))
-    email.notify(event, connection=None)
+    send([event.pk])
     assert mailbox.count() == 1
+    assert (record().status, record().sends) == ("sent", 2)

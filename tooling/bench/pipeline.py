@@ -18,14 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from django.conf import settings
-from django.core import mail
 from django.db import connection
 from django.test.utils import override_settings
 
 from core import services
 from core.models import Order
+from outbox import conf
 from outbox.consume.declare import enabled, queue_of
 from outbox.models import Event
+from outbox.testing import deliver
 from tooling.bench.relay import percentile
 from tooling.bench.suite import settle_tables
 from tooling.database import max_event_id, routed_deliveries
@@ -243,7 +244,7 @@ def email_duplicate_window(*, samples: int, smtp: Smtp) -> dict[str, float]:
     """Send `samples` order confirmations in this process, one SMTP connection for all; return
     the p50/p99 milliseconds from the SMTP server's accept to the commit of the `sent` record.
 
-    A worker that dies inside that window sends the e-mail again on retry (consumers/email.py).
+    A worker that dies inside that window sends the e-mail again on retry (outbox/consume/external.py).
     """
     rng = random.Random(2)  # noqa: S311 - reproducible traffic, not security
     skus = catalogue_create(prefix="WINDOW", count=LINES_PER_ORDER, stock=samples * 3, rng=rng)
@@ -253,30 +254,21 @@ def email_duplicate_window(*, samples: int, smtp: Smtp) -> dict[str, float]:
             event_type="order.placed", aggregate_type="order", aggregate_id__in=[str(o.pk) for o in orders]
         ).order_by("id")
     )
-    with override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST=smtp.host, EMAIL_PORT=smtp.port):
-        smtp_connection = mail.get_connection()
-        smtp_connection.open()
-        try:
-            with quiet("consumers.email"):
-                windows = [_notify(event, smtp_connection) for event in events]
-        finally:
-            smtp_connection.close()
-    sent = [w * 1000 for w in windows if w is not None]
+    ids = [event.id for event in events]
+    windows: list[float] = []
+    smtp_settings = override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST=smtp.host, EMAIL_PORT=smtp.port)
+    with smtp_settings, quiet("consumers.email"):
+        # As a worker runs the e-mail consumer: messages of the relay's size, one SMTP session each.
+        for start in range(0, len(ids), conf.batch_size()):
+            outcome = deliver("email", ids[start : start + conf.batch_size()])
+            windows.extend(outcome.windows.values())
+    sent = [w * 1000 for w in windows]
     if len(sent) != samples:
         raise PipelineError(f"Expected {samples} confirmations to be sent; {len(sent)} were.")
     return {
         "email_duplicate_window_ms_p50": round(percentile(sent, 0.50), 3),
         "email_duplicate_window_ms_p99": round(percentile(sent, 0.99), 3),
     }
-
-
-def _notify(event: Event, smtp_connection: Any) -> float | None:
-    """Send the event's notice as the e-mail consumer does; return the seconds from the SMTP
-    server's accept to the commit of the `sent` record, or None when nothing was sent."""
-    # tooling→consumers: replaced when the consumer API lands
-    from consumers.email import notify
-
-    return notify(event, connection=smtp_connection)
 
 
 def pipeline_figures(
