@@ -13,7 +13,7 @@ from django.http import HttpRequest
 
 from consumers.models import EmailNotice, StockMovement
 from core.models import Product
-from outbox.admin.volume import UncountedAdmin, as_id
+from outbox.admin import UncountedAdmin, as_id
 
 SOURCE = re.compile(r"(order|receipt):\d+")
 
@@ -55,7 +55,7 @@ class ResentFilter(admin.SimpleListFilter):
 
 @admin.register(EmailNotice)
 class EmailNoticeAdmin(UncountedAdmin):
-    list_display = ["id", "created_at", "kind", "order_id", "recipient", "status", "sends", "sent_at"]
+    list_display = ["id", "created_at", "kind", "order_id", "recipient", "sends", "sent_at"]
     list_filter = [ResentFilter, "kind"]
     search_fields = ["order_id"]
     search_help_text = "An order id."

@@ -12,7 +12,6 @@ from typing import Any
 from django.db import transaction
 
 from outbox import Event, consumer, seals
-from outbox.consume.run import consume
 
 CONSUMER = "audit_log"
 audit_logger = logging.getLogger("audit")
@@ -51,14 +50,3 @@ def write_lines(events: list[Event]) -> None:
             audit_logger.info(line)
 
     transaction.on_commit(emit)
-
-
-def audit_events(*, event_ids: object) -> None:
-    """Write the audit line of each event not yet audited (the actor's service)."""
-    consume(
-        consumer=CONSUMER,
-        event_ids=event_ids,
-        handle=write_lines,
-        group_by=lambda event: (event.aggregate_type, event.aggregate_id),
-        together=True,
-    )

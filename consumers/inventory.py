@@ -33,7 +33,6 @@ from django.db import connection
 from core.models import Product
 from core.services import TAKING_STATUSES
 from outbox import Event, PermanentError, consumer
-from outbox.consume.run import consume
 
 CONSUMER = "inventory"
 
@@ -75,16 +74,6 @@ _INSERT_MOVEMENTS = (
 
 class VersionGap(Exception):
     """An order's events between the applied version and this one are not all readable."""
-
-
-def apply_events(*, event_ids: object) -> None:
-    """Apply the stock effect of each event not yet applied (the actor's service).
-
-    The whole message is applied in one transaction: one lock per source and per product, one
-    stock update, one ledger insert. If it fails, each source is tried on its own, then each
-    event, so that a poison event fails alone.
-    """
-    consume(consumer=CONSUMER, event_ids=event_ids, handle=apply_sources, group_by=group_key, together=True)
 
 
 def group_key(event: Event) -> str:

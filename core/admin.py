@@ -16,10 +16,9 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 
 from core import services
-from core.admin_versions import VersionCheckedAdmin, VersionedForm
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
-from outbox.admin.volume import Uncounted, as_id
-from outbox.models import Event
+from outbox import Event
+from outbox.admin import Uncounted, VersionCheckedAdmin, VersionedForm, as_id
 
 
 class ValidAutocompleteSelect(AutocompleteSelect):

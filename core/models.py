@@ -8,7 +8,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 
-from outbox.emit.model import EmittingModel
+from outbox import EmittingModel
 
 # The most units one order line or one stock receipt may hold. Far above any real order, and far
 # enough below the 64-bit stock and ledger columns that no sum of lines or receipts can overflow.

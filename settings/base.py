@@ -187,7 +187,8 @@ DRAMATIQ_BROKER = {
     ],
 }
 DRAMATIQ_TASKS_DATABASE = "default"
-DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+# The module an app declares its consumers in (@outbox.consumer); the outbox and the worker import it.
+DRAMATIQ_AUTODISCOVER_MODULES = ["consumers"]
 
 # --- Outbox ------------------------------------------------------------------------------------
 
@@ -214,8 +215,9 @@ OUTBOX_CHECKPOINT_SECONDS = env.float("OUTBOX_CHECKPOINT_SECONDS", default=60.0)
 OUTBOX_MESSAGE_MAX_IDS = env.int("OUTBOX_MESSAGE_MAX_IDS", default=10_000)
 OUTBOX_MESSAGE_MAX_BYTES = env.int("OUTBOX_MESSAGE_MAX_BYTES", default=256 * 1024)
 
-# The consumers' retries (consumers/actors.py): attempts after the first, and the backoff between
-# them, which doubles from the minimum up to the maximum, with jitter.
+# The consumers' retries, where a declaration names none (@outbox.consumer(retries=...)): attempts
+# after the first, and the backoff between them, which doubles from the minimum up to the maximum,
+# with jitter.
 CONSUMER_MAX_RETRIES = env.int("CONSUMER_MAX_RETRIES", default=5)
 CONSUMER_MIN_BACKOFF_MS = env.int("CONSUMER_MIN_BACKOFF_MS", default=1_000)
 CONSUMER_MAX_BACKOFF_MS = env.int("CONSUMER_MAX_BACKOFF_MS", default=30_000)

@@ -4,6 +4,10 @@ Everything here is read-only (events are facts; deliveries and replays are writt
 the consumers and `outbox.ops.replay`), and built for millions of rows (`outbox.admin.volume`). The
 one write is replay, an action behind the `outbox.replay_delivery` permission that asks for a
 reason and shows what it will send before it sends anything.
+
+Apps' admins use the same parts from here, the outbox's admin API: `UncountedAdmin` and
+`Uncounted` (lists that never count), `as_id`, and `VersionCheckedAdmin` with `VersionedForm`
+(change forms refused when saved from a stale version of their aggregate).
 """
 
 from collections.abc import Callable, Iterable
@@ -21,6 +25,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from outbox.admin import replay as admin_replay
+from outbox.admin.versions import VersionCheckedAdmin, VersionedForm
 from outbox.admin.volume import (
     ActorFilter,
     AggregateTypeFilter,
@@ -29,11 +34,14 @@ from outbox.admin.volume import (
     DeliveryStatusFilter,
     EventTypeFilter,
     ReadOnly,
+    Uncounted,
     UncountedAdmin,
     as_id,
 )
 from outbox.eventlog import selectors as eventlog
 from outbox.models import Delivery, Event, Replay, ReplayItem
+
+__all__ = ["Uncounted", "UncountedAdmin", "VersionCheckedAdmin", "VersionedForm", "as_id"]
 
 TIMELINE_PAGE = 50
 

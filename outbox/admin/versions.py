@@ -122,7 +122,7 @@ class VersionCheckedAdmin(admin.ModelAdmin[M]):
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change, **kwargs)
         if not issubclass(form, VersionedForm):
-            raise ImproperlyConfigured(f"{type(self).__name__}.form must be a core.admin_versions.VersionedForm.")
+            raise ImproperlyConfigured(f"{type(self).__name__}.form must be a outbox.admin.VersionedForm.")
         # A class of its own on each call (modelform_factory), so this marks this request's form only.
         form.versions = self
         return form

@@ -91,7 +91,7 @@ def register(
 
     if not issubclass(model, EmittingModel):
         raise RegistrationError(
-            f"{model.__name__} must inherit outbox.emit.model.EmittingModel to emit events: its "
+            f"{model.__name__} must inherit outbox.EmittingModel to emit events: its "
             "save() and delete() must run in a transaction with the event insert."
         )
     if model in _specs:
@@ -125,8 +125,7 @@ def spec_for(model: type[models.Model]) -> EventSpec:
         return _specs[model]
     except KeyError:
         raise RegistrationError(
-            f"{model.__name__} inherits EmittingModel but is not registered: declare its events "
-            "with outbox.emit.registry.register()."
+            f"{model.__name__} inherits EmittingModel but is not registered: declare its events with outbox.register()."
         ) from None
 
 

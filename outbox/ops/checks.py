@@ -19,7 +19,7 @@ def check_emitting_models_registered(app_configs: Any = None, **kwargs: Any) -> 
             errors.append(
                 checks.Error(
                     f"{model._meta.label} inherits EmittingModel but declares no events.",
-                    hint="Declare them with outbox.emit.registry.register() in the app's events module.",
+                    hint="Declare them with outbox.register() in the app's events module.",
                     obj=model,
                     id="outbox.E001",
                 )

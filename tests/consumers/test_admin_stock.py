@@ -6,11 +6,11 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from consumers import inventory
 from consumers.models import StockMovement
 from core import services
 from core.models import Customer, Order, OrderLine, Product, StockReceipt
 from outbox.models import Event
+from outbox.testing import deliver
 from tests.consumers.helpers import routed_ids, stock
 from tests.core.helpers import CommittingClient, opened, order_change_form
 
@@ -23,7 +23,7 @@ def test_a_fulfilled_order_s_lines_are_read_only_and_a_posted_change_moves_no_st
     """7 more units once left stock for a fulfilled order; now the lines cannot change at all."""
     order = services.order_create(customer=customer, lines=[services.LineRequest(stocked[0].sku, 1)], place=True)
     services.order_set_status(order=order, status=Order.Status.FULFILLED)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(stocked[0]) == [9]
     url = f"/admin/core/order/{order.pk}/change/"
     page = admin_client.get(url).content.decode()
@@ -43,7 +43,7 @@ def test_a_fulfilled_order_s_lines_are_read_only_and_a_posted_change_moves_no_st
     )
     admin_client.post(url, data)
     assert list(OrderLine.objects.filter(order=order).values_list("product_id", "quantity")) == [(stocked[0].pk, 1)]
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [9, 10, 10]
 
 
@@ -76,7 +76,7 @@ def test_a_receipt_corrected_in_the_admin_moves_the_difference_in_stock(
 ) -> None:
     """10 counted, 4 arrived: the correction's event takes 6 back out, once."""
     receipt = services.stock_receive(sku=products[0].sku, quantity=10, note="counted at the door")
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(products[0]) == [10]
     before = set(routed_ids("inventory"))
     url = receipt_url(receipt)
@@ -86,8 +86,8 @@ def test_a_receipt_corrected_in_the_admin_moves_the_difference_in_stock(
     corrected = Event.objects.get(pk__in=new)
     assert corrected.event_type == "stock.receipt_corrected"
     assert corrected.payload["changes"]["quantity"] == {"old": 10, "new": 4}
-    inventory.apply_events(event_ids=new)
-    inventory.apply_events(event_ids=new)  # a duplicate moves nothing
+    deliver("inventory", new)
+    deliver("inventory", new)  # a duplicate moves nothing
     assert stock(products[0]) == [4]
     movement = StockMovement.objects.get(event_id=corrected.pk)
     assert (movement.quantity, movement.stock_after) == (-6, 4)

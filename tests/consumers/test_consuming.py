@@ -7,10 +7,10 @@ import dramatiq
 import pytest
 from django.db import connection
 
-from consumers import audit
 from core.models import Customer
 from outbox.consume.run import Attempt, BadMessage, OversizedMessage, consume
 from outbox.models import Delivery, Event, MessageDrop, Pending
+from outbox.testing import deliver
 from tests.outbox.helpers import events
 
 
@@ -99,7 +99,7 @@ def test_ids_that_name_no_event_are_refused_without_a_delivery_in_one_log_line(
 def test_a_purged_event_is_no_event_either(three: list[int]) -> None:
     """An id whose event was purged since it was published names nothing to deliver."""
     Pending.objects.filter(event_id=three[0]).delete()  # published
-    audit.audit_events(event_ids=[three[0]])  # done and sealed: settled
+    deliver("audit_log", [three[0]])  # done and sealed: settled
     with connection.cursor() as cursor:  # as outbox_purge deletes settled events
         cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [[three[0]]])
         assert cursor.fetchone() == (1,)

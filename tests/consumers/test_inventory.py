@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from consumers import inventory
 from consumers.models import StockMovement
 from core import services
 from core.models import Customer, OrderLine, Product, StockReceipt
 from outbox.models import Delivery
+from outbox.testing import deliver
 from tests.consumers.helpers import routed_ids, statuses, stock
 from tests.outbox.helpers import events
 
@@ -25,7 +25,7 @@ def test_a_placed_order_takes_stock_for_every_line_exactly_once(customer: Custom
     """The admin's shape (order.placed before its three order_line.added): all three lines move."""
     order = place(customer, stocked)
     ids = routed_ids("inventory")
-    inventory.apply_events(event_ids=ids)
+    deliver("inventory", ids)
     assert stock(*stocked) == [8, 9, 7]
     moves = StockMovement.objects.filter(source=f"order:{order.pk}")
     assert sorted((m.product_id, m.quantity) for m in moves) == sorted(
@@ -33,9 +33,9 @@ def test_a_placed_order_takes_stock_for_every_line_exactly_once(customer: Custom
     )
     assert set(statuses("inventory").values()) == {"done"}
     # The same message again, and each event in a message of its own: nothing moves.
-    inventory.apply_events(event_ids=ids)
+    deliver("inventory", ids)
     for event_id in ids:
-        inventory.apply_events(event_ids=[event_id])
+        deliver("inventory", [event_id])
     assert stock(*stocked) == [8, 9, 7]
     assert StockMovement.objects.count() == 6  # three receipts, three lines
 
@@ -46,7 +46,7 @@ def test_events_in_reverse_order_give_the_same_stock(customer: Customer, stocked
     services.order_set_status(order=order, status="cancelled")
     second = place(customer, stocked, (1, 1, 1))
     for event_id in reversed(routed_ids("inventory")):
-        inventory.apply_events(event_ids=[event_id])
+        deliver("inventory", [event_id])
     assert stock(*stocked) == [9, 9, 9]
     assert sum(m.quantity for m in StockMovement.objects.filter(source=f"order:{order.pk}")) == 0
     assert sum(m.quantity for m in StockMovement.objects.filter(source=f"order:{second.pk}")) == -3
@@ -54,9 +54,9 @@ def test_events_in_reverse_order_give_the_same_stock(customer: Customer, stocked
 
 def test_cancelling_a_placed_order_puts_its_stock_back(customer: Customer, stocked: list[Product]) -> None:
     order = place(customer, stocked)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     services.order_set_status(order=order, status="cancelled")
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [10, 10, 10]
     back = StockMovement.objects.filter(event_type="order.cancelled")
     assert sorted(m.quantity for m in back) == [1, 2, 3]
@@ -64,12 +64,12 @@ def test_cancelling_a_placed_order_puts_its_stock_back(customer: Customer, stock
 
 def test_a_line_edited_on_a_placed_order_moves_the_difference(customer: Customer, stocked: list[Product]) -> None:
     order = place(customer, stocked)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     line = OrderLine.objects.get(order=order, product=stocked[0])
     line.quantity = 5
     line.save()
     OrderLine.objects.get(order=order, product=stocked[1]).delete()
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [5, 10, 7]
     changed = StockMovement.objects.get(event_type="order_line.changed")
     assert (changed.product_id, changed.quantity, changed.stock_after) == (stocked[0].pk, -3, 5)
@@ -78,10 +78,10 @@ def test_a_line_edited_on_a_placed_order_moves_the_difference(customer: Customer
 
 def test_a_draft_order_moves_nothing_until_it_is_placed(customer: Customer, stocked: list[Product]) -> None:
     order = services.order_create(customer=customer, lines=[services.LineRequest(sku=stocked[0].sku, quantity=4)])
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [10, 10, 10]
     services.order_set_status(order=order, status="placed")
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [6, 10, 10]
 
 
@@ -91,7 +91,7 @@ def test_stock_goes_negative_as_a_logged_backorder(
     """A placed order is a fact: the consumer applies it even past zero, and says so."""
     place(customer, stocked, (12, 1, 1))
     with caplog.at_level(logging.WARNING, logger="consumers.inventory"):
-        inventory.apply_events(event_ids=routed_ids("inventory"))
+        deliver("inventory", routed_ids("inventory"))
     assert stock(*stocked) == [-2, 9, 9]
     assert f"product {stocked[0].pk} is backordered: stock -2" in caplog.text
     assert set(statuses("inventory").values()) == {"done"}
@@ -99,10 +99,10 @@ def test_stock_goes_negative_as_a_logged_backorder(
 
 def test_receipts_put_stock_in_and_a_removed_receipt_takes_it_out(products: list[Product]) -> None:
     receipt = services.stock_receive(sku=products[0].sku, quantity=7)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(products[0]) == [7]
     StockReceipt.objects.get(pk=receipt.pk).delete()
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(products[0]) == [0]
 
 
@@ -111,7 +111,7 @@ def test_stock_beyond_32_bits_is_applied_not_refused(products: list[Product]) ->
     where it once failed every retry with "integer out of range" and went dead."""
     Product.objects.filter(pk=products[0].pk).update(stock=2_147_000_000)  # stock is untracked: no event
     receipt = services.stock_receive(sku=products[0].sku, quantity=1_000_000)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(products[0]) == [2_148_000_000]
     movement = StockMovement.objects.get(source=f"receipt:{receipt.pk}")
     assert (movement.quantity, movement.stock_after) == (1_000_000, 2_148_000_000)
@@ -120,7 +120,7 @@ def test_stock_beyond_32_bits_is_applied_not_refused(products: list[Product]) ->
 
 def test_an_event_the_consumer_does_not_handle_is_dead_at_once_with_the_reason(customer: Customer) -> None:
     """A route that should not exist: the delivery says what to fix; nothing else is blocked."""
-    inventory.apply_events(event_ids=[e.id for e in events()])
+    deliver("inventory", [e.id for e in events()])
     delivery = Delivery.objects.get(consumer="inventory")
     assert delivery.status == "dead"
     assert "does not handle customer.registered events" in delivery.last_error
@@ -140,7 +140,7 @@ def test_two_workers_applying_the_same_events_at_once_move_stock_once(
     def worker(order: list[int]) -> None:
         try:
             start.wait(timeout=10)
-            inventory.apply_events(event_ids=order)
+            deliver("inventory", order)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -160,7 +160,7 @@ def test_the_admin_shows_backordered_products_and_the_ledger_read_only(
     admin_client: Any, customer: Customer, stocked: list[Product]
 ) -> None:
     place(customer, stocked, (12, 1, 1))
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     page = admin_client.get("/admin/core/product/?stock=backordered").content.decode()
     assert stocked[0].sku in page
     assert stocked[1].sku not in page

@@ -9,10 +9,10 @@ import pytest
 from django.db import connection, transaction
 from django.test import Client
 
-from consumers import inventory
 from core import services
 from core.models import Customer, Order, OrderLine, Product
 from outbox.emit.context import event_context
+from outbox.testing import deliver
 from tests.consumers.helpers import routed_ids, stock
 from tests.core.helpers import logged_in, opened, order_change_form
 from tests.outbox.helpers import aggregate_events, conninfo
@@ -35,7 +35,7 @@ def stocked(products: list[Product]) -> list[Product]:
     """The three products with 10 each in stock, applied by the inventory consumer."""
     for product in products:
         services.stock_receive(sku=product.sku, quantity=10)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     return products
 
 
@@ -86,7 +86,7 @@ def test_a_form_opened_before_an_order_was_cancelled_cannot_place_it_again(
     assert "(order.cancelled)" in stale.content.decode()
     assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
     assert [e.event_type for e in aggregate_events("order", order.pk)][-1] == "order.cancelled"
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(stocked[0]) == [10]
 
 
@@ -127,7 +127,7 @@ def test_stock_received_while_a_product_is_open_is_no_conflict_and_is_kept(
     url = f"/admin/core/product/{product.pk}/change/"
     form = opened(alice, url)
     services.stock_receive(sku=product.sku, quantity=10)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     response = alice.post(url, {"sku": product.sku, "name": product.name, "price": "95.00", **form})
     assert response.status_code == 302, response.content.decode()[:3000]
     product.refresh_from_db()
@@ -197,5 +197,5 @@ def test_a_save_racing_a_cancellation_waits_for_it_and_is_then_refused(
     assert responses[0].status_code == 200
     assert "was changed by bob at " in responses[0].content.decode()
     assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     assert stock(stocked[0]) == [10]

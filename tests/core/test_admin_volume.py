@@ -9,10 +9,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from consumers import inventory
 from consumers.models import EmailNotice, StockMovement
 from core import services
 from core.models import Customer, Order, Product
+from outbox.testing import deliver
 from tests.consumers.helpers import routed_ids
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ def shop(customer: Customer, products: list[Product]) -> dict[str, Any]:
         for _ in range(2)
     ]
     grace_order = services.order_create(customer=grace, lines=[services.LineRequest("MS-002", 2)], place=True)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     for order, sends in ((ada_orders[0], 1), (grace_order, 2)):
         EmailNotice.objects.create(
             order_id=order.pk,
@@ -36,7 +36,6 @@ def shop(customer: Customer, products: list[Product]) -> dict[str, Any]:
             event_id=0,
             recipient="x@example.com",
             subject="s",
-            status="sent",
             sends=sends,
         )
     return {"ada": ada_orders, "grace": grace_order}
@@ -100,7 +99,7 @@ def test_ledger_search_by_a_numeric_sku_finds_its_movements(admin_client: Client
     """Digits may be an event id or a SKU: a product whose SKU is all digits is found by it."""
     product = services.product_create(sku="4006381333931", name="Pencil", price=Decimal("1.20"))
     services.stock_receive(sku=product.sku, quantity=5)
-    inventory.apply_events(event_ids=routed_ids("inventory"))
+    deliver("inventory", routed_ids("inventory"))
     movement = StockMovement.objects.get(product=product)
 
     page = _listed(admin_client, f"/admin/consumers/stockmovement/?q={product.sku}")

@@ -17,12 +17,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from consumers import audit, inventory
 from core import services
 from core.models import Product
 from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.eventlog.sealing import verify
 from outbox.models import Checkpoint, Delivery, Event, Pending, Seal
+from outbox.testing import deliver
 from tests.outbox.helpers import conninfo
 from tests.processes import database_url, manage_run, processes
 from tests.smtp import smtp_server
@@ -53,8 +53,8 @@ def settle_all() -> list[int]:
     """Relay nothing, but handle every event as the consumers would: done, applied and sealed."""
     ids = list(Event.objects.order_by("id").values_list("id", flat=True))
     Pending.objects.filter(event_id__in=ids).delete()
-    inventory.apply_events(event_ids=[i for i in ids if Event.objects.get(pk=i).aggregate_type == "product"])
-    audit.audit_events(event_ids=ids)
+    deliver("inventory", [i for i in ids if Event.objects.get(pk=i).aggregate_type == "product"])
+    deliver("audit_log", ids)
     return ids
 
 
@@ -200,8 +200,8 @@ def test_an_event_inserted_by_sql_is_refused_not_applied_and_not_sealed(app_role
             [forged],
         ).fetchone()
     assert copied is not None
-    inventory.apply_events(event_ids=[forged, copied[0]])
-    audit.audit_events(event_ids=[forged, copied[0]])
+    deliver("inventory", [forged, copied[0]])
+    deliver("audit_log", [forged, copied[0]])
     product.refresh_from_db()
     assert product.stock == 5
     for event_id in (forged, copied[0]):
@@ -381,7 +381,7 @@ def test_events_written_before_tags_existed_are_tagged_by_the_migration() -> Non
     old = Event.objects.order_by("id")
     assert all(len(event.tag) == 64 for event in old)
     Pending.objects.all().delete()
-    audit.audit_events(event_ids=[event.id for event in old])
+    deliver("audit_log", [event.id for event in old])
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
     assert kinds(unsealed_grace=LONG_GRACE) == []
 
@@ -495,8 +495,8 @@ def test_a_copy_of_a_purged_event_is_refused(app_role: str) -> None:
             ).fetchone()
     assert row is not None
     copy = row[0]
-    inventory.apply_events(event_ids=[copy])
-    audit.audit_events(event_ids=[copy])
+    deliver("inventory", [copy])
+    deliver("audit_log", [copy])
     product.refresh_from_db()
     assert product.stock == 0
     delivery = Delivery.objects.get(event_id=copy, consumer="inventory")
@@ -533,7 +533,7 @@ def test_an_event_never_delivered_is_not_purged_even_once_sealed(app_role: str) 
     customer.save()
     second = Event.objects.exclude(pk=first.id).get()
     Pending.objects.filter(event_id=second.id).delete()
-    audit.audit_events(event_ids=[second.id])
+    deliver("audit_log", [second.id])
     assert Seal.objects.filter(event_id=first.id).exists()
     with as_role(app_role) as intruder:
         assert intruder.execute("SELECT outbox_purge_events(%s::bigint[])", [[first.id]]).fetchone() == (0,)

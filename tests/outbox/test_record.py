@@ -9,11 +9,11 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from consumers import audit
 from core import services
 from outbox.eventlog.purge import parse_age, purge_settled
 from outbox.eventlog.sealing import verify
 from outbox.models import Delivery, Event, Pending, Replay, Seal
+from outbox.testing import deliver
 from tests.outbox.helpers import events
 from tests.processes import database_url, manage_run
 
@@ -29,7 +29,7 @@ def registered(n: int) -> list[int]:
 def settle(ids: list[int]) -> None:
     """As if relayed and handled: not pending, done, sealed (the audit consumer seals)."""
     Pending.objects.filter(event_id__in=ids).delete()
-    audit.audit_events(event_ids=ids)
+    deliver("audit_log", ids)
 
 
 def behind_the_back(sql: str, params: list[Any] | None = None) -> None:
@@ -95,7 +95,7 @@ def test_verify_names_a_removed_event_and_versions_removed_before_sealing() -> N
     ]
     # The consumer refuses to seal past the gap, and says where to look.
     Pending.objects.all().delete()
-    audit.audit_events(event_ids=[ids[3]])
+    deliver("audit_log", [ids[3]])
     delivery = Delivery.objects.get(event_id=ids[3], consumer="audit_log")
     assert delivery.status == "dead"
     assert "outbox_verify" in delivery.last_error

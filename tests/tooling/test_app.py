@@ -1,17 +1,19 @@
 """The tooling app is for development only: installed by settings.local and settings.test, imported
-by no other app, and loadable where aiosmtpd (a development requirement) is not installed."""
+by no other app, and loadable where aiosmtpd (a development requirement) is not installed; and the
+import rules between the apps (pyproject.toml's import-linter contracts) hold and catch a breach."""
 
-import ast
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # Variables that select a deployment: removed so that settings.local falls back to the embedded default.
 SELECTING = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "SQLITE_PATH")
-# The one import of the consumers outside them, until the consumer API lands (its function says so).
-CONSUMERS_IMPORTS_ALLOWED = {("tooling/bench/pipeline.py", "consumers.email")}
 
 # aiosmtpd blocked before Django starts: `import aiosmtpd` raises ImportError, as in a venv of
 # requirements.txt alone.
@@ -29,28 +31,6 @@ call_command("check")
 print("INSTALLED=" + str("tooling" in settings.INSTALLED_APPS))
 print("COMMANDS=" + ",".join(sorted(name for name, app in get_commands().items() if app == "tooling")))
 """
-
-
-def _imports(path: Path) -> set[str]:
-    """The modules that the file imports, at its top level or inside functions."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-    return found
-
-
-def _importers(prefix: str, *, outside: tuple[str, ...]) -> set[tuple[str, str]]:
-    """(file, module) for each import of `prefix` (or a module below it) in the apps outside `outside`."""
-    found = set()
-    for path in ROOT.glob("*/**/*.py"):
-        relative = path.relative_to(ROOT).as_posix()
-        if relative.startswith((".", "tests/", *(f"{app}/" for app in outside))):
-            continue
-        found |= {(relative, m) for m in _imports(path) if m == prefix or m.startswith(prefix + ".")}
-    return found
 
 
 def test_the_tools_load_and_the_check_passes_without_aiosmtpd(tmp_path: Path) -> None:
@@ -73,11 +53,51 @@ def test_the_tools_load_and_the_check_passes_without_aiosmtpd(tmp_path: Path) ->
     assert report["COMMANDS"] == "outbox_bench,outbox_chaos,simulate"
 
 
-def test_no_other_app_imports_tooling() -> None:
-    assert _importers("tooling", outside=("tooling",)) == set()
+# A module of an app, an import it must not make, and the contract of pyproject.toml that says so.
+BREACHES = [
+    ("core/intruder.py", "import consumers.inventory", "core is the business"),
+    ("core/intruder.py", "from tooling.processes import wait_until", "core is the business"),
+    ("settings/intruder.py", "import consumers.email", "Nothing imports the consumers"),
+    ("consumers/intruder.py", "from tooling import processes", "Nothing imports the tooling"),
+    ("outbox/intruder.py", "from core.models import Order", "The outbox is generic"),
+    ("core/intruder.py", "from outbox.relay.loop import Relay", "Apps use the outbox through its public API"),
+    ("consumers/intruder.py", "from outbox.consume.run import consume", "Apps use the outbox through its public API"),
+    ("tests/ledger/consumers.py", "from outbox.models import Event", "Apps use the outbox through its public API"),
+]
 
 
-def test_nothing_imports_the_consumers() -> None:
-    """The consumers are loaded by discovery; no other code imports them (tooling reads their
-    records through the app registry)."""
-    assert _importers("consumers", outside=("consumers",)) == CONSUMERS_IMPORTS_ALLOWED
+def test_the_import_rules_hold() -> None:
+    """`make lint` runs the same: every contract is kept by the code as it is."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(("module", "statement", "contract"), BREACHES)
+def test_an_import_that_breaks_a_rule_fails_lint(tmp_path: Path, module: str, statement: str, contract: str) -> None:
+    """A copy of the project with one forbidden import added: import-linter refuses it, naming the contract."""
+    for top in ("core", "consumers", "outbox", "tooling", "settings", "tests"):
+        shutil.copytree(ROOT / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__", "browser"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / module
+    target.write_text((target.read_text() if target.exists() else "") + statement + "\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = " ".join(done.stdout.split())  # long contract names wrap
+    # The named contract's line ends BROKEN (not KEPT).
+    assert re.search(re.escape(contract) + r"(?:(?!KEPT|BROKEN).)* BROKEN", report), done.stdout
+    assert module.removesuffix(".py").replace("/", ".") in report
