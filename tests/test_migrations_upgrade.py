@@ -228,6 +228,7 @@ def test_the_fixture_holds_what_the_test_counts_on(upgraded: Upgraded) -> None:
 
 def test_migrate_applies_the_new_migrations_and_leaves_nothing_to_do(upgraded: Upgraded) -> None:
     assert "Applying outbox.0012_dedupe... OK" in upgraded.migrate_output
+    assert "Applying consumers.0006_notices_on_outbox_dedupe... OK" in upgraded.migrate_output
     upgraded.manage("migrate", "--check", as_app=False)
     # The models agree with the migrations: a model moved between modules got no migration of its own.
     assert "No changes detected" in upgraded.manage("makemigrations", "--check", "--dry-run", as_app=False).stdout
@@ -286,7 +287,17 @@ def test_the_old_pending_event_and_new_saves_are_relayed_consumed_and_sealed(upg
     assert query(name, "SELECT stock FROM core_product WHERE sku = 'KB-001'") == [(stock_before + 10 - 2,)]
     assert query(name, "SELECT count(*) FROM email_notice") == [(upgraded.tables_before["email_notice"] + 1,)]
     assert query(name, "SELECT invoice, amount FROM ledger_ledgerentry") == [("INV-1", 1200)]
-    assert query(name, "SELECT consumer, status FROM outbox_dedupe") == [("invoice_mail", "sent")]
+    # The e-mail notices' dedupe records: the old ones, moved by consumers 0006, and the new one.
+    assert query(name, "SELECT consumer, status, count(*) FROM outbox_dedupe GROUP BY 1, 2 ORDER BY 1") == [
+        ("email", "sent", upgraded.tables_before["email_notice"] + 1),
+        ("invoice_mail", "sent", 1),
+    ]
+    unmatched = query(
+        name,
+        "SELECT n.id FROM email_notice n WHERE NOT EXISTS (SELECT FROM outbox_dedupe d WHERE d.consumer = 'email' "
+        "AND d.key = 'order:' || n.order_id || ':' || n.kind AND d.token = n.token AND d.status = 'sent')",
+    )
+    assert unmatched == [], f"notices without their dedupe record: {unmatched}"
 
     # The whole log, old and new, verifies; a new checkpoint follows the old one, which still holds.
     token = upgraded.manage("shell", "--no-imports", "-c", CHECKPOINT).stdout.strip()
