@@ -51,6 +51,11 @@ SUBJECTS = {
 logger = logging.getLogger("consumers.email")
 
 
+def lease_seconds() -> float:
+    """How long a worker may take over one SMTP send before another may send the notice again."""
+    return float(getattr(settings, "EMAIL_NOTICE_LEASE_SECONDS", 3 * settings.EMAIL_TIMEOUT))
+
+
 def notice_key(event: Event) -> str:
     """The notice's dedupe key: one confirmation and one cancellation per order."""
     kind = KINDS.get(event.event_type)
@@ -174,6 +179,7 @@ def smtp_session(events: list[Event]) -> Iterator[Session]:
     dedupe_key=notice_key,
     session=smtp_session,
     not_sent=not_taken,
+    lease=lease_seconds,
     records=["consumers.EmailNotice"],
 )
 def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], None]:

@@ -68,6 +68,9 @@ class Consumer:
     # External kind: whether an error certainly means the outside system did not take the call
     # (a refusal, no connection); such a call is not counted in the dedupe record's `sends`.
     not_sent: Callable[[BaseException], bool] | None = None
+    # External kind: seconds a call may take before another worker may make it again (a number, or
+    # a callable read at each claim, e.g. from a setting); OUTBOX_EXTERNAL_LEASE_SECONDS when None.
+    lease: float | Callable[[], float] | None = None
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -93,6 +96,7 @@ def consumer(
     enabled: bool = True,
     session: Callable[[list[Any]], AbstractContextManager[Any]] | None = None,
     not_sent: Callable[[BaseException], bool] | None = None,
+    lease: float | Callable[[], float] | None = None,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -113,9 +117,9 @@ def consumer(
         raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
     if chosen is Kind.EXTERNAL and batch:
         raise RegistrationError(f"Consumer {name!r}: an external consumer handles one event at a time (no batch).")
-    if chosen is not Kind.EXTERNAL and (session is not None or not_sent is not None):
+    if chosen is not Kind.EXTERNAL and (session is not None or not_sent is not None or lease is not None):
         raise RegistrationError(
-            f"Consumer {name!r}: session and not_sent are for external consumers (kind='external')."
+            f"Consumer {name!r}: session, not_sent and lease are for external consumers (kind='external')."
         )
 
     def decorate(handler: F) -> F:
@@ -135,6 +139,7 @@ def consumer(
             enabled=enabled,
             session=session,
             not_sent=not_sent,
+            lease=lease,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):

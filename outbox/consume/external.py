@@ -38,7 +38,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from outbox.consume.declare import Consumer
+from outbox.consume.declare import Consumer, declaration
 from outbox.consume.deliveries import delivery_begin
 from outbox.models import Dedupe, Event
 
@@ -62,9 +62,13 @@ class DedupeKey:
         return self.key
 
 
-def lease_seconds() -> float:
-    """How long a handler may take over one call before another worker may call again."""
-    return float(getattr(settings, "OUTBOX_EXTERNAL_LEASE_SECONDS", 60.0))
+def lease_seconds(declared: Consumer | None = None) -> float:
+    """How long a handler may take over one call before another worker may call again: the
+    declaration's `lease`, or OUTBOX_EXTERNAL_LEASE_SECONDS (default 60)."""
+    lease = declared.lease if declared is not None else None
+    if lease is None:
+        return float(getattr(settings, "OUTBOX_EXTERNAL_LEASE_SECONDS", 60.0))
+    return float(lease() if callable(lease) else lease)
 
 
 _CLAIM = """
@@ -87,20 +91,21 @@ _SENT_POSTGRESQL = _SENT.format(now="statement_timestamp()")
 _SENT_LOCAL_CLOCK = _SENT.format(now="%s")
 
 
-def dedupe_claim(*, consumer: str, key: str, event_id: int) -> DedupeKey | None:
+def dedupe_claim(*, consumer: str, key: str, event_id: int, lease: float | None = None) -> DedupeKey | None:
     """Record the intent to call, in one statement; return the key, or None when the call was made.
 
-    Raises DedupeBusy when another worker holds the lease.
+    Raises DedupeBusy when another worker holds the lease. `lease`: seconds, by default the consumer's.
     """
+    seconds = lease if lease is not None else lease_seconds(declaration(consumer))
     token_field = Dedupe._meta.get_field("token")
     # As the backend stores a UUIDField (a uuid on PostgreSQL, 32 hex digits on SQLite), and back.
     token = token_field.get_db_prep_value(uuid.uuid4(), connection)
     params: list[Any] = [consumer, key, event_id, token]
     if connection.vendor == "postgresql":
-        statement, params = _CLAIM_POSTGRESQL, [*params, lease_seconds()]
+        statement, params = _CLAIM_POSTGRESQL, [*params, seconds]
     else:
         now = timezone.now()
-        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=lease_seconds()), now]
+        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=seconds), now]
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
         row = cursor.fetchone()
@@ -139,7 +144,7 @@ def external_run(declared: Consumer, event: Event, session: object = None) -> fl
     `session` is what the declaration's `session` opened for the message, passed to the handler.
     """
     key = declared.dedupe_key(event) if declared.dedupe_key else f"event:{event.event_id}"
-    claimed = dedupe_claim(consumer=declared.name, key=key, event_id=event.id)
+    claimed = dedupe_claim(consumer=declared.name, key=key, event_id=event.id, lease=lease_seconds(declared))
     if claimed is None:
         with transaction.atomic():
             delivery_begin(event_id=event.id, consumer=declared.name)
