@@ -18,7 +18,6 @@ One SMTP connection serves a message's notices, and their orders are read in thr
 (`session`).
 """
 
-import logging
 import smtplib
 import socket
 import uuid
@@ -47,8 +46,6 @@ SUBJECTS = {
     Kind.CONFIRMATION: "Your order #{order} is confirmed",
     Kind.CANCELLATION: "Your order #{order} has been cancelled",
 }
-
-logger = logging.getLogger("consumers.email")
 
 
 def lease_seconds() -> float:
@@ -229,6 +226,5 @@ def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], 
             unique_fields=["order_id", "kind"],
             update_fields=["event_id", "recipient", "subject", "sends", "token", "sent_at"],
         )
-        logger.info("email: sent the %s for order %s to %s (event %s)", kind, order_id, message.to[0], event.id)
 
     return record

@@ -167,7 +167,7 @@ def external_run(declared: Consumer, event: Event, session: object = None) -> fl
             record()
         delivery_begin(event_id=event.id, consumer=declared.name)
     window = time.monotonic() - accepted
-    logger.debug(
-        "%s: made the call for %s (event %s), recorded %.2f ms after it", declared.name, key, event.id, window * 1000
+    logger.info(
+        "%s: made the call for %r (event %s); recorded %.2f ms after it", declared.name, key, event.id, window * 1000
     )
     return window

@@ -267,7 +267,8 @@ def test_a_notice_is_leased_for_email_notice_lease_seconds(
     order = place(customer, products)
     event = Event.objects.get(pk=routed_ids("email")[0])
     claimed = dedupe_claim(consumer="email", key=f"order:{order.pk}:order_confirmation", event_id=event.pk)
-    assert claimed is not None and claimed.sends == 1
+    assert claimed is not None
+    assert claimed.sends == 1
     with db_connection.cursor() as cursor:
         cursor.execute("SELECT extract(epoch FROM lease_until - statement_timestamp()) FROM outbox_dedupe")
         (left,) = cursor.fetchone()

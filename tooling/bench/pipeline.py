@@ -257,7 +257,7 @@ def email_duplicate_window(*, samples: int, smtp: Smtp) -> dict[str, float]:
     ids = [event.id for event in events]
     windows: list[float] = []
     smtp_settings = override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST=smtp.host, EMAIL_PORT=smtp.port)
-    with smtp_settings, quiet("consumers.email"):
+    with smtp_settings, quiet("outbox.consumer"):
         # As a worker runs the e-mail consumer: messages of the relay's size, one SMTP session each.
         for start in range(0, len(ids), conf.batch_size()):
             outcome = deliver("email", ids[start : start + conf.batch_size()])
