@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 
 from outbox.emit import registry
@@ -62,6 +63,7 @@ def check_consumers(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                             id="outbox.E004",
                         )
                     )
+    found.extend(_check_overrides({c.name for c in declare.declared()}))
     wildcard = {c.name for c in declare.declared() if declare.ALL in c.events and c.name != "outbox_seal"}
     if emitted is not None and not wildcard:
         for event_type in sorted(emitted - taken):
@@ -70,6 +72,41 @@ def check_consumers(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
                     f"No consumer takes {event_type!r} events (only the outbox's sealer does).",
                     hint="That may be intended; declare a consumer for the type if something should react to it.",
                     id="outbox.I001",
+                )
+            )
+    return found
+
+
+def _check_overrides(names: set[str]) -> list[checks.CheckMessage]:
+    """OUTBOX_CONSUMERS names declared consumers only, and sets only what may be overridden."""
+    overrides = getattr(settings, "OUTBOX_CONSUMERS", {})
+    if not isinstance(overrides, dict):
+        return [
+            checks.Error(
+                f"OUTBOX_CONSUMERS must be a dict of consumer name -> settings, not {type(overrides).__name__}.",
+                hint='For example OUTBOX_CONSUMERS = {"email": {"queue": "mail"}, "audit_log": {"enabled": False}}.',
+                id="outbox.E006",
+            )
+        ]
+    found: list[checks.CheckMessage] = []
+    for name, values in sorted(overrides.items()):
+        if name not in names:
+            found.append(
+                checks.Error(
+                    f"OUTBOX_CONSUMERS names {name!r}, but no consumer is declared with that name: its settings "
+                    "would be ignored.",
+                    hint="Fix the name. Declared consumers: " + ", ".join(sorted(names)),
+                    id="outbox.E005",
+                )
+            )
+        unknown = sorted(set(values) - {"queue", "enabled"}) if isinstance(values, dict) else None
+        if unknown is None or unknown:
+            what = f"unknown keys {unknown}" if unknown else f"a {type(values).__name__}, not a dict"
+            found.append(
+                checks.Error(
+                    f"OUTBOX_CONSUMERS[{name!r}] has {what}: only 'queue' and 'enabled' may be set.",
+                    hint='For example OUTBOX_CONSUMERS = {"email": {"queue": "mail"}}.',
+                    id="outbox.E006",
                 )
             )
     return found

@@ -98,6 +98,20 @@ def test_a_consumer_of_a_type_nothing_emits_fails_the_check() -> None:
         declare.forget("typo_consumer")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"ledgr": {"enabled": False}}, r"outbox\.E005.*OUTBOX_CONSUMERS names 'ledgr', but no consumer is declared"),
+        ({"ledger": {"queues": "books"}}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\] has unknown keys \['queues'\]"),
+        ({"ledger": "books"}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\] has a str, not a dict"),
+    ],
+)
+def test_settings_that_name_no_consumer_or_no_setting_fail_the_check(overrides: object, expected: str) -> None:
+    """A typo in OUTBOX_CONSUMERS would otherwise leave the consumer as it was, silently."""
+    with override_settings(OUTBOX_CONSUMERS=overrides), pytest.raises(SystemCheckError, match="(?s)" + expected):
+        call_command("check")
+
+
 @pytest.mark.django_db
 def test_settings_switch_a_consumer_off_and_move_its_queue() -> None:
     with override_settings(OUTBOX_CONSUMERS={"invoice_mail": {"enabled": False}, "ledger": {"queue": "books"}}):
