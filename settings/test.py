@@ -12,9 +12,10 @@ from .base import *  # noqa: F403
 from .base import INSTALLED_APPS
 
 DEBUG = False
-# The development tools, whose commands the suite runs, and an app that hangs its own events and
-# consumers on the outbox (tests/ledger, docs/extending.md).
-INSTALLED_APPS = [*INSTALLED_APPS, "tooling", "tests.ledger"]
+# The development tools, whose commands the suite runs; an app that hangs its own events and
+# consumers on the outbox (tests/ledger, docs/extending.md); and the outbox tests' own app, whose
+# records and consumers tests/outbox runs the outbox against (tests/outbox_app).
+INSTALLED_APPS = [*INSTALLED_APPS, "tooling", "tests.ledger", "tests.outbox_app"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -1,12 +1,16 @@
-"""Shared fixtures: business records made through the services, logged-in admin clients, Redis."""
+"""Shared fixtures: business records made through the services, logged-in admin clients, Redis,
+and the application's database role."""
 
 from collections.abc import Iterator
 from decimal import Decimal
+from io import StringIO
 
 import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 
 from core import services
@@ -47,3 +51,15 @@ def empty_queues() -> Iterator[None]:
     client.flushdb()
     yield
     client.flushdb()
+
+
+@pytest.fixture
+def app_role() -> str:
+    """A login role that owns nothing, with exactly the grants of `outbox_grants --apply`."""
+    role = f"{connection.settings_dict['NAME']}_app"[:63]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+    call_command("outbox_grants", role=role, apply=True, stdout=StringIO())
+    return role

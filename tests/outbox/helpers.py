@@ -1,7 +1,9 @@
-"""Helpers for outbox tests: look at the database the way another process would."""
+"""Helpers for outbox tests: look at the database the way another process would; the outbox
+tests' app's admin forms."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from django.db import connection
@@ -9,6 +11,8 @@ from django.db.models import QuerySet
 
 from outbox.emit.writer import events_flush
 from outbox.models import Event
+
+SHIPMENT_ADD_URL = "/admin/outbox_app/shipment/add/"
 
 
 def conninfo() -> str:
@@ -61,3 +65,25 @@ def aggregate_events(aggregate_type: str, aggregate_id: object) -> list[Event]:
     return list(
         events().filter(aggregate_type=aggregate_type, aggregate_id=str(aggregate_id)).order_by("aggregate_version")
     )
+
+
+def as_role(role: str) -> psycopg.Connection:
+    """Connect to the test database as `role`, in autocommit mode."""
+    return psycopg.connect(conninfo() + f" user={role}", autocommit=True)
+
+
+def shipment_form(
+    lines: list[tuple[Any, Any]], status: str = "sent", recipient: str = "ada@example.com"
+) -> dict[str, Any]:
+    """The POST body of the shipment add form with its inline lines, (item id, quantity) each."""
+    data: dict[str, Any] = {
+        "recipient": recipient,
+        "status": status,
+        "lines-TOTAL_FORMS": len(lines),
+        "lines-INITIAL_FORMS": 0,
+        "lines-MIN_NUM_FORMS": 0,
+        "lines-MAX_NUM_FORMS": 1000,
+    }
+    for i, (item, quantity) in enumerate(lines):
+        data.update({f"lines-{i}-item": item, f"lines-{i}-quantity": quantity})
+    return data

@@ -8,9 +8,9 @@ from django.test import Client
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from core import services
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
+from tests.outbox_app.models import Item
 
 URL = "/admin/outbox/dashboard/"
 
@@ -37,29 +37,29 @@ def test_dashboard_shows_backlog_failures_relays_jobs_and_the_last_hours_events(
     """Seven events this hour (three still waiting), failures per consumer, a live and a stale relay,
     a failed job: each shows on the page."""
     for i in range(7):
-        services.customer_create(name=f"D{i}", email=f"dash{i}@example.com")
+        Item.objects.create(sku=f"D-{i}", name=f"D{i}", price=1)
     events_flush()
     ids = list(Event.objects.order_by("id").values_list("id", flat=True))
     Pending.objects.filter(event_id__in=ids[:4]).delete()
     for event_id in ids[:2]:
-        Delivery.objects.create(event_id=event_id, consumer="email", status="failed", publications=1)
-    Delivery.objects.create(event_id=ids[2], consumer="inventory", status="dead", publications=1)
+        Delivery.objects.create(event_id=event_id, consumer="courier", status="failed", publications=1)
+    Delivery.objects.create(event_id=ids[2], consumer="stocktake", status="dead", publications=1)
     now = timezone.now()
     RelayHeartbeat.objects.create(name="live-relay", host="h1", pid=11, started_at=now, beat_at=now)
     old = now - timedelta(minutes=10)
     RelayHeartbeat.objects.create(name="dead-relay", host="h2", pid=12, started_at=old, beat_at=old)
     JobRun.objects.create(
-        job="sales_summary", period="2026-01-01", runner="live-relay", finished_at=now, outcome="failed: SMTP down"
+        job="nightly_digest", period="2026-01-01", runner="live-relay", finished_at=now, outcome="failed: SMTP down"
     )
 
-    with override_settings(OUTBOX_PERIODIC_JOBS={"sales_summary": {"callable": "x.y", "daily_at": "06:00"}}):
+    with override_settings(OUTBOX_PERIODIC_JOBS={"nightly_digest": {"callable": "x.y", "daily_at": "06:00"}}):
         response = admin_client.get(URL)
 
     assert response.status_code == 200
     page = response.content.decode()
     assert '<td id="backlog">3</td>' in page
-    assert "<tr><td>email</td><td>2</td><td>0</td></tr>" in page
-    assert "<tr><td>inventory</td><td>0</td><td>1</td></tr>" in page
+    assert "<tr><td>courier</td><td>2</td><td>0</td></tr>" in page
+    assert "<tr><td>stocktake</td><td>0</td><td>1</td></tr>" in page
     assert "live-relay" in page
     assert "dead-relay" in page
     assert "(stale)" in page
@@ -67,5 +67,5 @@ def test_dashboard_shows_backlog_failures_relays_jobs_and_the_last_hours_events(
     assert "Events committed in the last hour: 7" in page
     assert response.context["events_last_hour"] == 7
     assert len(response.context["bars"]) == 60
-    assert "1 dead deliveries (inventory 1)" in page
+    assert "1 dead deliveries (stocktake 1)" in page
     assert '<td class="stale">failed: SMTP down</td>' in page

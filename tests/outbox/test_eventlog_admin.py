@@ -17,11 +17,11 @@ from django.db.models import Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core import services
-from core.models import Customer, Order, Product
 from outbox.emit.context import event_context
 from outbox.models import Delivery, Event
 from tests.outbox.helpers import aggregate_events, events
+from tests.outbox_app import services
+from tests.outbox_app.models import Item, Shipment
 
 pytestmark = pytest.mark.django_db
 
@@ -32,34 +32,34 @@ CHANGELIST = "/admin/outbox/event/"
 class Log:
     """A small event log: what the auditors' tests look for in it."""
 
-    order: Order
-    customer: Customer
-    placed: Event  # order.placed by user:bob, its inventory delivery failed
-    cancelled: Event  # order.cancelled by user:bob, its e-mail delivery dead
-    repriced: Event  # product.updated by system, price changed
+    shipment: Shipment
+    adapter: Item
+    sent: Event  # shipment.sent by user:bob, its stocktake delivery failed
+    cancelled: Event  # shipment.cancelled by user:bob, its courier delivery dead
+    repriced: Event  # item.updated by system, price changed
     old: Event  # from June 2020
     older: Event  # from March 2020, written after `old`
 
 
 @pytest.fixture
-def log(products: list[Product]) -> Log:
-    """Events made through the services by three actors, deliveries in each state, and one old event."""
+def log(items: list[Item]) -> Log:
+    """Events made through the app's services by three actors, deliveries in each state, and one old event."""
     with event_context(actor="user:alice", source="admin"):
-        customer = services.customer_create(name="Ada Lovelace", email="ada@example.com")
+        adapter = Item.objects.create(sku="AD-004", name="Ada Adapter", price=Decimal("5.00"))
     with event_context(actor="user:bob", source="admin"):
-        order = services.order_create(
-            customer=customer, lines=[services.LineRequest("KB-001", 2), services.LineRequest("MS-002", 1)], place=True
+        shipment = services.shipment_create(
+            recipient="ada@example.com", lines=[(items[0], 2), (items[1], 1)], send=True
         )
-        services.order_set_status(order=order, status=Order.Status.CANCELLED)
-    keyboard = Product.objects.get(sku="KB-001")
+        services.shipment_set_status(shipment=shipment, status=Shipment.Status.CANCELLED)
+    keyboard = Item.objects.get(sku="KB-001")
     keyboard.price = Decimal("95.00")
-    keyboard.save()  # as the product form saves it: no service for a price change
+    keyboard.save()  # as the item form saves it: no service for a price change
     everything = list(events())
     for event in everything:
-        Delivery.objects.create(event=event, consumer="audit_log", status=Delivery.Status.DONE)
+        Delivery.objects.create(event=event, consumer="journal", status=Delivery.Status.DONE)
     by_type = {e.event_type: e for e in everything}
-    Delivery.objects.create(event=by_type["order.placed"], consumer="inventory", status=Delivery.Status.FAILED)
-    Delivery.objects.create(event=by_type["order.cancelled"], consumer="email", status=Delivery.Status.DEAD)
+    Delivery.objects.create(event=by_type["shipment.sent"], consumer="stocktake", status=Delivery.Status.FAILED)
+    Delivery.objects.create(event=by_type["shipment.cancelled"], consumer="courier", status=Delivery.Status.DEAD)
     old = Event.objects.create(
         event_type="legacy.imported",
         aggregate_type="legacy",
@@ -84,11 +84,11 @@ def log(products: list[Product]) -> Log:
         created_at=datetime(2020, 3, 1, 12, tzinfo=UTC),
     )
     return Log(
-        order=order,
-        customer=customer,
-        placed=by_type["order.placed"],
-        cancelled=by_type["order.cancelled"],
-        repriced=by_type["product.updated"],
+        shipment=shipment,
+        adapter=adapter,
+        sent=by_type["shipment.sent"],
+        cancelled=by_type["shipment.cancelled"],
+        repriced=by_type["item.updated"],
         old=old,
         older=older,
     )
@@ -109,8 +109,8 @@ def test_changelist_lists_every_event_newest_first_with_its_aggregate(admin_clie
     response = admin_client.get(CHANGELIST)
     assert listed_ids(response) == all_ids()
     content = response.content.decode()
-    assert f'href="/admin/outbox/event/timeline/order/{log.order.pk}/"' in content
-    assert f"order:{log.order.pk}" in content
+    assert f'href="/admin/outbox/event/timeline/shipment/{log.shipment.pk}/"' in content
+    assert f"shipment:{log.shipment.pk}" in content
     assert "user:bob" in content
     assert "legacy.imported" in content
 
@@ -119,13 +119,13 @@ def test_changelist_lists_every_event_newest_first_with_its_aggregate(admin_clie
     "query",
     [
         "",
-        "type=order.placed",
-        "aggregate_type=order",
+        "type=shipment.sent",
+        "aggregate_type=shipment",
         "actor=user:bob",
-        "delivery=inventory:failed",
+        "delivery=stocktake:failed",
         "created_at__gte=2020-01-01&created_at__lt=2021-01-01",
         "q=1",
-        "q=order:1",
+        "q=shipment:1",
         "p=2",
     ],
 )
@@ -141,22 +141,22 @@ def test_changelist_never_counts(admin_client: Client, log: Log, query: str) -> 
 def test_each_filter_narrows_the_list(admin_client: Client, log: Log) -> None:
     """Type, aggregate type, actor, delivery status per consumer and date range each select their events."""
     bob = list(Event.objects.filter(actor="user:bob").order_by("-id").values_list("id", flat=True))
-    orders = list(Event.objects.filter(aggregate_type="order").order_by("-id").values_list("id", flat=True))
-    assert len(bob) == 4  # placed, two lines, cancelled
-    assert len(orders) == 4
+    shipments = list(Event.objects.filter(aggregate_type="shipment").order_by("-id").values_list("id", flat=True))
+    assert len(bob) == 4  # sent, two lines, cancelled
+    assert len(shipments) == 4
     expected = {
-        "type=order.cancelled": [log.cancelled.id],
-        "aggregate_type=order": orders,
+        "type=shipment.cancelled": [log.cancelled.id],
+        "aggregate_type=shipment": shipments,
         "actor=user:bob": bob,
-        "delivery=inventory:failed": [log.placed.id],
-        "delivery=email:dead": [log.cancelled.id],
-        "delivery=audit_log:done": [i for i in all_ids() if i not in (log.old.id, log.older.id)],
-        "delivery=inventory:done": [],
+        "delivery=stocktake:failed": [log.sent.id],
+        "delivery=courier:dead": [log.cancelled.id],
+        "delivery=journal:done": [i for i in all_ids() if i not in (log.old.id, log.older.id)],
+        "delivery=stocktake:done": [],
         # Within a date range, newest first by time.
         "created_at__gte=2020-01-01&created_at__lt=2021-01-01": [log.old.id, log.older.id],
         "created_at__gte=2020-05-01&created_at__lt=2021-01-01": [log.old.id],
         "created_at__lt=2020-05-01": [log.older.id],
-        "type=order.placed&actor=user:alice": [],
+        "type=shipment.sent&actor=user:alice": [],
     }
     for query, ids in expected.items():
         assert listed_ids(admin_client.get(f"{CHANGELIST}?{query}")) == ids, query
@@ -166,9 +166,9 @@ def test_delivery_status_filter_holds_with_more_deliveries_in_flight_than_it_lis
     admin_client: Client, log: Log, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In flight: the events named, or past the number it names, the semi-join alone; the same events."""
-    Delivery.objects.create(event=log.repriced, consumer="audit_log_2", status=Delivery.Status.PUBLISHED)
-    monkeypatch.setattr("outbox.relay.routing.route_names", lambda: {"audit_log", "audit_log_2"})
-    url = f"{CHANGELIST}?delivery=audit_log_2:published"
+    Delivery.objects.create(event=log.repriced, consumer="journal_2", status=Delivery.Status.PUBLISHED)
+    monkeypatch.setattr("outbox.relay.routing.route_names", lambda: {"journal", "journal_2"})
+    url = f"{CHANGELIST}?delivery=journal_2:published"
     assert listed_ids(admin_client.get(url)) == [log.repriced.id]
     monkeypatch.setattr("outbox.admin.volume.IN_FLIGHT_LISTED", 0)
     assert listed_ids(admin_client.get(url)) == [log.repriced.id]
@@ -178,20 +178,20 @@ def test_filters_offer_the_logs_values_and_each_consumers_statuses(admin_client:
     """The sidebar lists the types, aggregate types and actors found in the log, and each consumer's statuses."""
     content = admin_client.get(CHANGELIST).content.decode()
     for option in [
-        "?type=order.cancelled",
+        "?type=shipment.cancelled",
         "?type=legacy.imported",
-        "?aggregate_type=customer",
+        "?aggregate_type=item",
         "?actor=user%3Aalice",
-        "?delivery=inventory%3Adead",
-        "?delivery=email%3Afailed",
-        "?delivery=audit_log%3Apublished",
+        "?delivery=stocktake%3Adead",
+        "?delivery=courier%3Afailed",
+        "?delivery=journal%3Apublished",
     ]:
         assert f'href="{option}"' in content, option
     assert 'name="created_at__gte"' in content
     assert "Past 7 days" in content
 
 
-@pytest.mark.parametrize("query", ["delivery=inventory:nonsense", "delivery=nonsense", "created_at__gte=yesterday"])
+@pytest.mark.parametrize("query", ["delivery=stocktake:nonsense", "delivery=nonsense", "created_at__gte=yesterday"])
 def test_invalid_filter_values_are_refused_without_an_error_page(admin_client: Client, log: Log, query: str) -> None:
     """A bad value redirects to the list with Django's error flag instead of failing."""
     response = admin_client.get(f"{CHANGELIST}?{query}")
@@ -201,20 +201,20 @@ def test_invalid_filter_values_are_refused_without_an_error_page(admin_client: C
 
 def test_search_finds_exact_event_ids_uuids_and_aggregates(admin_client: Client, log: Log) -> None:
     """An integer finds that event and the aggregates with that id; a UUID its event; type:id one aggregate."""
-    order_events = [e.id for e in reversed(aggregate_events("order", log.order.pk))]
+    shipment_events = [e.id for e in reversed(aggregate_events("shipment", log.shipment.pk))]
 
     def event_or_aggregate(number: int) -> list[int]:
         found = Event.objects.filter(Q(pk=number) | Q(aggregate_id=str(number)))
         return list(found.order_by("-id").values_list("id", flat=True))
 
-    assert log.placed.id in event_or_aggregate(log.placed.id)
+    assert log.sent.id in event_or_aggregate(log.sent.id)
     cases = {
         str(log.repriced.event_id): [log.repriced.id],
-        f"order:{log.order.pk}": order_events,
-        f" order:{log.order.pk} ": order_events,
-        str(log.order.pk): event_or_aggregate(log.order.pk),
-        str(log.placed.id): event_or_aggregate(log.placed.id),
-        "order:999999": [],
+        f"shipment:{log.shipment.pk}": shipment_events,
+        f" shipment:{log.shipment.pk} ": shipment_events,
+        str(log.shipment.pk): event_or_aggregate(log.shipment.pk),
+        str(log.sent.id): event_or_aggregate(log.sent.id),
+        "shipment:999999": [],
         "ada": [],
         "99999999999999999999999": [],
     }
@@ -248,23 +248,24 @@ def test_pages_link_previous_and_next_without_a_total(
 
 
 def test_timeline_shows_an_aggregates_events_in_version_order(admin_client: Client, log: Log) -> None:
-    """The order's timeline lists versions 1..4 in order, each linked to its event, with old → new."""
-    response = admin_client.get(f"/admin/outbox/event/timeline/order/{log.order.pk}/")
+    """The shipment's timeline lists versions 1..4 in order, each linked to its event, with old → new."""
+    response = admin_client.get(f"/admin/outbox/event/timeline/shipment/{log.shipment.pk}/")
     assert response.status_code == 200
     content = response.content.decode()
     versions = [int(v) for v in re.findall(r'<tr class="outbox-version">\s*<td>(\d+)</td>', content)]
     assert versions == [1, 2, 3, 4]
     positions = [
-        content.index(f'href="/admin/outbox/event/{e.id}/change/"') for e in aggregate_events("order", log.order.pk)
+        content.index(f'href="/admin/outbox/event/{e.id}/change/"')
+        for e in aggregate_events("shipment", log.shipment.pk)
     ]
     assert positions == sorted(positions)
-    assert "<strong>status</strong>: placed → cancelled" in content
+    assert "<strong>status</strong>: sent → cancelled" in content
 
 
 def test_timeline_pages_by_version(admin_client: Client, log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two versions a page: the link to later versions continues after the last one shown."""
     monkeypatch.setattr("outbox.admin.TIMELINE_PAGE", 2)
-    url = f"/admin/outbox/event/timeline/order/{log.order.pk}/"
+    url = f"/admin/outbox/event/timeline/shipment/{log.shipment.pk}/"
     first = admin_client.get(url).content.decode()
     assert re.findall(r'<tr class="outbox-version">\s*<td>(\d+)</td>', first) == ["1", "2"]
     assert 'href="?after=2"' in first
@@ -275,26 +276,26 @@ def test_timeline_pages_by_version(admin_client: Client, log: Log, monkeypatch: 
 
 def test_each_event_links_to_its_aggregates_timeline(admin_client: Client, log: Log) -> None:
     """The event's page links to the timeline of its aggregate."""
-    content = admin_client.get(f"/admin/outbox/event/{log.placed.id}/change/").content.decode()
-    assert f'href="/admin/outbox/event/timeline/order/{log.order.pk}/"' in content
+    content = admin_client.get(f"/admin/outbox/event/{log.sent.id}/change/").content.decode()
+    assert f'href="/admin/outbox/event/timeline/shipment/{log.shipment.pk}/"' in content
 
 
 def test_event_page_shows_the_changed_fields_old_to_new_and_the_payload(admin_client: Client, log: Log) -> None:
-    """A cancellation shows status placed → cancelled; the payload is indented JSON; deliveries listed."""
+    """A cancellation shows status sent → cancelled; the payload is indented JSON; deliveries listed."""
     response = admin_client.get(f"/admin/outbox/event/{log.cancelled.id}/change/")
     assert response.status_code == 200
     content = response.content.decode()
-    assert re.search(r"<th>status</th><td>placed</td><td>→</td><td>cancelled</td>", content)
+    assert re.search(r"<th>status</th><td>sent</td><td>→</td><td>cancelled</td>", content)
     assert re.search(r"<th>closed_at</th><td>null</td><td>→</td><td>\d{4}-", content)
     assert '<pre class="outbox-payload">{\n  &quot;changes&quot;: {' in content
-    assert "dead" in content  # the e-mail delivery, in the deliveries inline
-    created = admin_client.get(f"/admin/outbox/event/{log.placed.id}/change/").content.decode()
+    assert "dead" in content  # the courier delivery, in the deliveries inline
+    created = admin_client.get(f"/admin/outbox/event/{log.sent.id}/change/").content.decode()
     assert "None recorded: the event holds a whole row" in created
 
 
 def test_event_log_is_read_only_even_for_a_superuser(admin_client: Client, log: Log) -> None:
     """No add page; posting to the change or delete page is forbidden; the list offers no delete action."""
-    event = log.placed
+    event = log.sent
     assert admin_client.get("/admin/outbox/event/add/").status_code == 403
     assert admin_client.post(f"/admin/outbox/event/{event.id}/change/", {"actor": "user:mallory"}).status_code == 403
     assert admin_client.post(f"/admin/outbox/event/{event.id}/delete/", {"post": "yes"}).status_code == 403
@@ -314,11 +315,11 @@ def test_auditor_with_view_permission_reads_and_exports(log: Log) -> None:
     assert listed_ids(response) == all_ids()
     assert "export_events_csv" in response.content.decode()
     assert "deliver_again" not in response.content.decode()
-    assert client.get(f"/admin/outbox/event/timeline/order/{log.order.pk}/").status_code == 200
+    assert client.get(f"/admin/outbox/event/timeline/shipment/{log.shipment.pk}/").status_code == 200
     assert client.get("/admin/outbox/event/export.csv").status_code == 200
     stranger = User.objects.create_user("steve", password="pw", is_staff=True)
     client.force_login(stranger)
-    assert client.get(f"/admin/outbox/event/timeline/order/{log.order.pk}/").status_code == 403
+    assert client.get(f"/admin/outbox/event/timeline/shipment/{log.shipment.pk}/").status_code == 403
     assert client.get("/admin/outbox/event/export.jsonl").status_code == 403
 
 
@@ -338,21 +339,21 @@ def read_jsonl(response: Any) -> list[dict[str, Any]]:
 
 def test_csv_export_of_the_selection(admin_client: Client, log: Log) -> None:
     """The CSV action streams the selected events, oldest first, every fact and the payload as JSON."""
-    chosen = [log.cancelled.id, log.placed.id]
+    chosen = [log.cancelled.id, log.sent.id]
     rows = read_csv(admin_client.post(CHANGELIST, {"action": "export_events_csv", "_selected_action": chosen}))
     assert [int(r["id"]) for r in rows] == sorted(chosen)
     first = rows[0]
-    placed = log.placed
-    assert first["event_id"] == str(placed.event_id)
+    sent = log.sent
+    assert first["event_id"] == str(sent.event_id)
     assert (first["event_type"], first["aggregate_type"], first["aggregate_id"]) == (
-        "order.placed",
-        "order",
-        str(log.order.pk),
+        "shipment.sent",
+        "shipment",
+        str(log.shipment.pk),
     )
     assert (first["aggregate_version"], first["actor"], first["source"]) == ("1", "user:bob", "admin")
-    assert first["correlation_id"] == placed.correlation_id
-    assert datetime.fromisoformat(first["created_at"]) == placed.created_at
-    assert json.loads(first["payload"]) == placed.payload
+    assert first["correlation_id"] == sent.correlation_id
+    assert datetime.fromisoformat(first["created_at"]) == sent.created_at
+    assert json.loads(first["payload"]) == sent.payload
 
 
 def test_jsonl_export_of_the_selection(admin_client: Client, log: Log) -> None:
@@ -361,7 +362,7 @@ def test_jsonl_export_of_the_selection(admin_client: Client, log: Log) -> None:
     records = read_jsonl(admin_client.post(CHANGELIST, {"action": "export_events_jsonl", "_selected_action": chosen}))
     assert [r["id"] for r in records] == sorted(chosen)
     cancelled = next(r for r in records if r["id"] == log.cancelled.id)
-    assert cancelled["payload"]["changes"]["status"] == {"old": "placed", "new": "cancelled"}
+    assert cancelled["payload"]["changes"]["status"] == {"old": "sent", "new": "cancelled"}
     assert cancelled["event_id"] == str(log.cancelled.event_id)
     assert datetime.fromisoformat(cancelled["created_at"]) == log.cancelled.created_at
 
@@ -374,7 +375,7 @@ def test_exports_of_the_whole_filtered_list_follow_its_filters_and_search(admin_
     bob = sorted(Event.objects.filter(actor="user:bob").values_list("id", flat=True))
     rows = read_csv(admin_client.get("/admin/outbox/event/export.csv", {"actor": "user:bob"}))
     assert [int(r["id"]) for r in rows] == bob
-    records = read_jsonl(admin_client.get("/admin/outbox/event/export.jsonl", {"q": f"order:{log.order.pk}"}))
+    records = read_jsonl(admin_client.get("/admin/outbox/event/export.jsonl", {"q": f"shipment:{log.shipment.pk}"}))
     assert [r["aggregate_version"] for r in records] == [1, 2, 3, 4]
     assert len(read_csv(admin_client.get("/admin/outbox/event/export.csv"))) == Event.objects.count()
     assert admin_client.get("/admin/outbox/event/export.csv", {"delivery": "nonsense"}).status_code == 400

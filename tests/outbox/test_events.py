@@ -6,61 +6,58 @@ import pytest
 from django.db.models import F
 from django.test import Client
 
-from core import services
-from core.models import Customer, Order, OrderLine, Product
 from outbox.emit.writer import events_flush
 from outbox.errors import BulkWriteError
-from tests.core.test_admin import ADD_URL, order_form
-from tests.outbox.helpers import aggregate_events, events
+from tests.outbox.helpers import SHIPMENT_ADD_URL, aggregate_events, events, shipment_form
+from tests.outbox_app import services
+from tests.outbox_app.models import Item, Shipment, ShipmentLine
 
 pytestmark = pytest.mark.django_db
 
 
-def test_order_created_in_one_admin_submit_has_events_for_all_three_lines(
-    admin_client: Client, customer: Customer, products: list[Product]
+def test_shipment_created_in_one_admin_submit_has_events_for_all_three_lines(
+    admin_client: Client, items: list[Item]
 ) -> None:
-    """The order's event precedes its lines', and each of the three lines has its own event."""
-    response = admin_client.post(ADD_URL, order_form(customer, [(p.pk, i + 1) for i, p in enumerate(products)]))
+    """The shipment's event precedes its lines', and each of the three lines has its own event."""
+    response = admin_client.post(SHIPMENT_ADD_URL, shipment_form([(item.pk, i + 1) for i, item in enumerate(items)]))
     assert response.status_code == 302
-    order = Order.objects.get()
-    events = aggregate_events("order", order.pk)
+    shipment = Shipment.objects.get()
+    events = aggregate_events("shipment", shipment.pk)
     assert [(e.event_type, e.aggregate_version) for e in events] == [
-        ("order.placed", 1),
-        ("order_line.added", 2),
-        ("order_line.added", 3),
-        ("order_line.added", 4),
+        ("shipment.sent", 1),
+        ("shipment_line.added", 2),
+        ("shipment_line.added", 3),
+        ("shipment_line.added", 4),
     ]
-    assert events[0].payload["state"]["status"] == "placed"
-    lines = [(e.payload["state"]["product_id"], e.payload["state"]["quantity"]) for e in events[1:]]
-    assert lines == [(p.pk, i + 1) for i, p in enumerate(products)]
-    assert {e.payload["state"]["order_id"] for e in events[1:]} == {order.pk}
+    assert events[0].payload["state"]["status"] == "sent"
+    lines = [(e.payload["state"]["item_id"], e.payload["state"]["quantity"]) for e in events[1:]]
+    assert lines == [(item.pk, i + 1) for i, item in enumerate(items)]
+    assert {e.payload["state"]["shipment_id"] for e in events[1:]} == {shipment.pk}
 
 
-def test_service_order_gets_consecutive_versions_in_one_batch(customer: Customer, products: list[Product]) -> None:
-    """order_create writes the order event, then the lines' events, numbered 1..4."""
-    order = services.order_create(
-        customer=customer, lines=[services.LineRequest(p.sku, 2) for p in products], place=True
-    )
-    services.order_set_status(order=order, status=Order.Status.CANCELLED)
-    events = aggregate_events("order", order.pk)
+def test_service_shipment_gets_consecutive_versions_in_one_batch(items: list[Item]) -> None:
+    """shipment_create writes the shipment event, then the lines' events, numbered 1..4."""
+    shipment = services.shipment_create(recipient="ada@example.com", lines=[(item, 2) for item in items], send=True)
+    services.shipment_set_status(shipment=shipment, status=Shipment.Status.CANCELLED)
+    events = aggregate_events("shipment", shipment.pk)
     assert [(e.event_type, e.aggregate_version) for e in events] == [
-        ("order.placed", 1),
-        ("order_line.added", 2),
-        ("order_line.added", 3),
-        ("order_line.added", 4),
-        ("order.cancelled", 5),
+        ("shipment.sent", 1),
+        ("shipment_line.added", 2),
+        ("shipment_line.added", 3),
+        ("shipment_line.added", 4),
+        ("shipment.cancelled", 5),
     ]
-    assert events[-1].payload["changes"]["status"] == {"old": "placed", "new": "cancelled"}
+    assert events[-1].payload["changes"]["status"] == {"old": "sent", "new": "cancelled"}
 
 
-def test_update_payload_has_state_and_changed_fields_with_old_and_new(products: list[Product]) -> None:
+def test_update_payload_has_state_and_changed_fields_with_old_and_new(items: list[Item]) -> None:
     """An edit records the state after it and only the fields it changed, old and new."""
-    product = Product.objects.get(sku="KB-001")
-    product.price = Decimal("95.00")
-    product.name = "Keyboard v2"
-    product.save()
-    event = aggregate_events("product", product.pk)[-1]
-    assert event.event_type == "product.updated"
+    item = Item.objects.get(sku="KB-001")
+    item.price = Decimal("95.00")
+    item.name = "Keyboard v2"
+    item.save()
+    event = aggregate_events("item", item.pk)[-1]
+    assert event.event_type == "item.updated"
     assert event.payload["changes"] == {
         "name": {"old": "Keyboard", "new": "Keyboard v2"},
         "price": {"old": "89.00", "new": "95.00"},
@@ -69,62 +66,62 @@ def test_update_payload_has_state_and_changed_fields_with_old_and_new(products: 
     assert event.payload["state"]["price"] == "95.00"
 
 
-def test_save_without_changes_and_stock_only_changes_write_no_event(products: list[Product]) -> None:
+def test_save_without_changes_and_stock_only_changes_write_no_event(items: list[Item]) -> None:
     """Saving an unchanged row, or only the consumer-maintained stock, writes no event."""
-    product = Product.objects.get(sku="KB-001")
+    item = Item.objects.get(sku="KB-001")
     before = events().count()
-    product.save()
-    product.stock = 7
-    product.save()
-    Product.objects.filter(pk=product.pk).update(stock=F("stock") + 1)
+    item.save()
+    item.stock = 7
+    item.save()
+    Item.objects.filter(pk=item.pk).update(stock=F("stock") + 1)
     assert events().count() == before
-    product.refresh_from_db()
-    assert product.stock == 8
+    item.refresh_from_db()
+    assert item.stock == 8
 
 
-def test_queryset_update_of_tracked_fields_is_refused(customer: Customer, products: list[Product]) -> None:
+def test_queryset_update_of_tracked_fields_is_refused(items: list[Item]) -> None:
     """QuerySet.update() on fields that events describe fails loudly and changes nothing."""
-    order = services.order_create(customer=customer, lines=[services.LineRequest("KB-001", 1)], place=True)
-    with pytest.raises(BulkWriteError, match=r"Order\.objects\.update\(\) would change status.*save\(update_fields"):
-        Order.objects.filter(pk=order.pk).update(status=Order.Status.CANCELLED)
+    shipment = services.shipment_create(recipient="ada@example.com", lines=[(items[0], 1)], send=True)
+    with pytest.raises(BulkWriteError, match=r"Shipment\.objects\.update\(\) would change status.*save\(update_fields"):
+        Shipment.objects.filter(pk=shipment.pk).update(status=Shipment.Status.CANCELLED)
     with pytest.raises(BulkWriteError, match="price"):
-        Product.objects.bulk_update(products, ["price"])
-    order.refresh_from_db()
-    assert order.status == Order.Status.PLACED
+        Item.objects.bulk_update(items, ["price"])
+    shipment.refresh_from_db()
+    assert shipment.status == Shipment.Status.SENT
 
 
-def test_bulk_create_writes_one_event_per_row(customer: Customer, products: list[Product]) -> None:
+def test_bulk_create_writes_one_event_per_row(items: list[Item]) -> None:
     """bulk_create() writes a created event for every row, continuing the aggregate's versions."""
-    order = services.order_create(customer=customer, lines=[])
-    OrderLine.objects.bulk_create([OrderLine(order=order, product=p, quantity=1, unit_price=p.price) for p in products])
-    events = aggregate_events("order", order.pk)
+    shipment = services.shipment_create(recipient="ada@example.com", lines=[])
+    ShipmentLine.objects.bulk_create([ShipmentLine(shipment=shipment, item=item, quantity=1) for item in items])
+    events = aggregate_events("shipment", shipment.pk)
     assert [(e.event_type, e.aggregate_version) for e in events] == [
-        ("order.created", 1),
-        ("order_line.added", 2),
-        ("order_line.added", 3),
-        ("order_line.added", 4),
+        ("shipment.drafted", 1),
+        ("shipment_line.added", 2),
+        ("shipment_line.added", 3),
+        ("shipment_line.added", 4),
     ]
     with pytest.raises(BulkWriteError, match="ignore_conflicts"):
-        Product.objects.bulk_create([Product(sku="KB-001", name="dup", price=1)], ignore_conflicts=True)
+        Item.objects.bulk_create([Item(sku="KB-001", name="dup", price=1)], ignore_conflicts=True)
 
 
-def test_queryset_delete_writes_events_for_rows_and_cascade(customer: Customer, products: list[Product]) -> None:
-    """Deleting orders in bulk writes order.deleted and order_line.removed for the cascaded lines."""
-    order = services.order_create(customer=customer, lines=[services.LineRequest(p.sku, 1) for p in products[:2]])
-    Order.objects.filter(pk=order.pk).delete()
-    types = sorted(e.event_type for e in aggregate_events("order", order.pk)[3:])
-    assert types == ["order.deleted", "order_line.removed", "order_line.removed"]
+def test_queryset_delete_writes_events_for_rows_and_cascade(items: list[Item]) -> None:
+    """Deleting shipments in bulk writes shipment.deleted and shipment_line.removed for the cascaded lines."""
+    shipment = services.shipment_create(recipient="ada@example.com", lines=[(item, 1) for item in items[:2]])
+    Shipment.objects.filter(pk=shipment.pk).delete()
+    types = sorted(e.event_type for e in aggregate_events("shipment", shipment.pk)[3:])
+    assert types == ["shipment.deleted", "shipment_line.removed", "shipment_line.removed"]
 
 
-def test_stock_receipts_join_the_product_aggregate(products: list[Product]) -> None:
-    """A receipt is a stock.received event on its product's version sequence."""
-    services.stock_receive(sku="KB-001", quantity=5, note="delivery")
-    events = aggregate_events("product", products[0].pk)
-    assert [(e.event_type, e.aggregate_version) for e in events] == [("product.created", 1), ("stock.received", 2)]
+def test_restocks_join_the_item_aggregate(items: list[Item]) -> None:
+    """A restock is an item.restocked event on its item's version sequence."""
+    services.restock(item=items[0], quantity=5)
+    events = aggregate_events("item", items[0].pk)
+    assert [(e.event_type, e.aggregate_version) for e in events] == [("item.created", 1), ("item.restocked", 2)]
     assert events[1].payload["state"]["quantity"] == 5
 
 
-def test_event_row_follows_the_debezium_outbox_columns(products: list[Product]) -> None:
+def test_event_row_follows_the_debezium_outbox_columns(items: list[Item]) -> None:
     """The table has Debezium's aggregatetype/aggregateid/type/payload columns and a database-clock time."""
     from django.db import connection
 
@@ -134,4 +131,4 @@ def test_event_row_follows_the_debezium_outbox_columns(products: list[Product]) 
             "SELECT aggregatetype, aggregateid, type, payload->'state'->>'sku', "
             "created_at BETWEEN now() AND clock_timestamp() FROM outbox_event ORDER BY id LIMIT 1"
         )
-        assert cursor.fetchone() == ("product", str(products[0].pk), "product.created", "KB-001", True)
+        assert cursor.fetchone() == ("item", str(items[0].pk), "item.created", "KB-001", True)

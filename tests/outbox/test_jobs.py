@@ -1,29 +1,27 @@
-"""Periodic jobs run by the relay loop: once per period across relays, failures recorded, the sales summary."""
+"""Periodic jobs run by the relay loop: once per period across relays, failures recorded.
+
+(The sales summary, a job of core's, is tested in tests/core/test_sales_summary.py.)"""
 
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from core import services
-from core.models import Customer, Product
-from core.reports import sales_summary_send
-from outbox.models import JobRun, Pending, RelayHeartbeat
+from outbox import testing
+from outbox.models import Event, JobRun, Pending, RelayHeartbeat
 from outbox.ops.jobs import JobRunner, jobs_configured
 from outbox.relay.loop import Relay
 from tests.outbox.helpers import committed_count
+from tests.outbox_app.models import Item
 from tests.processes import manage_run, processes
-from tests.smtp import smtp_server
 from tooling.processes import wait_until
 
 CALLS: list[str] = []
@@ -137,7 +135,7 @@ def test_a_failing_job_is_recorded_and_the_relay_keeps_relaying() -> None:
                 timeout=30,
                 what="the failed run to be recorded",
             )
-            services.customer_create(name="After", email="after@example.com")
+            Item.objects.create(sku="AFTER-1", name="After", price=1)
             wait_until(lambda: committed_count("outbox_pending") == 0, timeout=30, what="the relay to publish")
     run = JobRun.objects.get(job="boom")
     assert run.outcome == "failed: RuntimeError: the job's own error"
@@ -176,110 +174,38 @@ def test_the_retention_purge_is_registered_only_with_a_retention_period() -> Non
     assert "'older_than': datetime.timedelta(days=30), 'batch_size': 200" in result.stdout
 
 
-# --- the daily sales summary ------------------------------------------------------------------
-
-
-@pytest.fixture
-def staff(db: None) -> list[User]:
-    """Two active staff users with addresses, and users who must get nothing."""
-    User.objects.create_user("inactive", "inactive@example.com", is_staff=True, is_active=False)
-    User.objects.create_user("customer", "customer@example.com")
-    User.objects.create_user("noaddress", "", is_staff=True)
-    return [
-        User.objects.create_user("bob", "bob@example.com", is_staff=True),
-        User.objects.create_superuser("alice", "alice@example.com", "pw"),
-    ]
-
-
-def line(sku: str, quantity: int) -> services.LineRequest:
-    return services.LineRequest(sku=sku, quantity=quantity)
-
-
-@pytest.mark.django_db
-def test_sales_summary_over_smtp_lists_the_days_orders_revenue_cancellations_and_top_products(
-    customer: Customer, products: list[Product], staff: list[User]
-) -> None:
-    """Placed orders (a cancelled one among them), their revenue, the cancellation and the best
-    sellers, e-mailed to each active staff user with an address, and to nobody else."""
-    services.order_create(customer=customer, lines=[line("KB-001", 2), line("MS-002", 1)], place=True)
-    services.order_create(customer=customer, lines=[line("MS-002", 3)], place=True)
-    cancelled = services.order_create(customer=customer, lines=[line("MN-003", 1)], place=True)
-    services.order_set_status(order=cancelled, status="cancelled")
-    services.order_create(customer=customer, lines=[line("MN-003", 5)])  # a draft: not a sale
-
-    with (
-        smtp_server() as mailbox,
-        override_settings(
-            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-            EMAIL_HOST=mailbox.host,
-            EMAIL_PORT=mailbox.port,
-        ),
-    ):
-        outcome = sales_summary_send(day=timezone.localdate())
-
-    assert outcome == f"sent the summary for {timezone.localdate()} to 2 staff"
-    assert sorted(str(m["To"]) for m in mailbox.messages) == ["alice@example.com", "bob@example.com"]
-    message = mailbox.messages[0]
-    assert str(message["Subject"]) == f"Sales summary for {timezone.localdate():%A %d %B %Y}"
-    body = message.get_content().replace("\r\n", "\n")
-    # 2 x 89.00 + 29.50 + 3 x 29.50 + 249.00
-    revenue = Decimal("178.00") + Decimal("29.50") + Decimal("88.50") + Decimal("249.00")
-    assert "Orders placed:  3\n" in body
-    assert f"Revenue:        {revenue:,.2f}\n" in body
-    assert "Cancellations:  1 (249.00)\n" in body
-    top = body.split("Top products (units sold):\n", 1)[1].splitlines()[:3]
-    assert top == [
-        "  MS-002  Mouse: 4 units, 118.00",
-        "  KB-001  Keyboard: 2 units, 178.00",
-        "  MN-003  Monitor: 1 units, 249.00",
-    ]
-
-
-@pytest.mark.django_db
-def test_sales_summary_of_a_day_without_orders_says_so(staff: list[User]) -> None:
-    """Yesterday (the default) had no orders: zeros, and no products."""
-    with (
-        smtp_server() as mailbox,
-        override_settings(
-            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-            EMAIL_HOST=mailbox.host,
-            EMAIL_PORT=mailbox.port,
-        ),
-    ):
-        sales_summary_send()
-    body = mailbox.messages[0].get_content().replace("\r\n", "\n")
-    assert f"Sales on {timezone.localdate() - timedelta(days=1)}" in body
-    assert "Orders placed:  0\n" in body
-    assert "No products sold." in body
-
-
 @pytest.mark.django_db(transaction=True)
-def test_two_relay_processes_send_the_daily_summary_once(tmp_path: Path, staff: list[User]) -> None:
-    """Two real relays with the sales summary due: one JobRun, one e-mail per staff user."""
-    with smtp_server() as mailbox:
-        env = {
-            "SALES_SUMMARY_AT": "00:00",
-            "EMAIL_HOST": mailbox.host,
-            "EMAIL_PORT": str(mailbox.port),
-            "OUTBOX_RELAY_POLL_SECONDS": "0.2",
-            "OUTBOX_HEARTBEAT_SECONDS": "0.2",
-        }
-        with processes(tmp_path, **env) as procs:
-            relays = [procs.relay("one"), procs.relay("two")]
-            run = wait_until(
-                lambda: JobRun.objects.filter(job="sales_summary", finished_at__isnull=False).first(),
-                timeout=60,
-                what="the summary's run",
-            )
-            # Both relays have looked at the schedule since: each has gone round its loop (and beaten,
-            # every 0.2 s) a second after the run ended.
-            after = run.finished_at + timedelta(seconds=1)
-            wait_until(
-                lambda: RelayHeartbeat.objects.filter(beat_at__gt=after).count() == 2,
-                timeout=60,
-                what="both relays to go round their loop again",
-            )
-            assert [r.stop() for r in relays] == [0, 0], [r.output()[-2000:] for r in relays]
-        assert run.outcome == f"ok: sent the summary for {timezone.localdate() - timedelta(days=1)} to 2 staff"
-        assert JobRun.objects.count() == 1
-        assert sorted(str(m["To"]) for m in mailbox.messages) == ["alice@example.com", "bob@example.com"]
+def test_two_relay_processes_run_the_daily_purge_once(tmp_path: Path) -> None:
+    """Two real relays with the retention purge due: one JobRun, which purged the settled events."""
+    for i in range(3):
+        Item.objects.create(sku=f"PURGE-{i}", name=f"P{i}", price=1)
+    ids = list(Event.objects.order_by("id").values_list("id", flat=True))
+    Pending.objects.filter(event_id__in=ids).delete()  # as if relayed
+    testing.deliver("journal", ids)  # handled and sealed: settled
+    env = {
+        "OUTBOX_RETENTION_DAYS": "0",
+        "OUTBOX_RETENTION_PURGE_AT": "00:00",
+        "OUTBOX_RELAY_POLL_SECONDS": "0.2",
+        "OUTBOX_HEARTBEAT_SECONDS": "0.2",
+    }
+    with processes(tmp_path, **env) as procs:
+        relays = [procs.relay("one"), procs.relay("two")]
+        run = wait_until(
+            lambda: JobRun.objects.filter(job="retention_purge", finished_at__isnull=False).first(),
+            timeout=60,
+            what="the purge's run",
+        )
+        # Both relays have looked at the schedule since: each has gone round its loop (and beaten,
+        # every 0.2 s) a second after the run ended.
+        after = run.finished_at + timedelta(seconds=1)
+        wait_until(
+            lambda: RelayHeartbeat.objects.filter(beat_at__gt=after).count() == 2,
+            timeout=60,
+            what="both relays to go round their loop again",
+        )
+        assert [r.stop() for r in relays] == [0, 0], [r.output()[-2000:] for r in relays]
+    assert run.outcome.startswith("ok: PurgeSummary("), run.outcome
+    assert "events=3," in run.outcome
+    assert run.runner in {"one", "two"}
+    assert JobRun.objects.count() == 1
+    assert not Event.objects.filter(id__in=ids).exists()

@@ -17,13 +17,14 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from core import services
-from core.models import Product
+from outbox import testing
 from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.eventlog.sealing import verify
-from outbox.models import Checkpoint, Delivery, Event, Pending, Seal
-from outbox.testing import deliver
-from tests.outbox.helpers import conninfo
+from outbox.models import Checkpoint, Dedupe, Delivery, Event, Pending, Seal
+from outbox.relay.routing import consumers_for
+from tests.outbox.helpers import as_role
+from tests.outbox_app import services
+from tests.outbox_app.models import Item
 from tests.processes import database_url, manage_run, processes
 from tests.smtp import smtp_server
 from tooling.processes import wait_until
@@ -33,34 +34,24 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LONG_GRACE = timedelta(days=1)
 
 
-@pytest.fixture
-def app_role() -> str:
-    """A login role that owns nothing, with exactly the grants of `outbox_grants --apply`."""
-    role = f"{connection.settings_dict['NAME']}_app"[:63]
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
-        if cursor.fetchone() is None:
-            cursor.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-    call_command("outbox_grants", role=role, apply=True, stdout=StringIO())
-    return role
-
-
-def as_role(role: str) -> psycopg.Connection:
-    return psycopg.connect(conninfo() + f" user={role}", autocommit=True)
-
-
 def settle_all() -> list[int]:
-    """Relay nothing, but handle every event as the consumers would: done, applied and sealed."""
+    """Relay nothing, but handle every event as the consumers would: done, applied and sealed
+    (the stocktake applies the stock events; the journal takes and seals every event)."""
     ids = list(Event.objects.order_by("id").values_list("id", flat=True))
     Pending.objects.filter(event_id__in=ids).delete()
-    deliver("inventory", [i for i in ids if Event.objects.get(pk=i).aggregate_type == "product"])
-    deliver("audit_log", ids)
+    stock = [e.id for e in Event.objects.order_by("id") if "stocktake" in consumers_for(e.event_type)]
+    testing.deliver("stocktake", stock)
+    testing.deliver("journal", ids)
     return ids
+
+
+def item_create(sku: str, name: str = "Item") -> Item:
+    return Item.objects.create(sku=sku, name=name, price=Decimal("10.00"))
 
 
 def a_sealed_log() -> list[int]:
     for i in range(3):
-        services.customer_create(name=f"C{i}", email=f"c{i}@example.com")
+        item_create(f"C-{i}", f"C{i}")
     ids = settle_all()
     assert checkpoint_take() is not None
     return ids
@@ -106,7 +97,7 @@ def test_the_app_role_can_neither_change_nor_empty_nor_unguard_the_event_log(app
 
 def test_no_session_setting_opens_the_guard_for_anyone(app_role: str) -> None:
     """0005 let `SET LOCAL outbox.purge = on` delete an unpublished event with its pending row."""
-    services.customer_create(name="Ada", email="ada@example.com")
+    item_create("ADA-1", "Ada")
     event = Event.objects.get()
     with as_role(app_role) as intruder, pytest.raises(psycopg.errors.InsufficientPrivilege), intruder.transaction():
         intruder.execute("SET LOCAL outbox.purge = 'on'")
@@ -130,7 +121,7 @@ def test_no_session_setting_opens_the_guard_for_anyone(app_role: str) -> None:
 
 def test_the_app_role_purges_only_settled_events_through_the_owners_function(app_role: str) -> None:
     ids = a_sealed_log()
-    services.customer_create(name="Late", email="late@example.com")
+    item_create("LATE-1", "Late")
     unsettled = Event.objects.order_by("-id").values_list("id", flat=True)[0]
     with as_role(app_role) as app:
         row = app.execute("SELECT outbox_purge_events(%s::bigint[])", [[*ids[:2], unsettled]]).fetchone()
@@ -156,80 +147,79 @@ def test_outbox_purge_runs_as_the_app_role(app_role: str, tmp_path: Path) -> Non
     assert kinds(unsealed_grace=LONG_GRACE) == []
 
 
-def forge_receipt(role: str, product: Product, quantity: int) -> int:
-    """Insert a stock receipt's event by SQL, as an intruder holding the app role would."""
+def forge_restock(role: str, item: Item, quantity: int) -> int:
+    """Insert a restock's event by SQL, as an intruder holding the app role would."""
     with as_role(role) as intruder, intruder.transaction():
         version = intruder.execute(
-            "INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version) VALUES ('product', %s, 1) "
+            "INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version) VALUES ('item', %s, 1) "
             "ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = a.version + 1 RETURNING version",
-            [str(product.pk)],
+            [str(item.pk)],
         ).fetchone()
         assert version is not None
-        payload = {"state": {"id": 999_999, "product_id": product.pk, "quantity": quantity, "note": ""}}
+        payload = {"state": {"id": 999_999, "item_id": item.pk, "quantity": quantity}}
         row = intruder.execute(
             "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor,"
-            " correlation_id, source) VALUES (gen_random_uuid(), 'stock.received', 'product', %s, %s, %s, "
+            " correlation_id, source) VALUES (gen_random_uuid(), 'item.restocked', 'item', %s, %s, %s, "
             "'user:admin', 'c0ffee', 'admin') RETURNING id",
-            [str(product.pk), version[0], json.dumps(payload)],
+            [str(item.pk), version[0], json.dumps(payload)],
         ).fetchone()
         assert row is not None
         intruder.execute(
             "INSERT INTO outbox_pending (event_id, type, claimed_by, claims) VALUES (%s, %s, '', 0)",
-            [
-                row[0],
-                "stock.received",
-            ],
+            [row[0], "item.restocked"],
         )
     return int(row[0])
 
 
 def test_an_event_inserted_by_sql_is_refused_not_applied_and_not_sealed(app_role: str) -> None:
-    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
-    services.stock_receive(sku="KB-1", quantity=5)
+    item = item_create("KB-1", "Keyboard")
+    services.restock(item=item, quantity=5)
     settle_all()
-    forged = forge_receipt(app_role, product, 500)
+    forged = forge_restock(app_role, item, 500)
     # A copy of a real event's facts and tag under a new event id does not verify either.
     with as_role(app_role) as intruder, intruder.transaction():
-        intruder.execute("UPDATE outbox_aggregate SET version = version + 1 WHERE aggregatetype = 'product'")
+        intruder.execute("UPDATE outbox_aggregate SET version = version + 1 WHERE aggregatetype = 'item'")
         copied = intruder.execute(
             "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor,"
             " correlation_id, source, tag) SELECT gen_random_uuid(), e.type, e.aggregatetype, e.aggregateid,"
             " a.version, e.payload, e.actor, e.correlation_id, e.source, e.tag FROM outbox_event e JOIN"
-            " outbox_aggregate a USING (aggregatetype, aggregateid) WHERE e.type = 'stock.received' AND e.id <> %s "
+            " outbox_aggregate a USING (aggregatetype, aggregateid) WHERE e.type = 'item.restocked' AND e.id <> %s "
             "RETURNING id",
             [forged],
         ).fetchone()
     assert copied is not None
-    deliver("inventory", [forged, copied[0]])
-    deliver("audit_log", [forged, copied[0]])
-    product.refresh_from_db()
-    assert product.stock == 5
+    testing.deliver("stocktake", [forged, copied[0]])
+    testing.deliver("journal", [forged, copied[0]])
+    item.refresh_from_db()
+    assert item.stock == 5
     for event_id in (forged, copied[0]):
-        for consumer in ("inventory", "audit_log"):
+        for consumer in ("stocktake", "journal"):
             delivery = Delivery.objects.get(event_id=event_id, consumer=consumer)
             assert delivery.status == "dead"
             assert "was not written by the outbox's writer" in delivery.last_error
     assert not Seal.objects.filter(event_id__in=[forged, copied[0]]).exists()
-    # The product's later events still apply and seal: the chain goes past the refused row.
-    services.stock_receive(sku="KB-1", quantity=2)
+    # The item's later events still apply and seal: the chain goes past the refused row.
+    services.restock(item=item, quantity=2)
     settle_all()
-    product.refresh_from_db()
-    assert product.stock == 7
+    item.refresh_from_db()
+    assert item.stock == 7
     problems = verify(unsealed_grace=LONG_GRACE).problems or []
     assert sorted((p.kind, p.event_id) for p in problems) == [("forged", forged), ("forged", copied[0])]
 
 
 def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: str, tmp_path: Path) -> None:
-    """Relay and worker processes connected as the role that owns nothing: every consumer works,
-    seals and checkpoints are written, and a forged row is refused by the real worker."""
+    """Relay and worker processes connected as the role that owns nothing: every consumer works
+    (transactional and external), seals and checkpoints are written, and a forged row is refused
+    by the real worker."""
     import redis
     from django.conf import settings
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    customer = services.customer_create(name="Ada", email="ada@example.com")
-    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
-    services.stock_receive(sku="KB-1", quantity=5)
+    item = item_create("KB-1", "Keyboard")
+    services.restock(item=item, quantity=5)
     app_url = database_url().replace("postgres://postgres@", f"postgres://{app_role}@")
+    routed = consumers_for("item.restocked")
+    assert {"stocktake", "journal", "outbox_seal"} <= set(routed)
     with smtp_server() as mail:
         env = {
             "DATABASE_URL": app_url,
@@ -243,26 +233,27 @@ def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: 
         with processes(tmp_path, **env) as procs:
             procs.relay("r1")
             procs.worker()
-            order = services.order_create(customer=customer, lines=[services.LineRequest("KB-1", 2)], place=True)
-            forged = forge_receipt(app_role, product, 500)
+            shipment = services.shipment_create(recipient="ada@example.com", lines=[(item, 2)], send=True)
+            forged = forge_restock(app_role, item, 500)
 
             def settled() -> bool:
                 return (
                     not Pending.objects.exists()
                     and Delivery.objects.filter(status="published").count() == 0
-                    and Delivery.objects.filter(event_id=forged, status="dead").count() == 3  # stock, audit, seal
+                    and Delivery.objects.filter(event_id=forged, status="dead").count() == len(routed)
                 )
 
             wait_until(settled, timeout=60, what="every delivery to be done or dead")
-            wait_until(lambda: mail.count() == 1, timeout=30, what="the order's confirmation")
+            wait_until(lambda: mail.count() == 1, timeout=30, what="the shipment's notice")
             wait_until(
                 lambda: Checkpoint.objects.filter(last_event_id__gte=forged - 1).exists(),
                 timeout=30,
                 what="a checkpoint from the relay",
             )
-    product.refresh_from_db()
-    assert product.stock == 3
-    assert Delivery.objects.filter(event__aggregate_id=str(order.pk), status="done").count() >= 2
+    item.refresh_from_db()
+    assert item.stock == 3
+    assert Delivery.objects.filter(event__aggregate_id=str(shipment.pk), status="done").count() >= 2
+    assert Dedupe.objects.get(consumer="courier").status == Dedupe.Status.SENT
     assert not Seal.objects.filter(event_id=forged).exists()
     assert set(Delivery.objects.exclude(event_id=forged).values_list("status", flat=True)) == {"done"}
     assert sorted((p.kind, p.event_id) for p in verify(unsealed_grace=LONG_GRACE).problems or []) == [
@@ -315,9 +306,9 @@ def test_verify_names_a_log_its_owner_emptied() -> None:
 
 def test_verify_names_a_tail_cut_with_its_seal_and_counter() -> None:
     """The owner turns the guards off and removes an aggregate's last event, its seal and one count."""
-    customer = services.customer_create(name="Ada", email="ada@example.com")
-    customer.name = "Ada L."
-    customer.save()
+    item = item_create("ADA-1", "Ada")
+    item.name = "Ada L."
+    item.save()
     settle_all()
     checkpoint_take()
     last = Event.objects.order_by("-aggregate_version").first()
@@ -343,7 +334,7 @@ def test_a_forged_checkpoint_is_named_and_never_built_on(app_role: str) -> None:
             "VALUES (1000000, 1000000, now(), '', repeat('0', 64))"
         )
     assert kinds() == ["forged_checkpoint"]
-    services.customer_create(name="Next", email="next@example.com")
+    item_create("NEXT-1", "Next")
     settle_all()
     taken = checkpoint_take()
     assert taken is not None
@@ -366,22 +357,22 @@ def test_outbox_verify_json_says_ok_and_prints_the_checkpoint_to_keep() -> None:
 
 def test_events_written_before_tags_existed_are_tagged_by_the_migration() -> None:
     """An existing database keeps working: 0010 tags the events already there, as the owner."""
-    customer = services.customer_create(name="Ada", email="ada@example.com")
+    item = item_create("ADA-1", "Ada")
     call_command("migrate", "outbox", "0009", verbosity=0)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, "
-                "actor, correlation_id, source) VALUES (gen_random_uuid(), 'customer.updated', 'customer', %s, 2, "
+                "actor, correlation_id, source) VALUES (gen_random_uuid(), 'item.updated', 'item', %s, 2, "
                 "'{\"state\": {\"price\": 1.0, \"n\": 2}}', 'system', 'c', 'command:shell')",
-                [str(customer.pk)],
+                [str(item.pk)],
             )
     finally:
         call_command("migrate", "outbox", verbosity=0)
     old = Event.objects.order_by("id")
     assert all(len(event.tag) == 64 for event in old)
     Pending.objects.all().delete()
-    deliver("audit_log", [event.id for event in old])
+    testing.deliver("journal", [event.id for event in old])
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
     assert kinds(unsealed_grace=LONG_GRACE) == []
 
@@ -389,37 +380,36 @@ def test_events_written_before_tags_existed_are_tagged_by_the_migration() -> Non
 ADMIN_SCRIPT = """
 from django.contrib.auth.models import User
 from django.test import Client
-from core.models import Order, Product
 from outbox.models import Event
+from tests.outbox_app.models import Item
 
 user = User.objects.create_superuser("app-admin", "a@example.com", "pw")
 client = Client()
 client.force_login(user)
-product = Product.objects.get(sku="KB-1")
-response = client.post("/admin/core/order/add/", {
-    "customer": "CUSTOMER_ID", "status": "placed",
+item = Item.objects.get(sku="KB-1")
+response = client.post("/admin/outbox_app/shipment/add/", {
+    "recipient": "ada@example.com", "status": "sent",
     "lines-TOTAL_FORMS": "1", "lines-INITIAL_FORMS": "0", "lines-MIN_NUM_FORMS": "0", "lines-MAX_NUM_FORMS": "1000",
-    "lines-0-product": str(product.pk), "lines-0-quantity": "2", "lines-0-unit_price": "",
+    "lines-0-item": str(item.pk), "lines-0-quantity": "2",
 })
 assert response.status_code == 302, response.content.decode()[:3000]
-for url in ("/admin/core/order/", "/admin/outbox/event/", "/admin/outbox/delivery/", "/admin/outbox/dashboard/"):
+pages = ("/admin/outbox_app/shipment/", "/admin/outbox/event/", "/admin/outbox/delivery/", "/admin/outbox/dashboard/")
+for url in pages:
     assert client.get(url).status_code == 200, url
-print("EVENTS", Event.objects.filter(aggregate_type="order").count())
+print("EVENTS", Event.objects.filter(aggregate_type="shipment").count())
 """
 
 
 def test_the_admin_works_as_the_app_role(app_role: str) -> None:
-    """A business user's save through the admin, on a connection of the role that owns nothing."""
-    customer = services.customer_create(name="Ada", email="ada@example.com")
-    services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
+    """A user's save through the admin, on a connection of the role that owns nothing."""
+    item_create("KB-1", "Keyboard")
     env = {
         "DJANGO_SETTINGS_MODULE": "settings.test",
         "DATABASE_URL": database_url().replace("postgres://postgres@", f"postgres://{app_role}@"),
         "PATH": "/usr/bin:/bin",
     }
     env["ALLOWED_HOSTS"] = "testserver"
-    script = ADMIN_SCRIPT.replace("CUSTOMER_ID", str(customer.pk))
-    result = manage_run("shell", "-c", script, env=env, timeout=120)
+    result = manage_run("shell", "-c", ADMIN_SCRIPT, env=env, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "EVENTS 2" in result.stdout
 
@@ -460,46 +450,45 @@ def test_the_tag_survives_what_jsonb_does_to_a_payload() -> None:
 
 
 def test_a_copy_of_a_purged_event_is_refused(app_role: str) -> None:
-    """Purge a receipt's event, then insert it again with its own UUID and tag: it was sealed once."""
-    product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
-    receipt = services.stock_receive(sku="KB-1", quantity=5)
+    """Purge a restock's event, then insert it again with its own UUID and tag: it was sealed once."""
+    item = item_create("KB-1", "Keyboard")
+    restock = services.restock(item=item, quantity=5)
     settle_all()
-    received = Event.objects.get(event_type="stock.received")
-    receipt.delete()
+    received = Event.objects.get(event_type="item.restocked")
+    restock.delete()
     settle_all()
-    product.refresh_from_db()
-    assert product.stock == 0
+    item.refresh_from_db()
+    assert item.stock == 0
     with as_role(app_role) as intruder:
         assert intruder.execute("SELECT outbox_purge_events(%s::bigint[])", [[received.id]]).fetchone() == (1,)
         with intruder.transaction():
             intruder.execute(
-                "UPDATE outbox_aggregate SET version = version + 1 "
-                "WHERE aggregatetype = 'product' AND aggregateid = %s",
-                [str(product.pk)],
+                "UPDATE outbox_aggregate SET version = version + 1 WHERE aggregatetype = 'item' AND aggregateid = %s",
+                [str(item.pk)],
             )
             row = intruder.execute(
                 "INSERT INTO outbox_event (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, "
-                "actor, correlation_id, source, tag) SELECT %s, %s, 'product', %s, a.version, %s, %s, %s, %s, %s "
-                "FROM outbox_aggregate a WHERE aggregatetype = 'product' AND aggregateid = %s RETURNING id",
+                "actor, correlation_id, source, tag) SELECT %s, %s, 'item', %s, a.version, %s, %s, %s, %s, %s "
+                "FROM outbox_aggregate a WHERE aggregatetype = 'item' AND aggregateid = %s RETURNING id",
                 [
                     received.event_id,
                     received.event_type,
-                    str(product.pk),
+                    str(item.pk),
                     json.dumps(received.payload),
                     received.actor,
                     received.correlation_id,
                     received.source,
                     received.tag,
-                    str(product.pk),
+                    str(item.pk),
                 ],
             ).fetchone()
     assert row is not None
     copy = row[0]
-    deliver("inventory", [copy])
-    deliver("audit_log", [copy])
-    product.refresh_from_db()
-    assert product.stock == 0
-    delivery = Delivery.objects.get(event_id=copy, consumer="inventory")
+    testing.deliver("stocktake", [copy])
+    testing.deliver("journal", [copy])
+    item.refresh_from_db()
+    assert item.stock == 0
+    delivery = Delivery.objects.get(event_id=copy, consumer="stocktake")
     assert (delivery.status, f"is a copy of event {received.id}") == ("dead", f"is a copy of event {received.id}")
     assert f"is a copy of event {received.id}" in delivery.last_error
     assert not Seal.objects.filter(event_id=copy).exists()
@@ -517,7 +506,7 @@ def test_the_app_role_cannot_add_a_seal_for_an_event_the_log_does_not_hold(app_r
             "CASE WHEN %s THEN now() END)",
             [purged],
         )
-    services.customer_create(name="Next", email="next@example.com")
+    item_create("NEXT-1", "Next")
     settle_all()
     assert checkpoint_take() is not None
     assert kinds() == []
@@ -525,15 +514,15 @@ def test_the_app_role_cannot_add_a_seal_for_an_event_the_log_does_not_hold(app_r
 
 def test_an_event_never_delivered_is_not_purged_even_once_sealed(app_role: str) -> None:
     """The app role drops an event from the relay's queue; a later event of its aggregate seals it."""
-    customer = services.customer_create(name="Ada", email="ada@example.com")
+    item = item_create("ADA-1", "Ada")
     first = Event.objects.get()
     with as_role(app_role) as intruder:
         intruder.execute("DELETE FROM outbox_pending WHERE event_id = %s", [first.id])
-    customer.name = "Ada L."
-    customer.save()
+    item.name = "Ada L."
+    item.save()
     second = Event.objects.exclude(pk=first.id).get()
     Pending.objects.filter(event_id=second.id).delete()
-    deliver("audit_log", [second.id])
+    testing.deliver("journal", [second.id])
     assert Seal.objects.filter(event_id=first.id).exists()
     with as_role(app_role) as intruder:
         assert intruder.execute("SELECT outbox_purge_events(%s::bigint[])", [[first.id]]).fetchone() == (0,)
@@ -558,7 +547,7 @@ def test_outbox_grants_takes_create_on_the_schema_from_the_app_role(app_role: st
 def test_verify_names_checkpoints_that_stopped(settings: object) -> None:
     """A relay that takes none (stopped, or blocked by a lock another session holds) is named."""
     a_sealed_log()
-    services.customer_create(name="Late", email="late@example.com")
+    item_create("LATE-1", "Late")
     settle_all()
     settings.OUTBOX_CHECKPOINT_SECONDS = 0.01  # type: ignore[attr-defined]
     time.sleep(0.3)

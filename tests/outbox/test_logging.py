@@ -11,7 +11,7 @@ from tests.processes import manage_run
 LOG_SCRIPT = """
 import logging
 log = logging.getLogger("outbox.example")
-log.warning("Delivery of %s failed", "event 7", extra={"event_id": 7, "consumer": "inventory"})
+log.warning("Delivery of %s failed", "event 7", extra={"event_id": 7, "consumer": "stocktake"})
 try:
     1 / 0
 except ZeroDivisionError:
@@ -33,7 +33,7 @@ def test_log_format_json_writes_one_object_per_line_with_extra_fields() -> None:
     assert warning["level"] == "WARNING"
     assert warning["logger"] == "outbox.example"
     assert warning["message"] == "Delivery of event 7 failed"
-    assert (warning["event_id"], warning["consumer"]) == (7, "inventory")
+    assert (warning["event_id"], warning["consumer"]) == (7, "stocktake")
     assert warning["time"].endswith("+00:00")
     assert error["level"] == "ERROR"
     assert "ZeroDivisionError: division by zero" in error["exception"]

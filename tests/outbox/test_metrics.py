@@ -14,10 +14,10 @@ from django.test.utils import override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from core import services
 from outbox.consume.drops import message_drop_count
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, JobRun, MessageDrop, Pending, RelayHeartbeat
+from tests.outbox_app.models import Item
 from tests.processes import processes
 from tooling.processes import free_port, wait_until
 
@@ -36,7 +36,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def make_events(n: int) -> list[Event]:
     for i in range(n):
-        services.customer_create(name=f"M{i}", email=f"metrics{i}@example.com")
+        Item.objects.create(sku=f"METRICS-{i}", name=f"M{i}", price=1)
     events_flush()
     return list(Event.objects.order_by("id"))
 
@@ -77,7 +77,7 @@ def test_metrics_report_backlog_deliveries_relays_jobs_and_consumer_latency(admi
     for event, lag in zip(events[:3], (1.0, 2.0, 30.0), strict=True):
         Delivery.objects.create(
             event_id=event.id,
-            consumer="inventory",
+            consumer="stocktake",
             status="done",
             publications=1,
             attempts=1,
@@ -85,28 +85,28 @@ def test_metrics_report_backlog_deliveries_relays_jobs_and_consumer_latency(admi
             started_at=event.created_at + timedelta(seconds=lag),
             done_at=timezone.now(),
         )
-    Delivery.objects.create(event_id=events[3].id, consumer="email", status="dead", publications=1)
+    Delivery.objects.create(event_id=events[3].id, consumer="courier", status="dead", publications=1)
     now = timezone.now()
     RelayHeartbeat.objects.create(name="r1", host="h1", pid=7, started_at=now, beat_at=now, events_relayed=42)
-    JobRun.objects.create(job="sales_summary", period="2026-01-01", runner="r1", finished_at=now, outcome="failed: x")
+    JobRun.objects.create(job="nightly_digest", period="2026-01-01", runner="r1", finished_at=now, outcome="failed: x")
 
-    with override_settings(OUTBOX_PERIODIC_JOBS={"sales_summary": {"callable": "x.y", "daily_at": "06:00"}}):
+    with override_settings(OUTBOX_PERIODIC_JOBS={"nightly_digest": {"callable": "x.y", "daily_at": "06:00"}}):
         response = admin_client.get("/metrics")
 
     assert response.status_code == 200
     found = samples(response.content.decode())
     assert found[("outbox_backlog_events", ())] == 1
     assert found[("outbox_oldest_pending_age_seconds", ())] >= 0
-    assert found[("outbox_deliveries", (("consumer", "email"), ("status", "dead")))] == 1
-    assert found[("outbox_deliveries", (("consumer", "email"), ("status", "published")))] == 0
+    assert found[("outbox_deliveries", (("consumer", "courier"), ("status", "dead")))] == 1
+    assert found[("outbox_deliveries", (("consumer", "courier"), ("status", "published")))] == 0
     assert found[("outbox_relay_events_relayed_total", (("host", "h1"), ("relay", "r1")))] == 42
     assert found[("outbox_relay_heartbeat_age_seconds", (("host", "h1"), ("relay", "r1")))] < 30
     assert found[("outbox_relays_live", ())] == 1
-    assert found[("outbox_job_last_run_failed", (("job", "sales_summary"),))] == 1
+    assert found[("outbox_job_last_run_failed", (("job", "nightly_digest"),))] == 1
     assert found[("outbox_attention", ())] == 2  # the dead delivery and the failed job
-    assert found[("outbox_consumer_latency_p50_seconds", (("consumer", "inventory"),))] == pytest.approx(2.0)
-    assert found[("outbox_consumer_latency_p99_seconds", (("consumer", "inventory"),))] == pytest.approx(30.0)
-    assert found[("outbox_consumer_latency_sample_deliveries", (("consumer", "inventory"),))] == 3
+    assert found[("outbox_consumer_latency_p50_seconds", (("consumer", "stocktake"),))] == pytest.approx(2.0)
+    assert found[("outbox_consumer_latency_p99_seconds", (("consumer", "stocktake"),))] == pytest.approx(30.0)
+    assert found[("outbox_consumer_latency_sample_deliveries", (("consumer", "stocktake"),))] == 3
 
 
 @pytest.mark.django_db
@@ -133,7 +133,7 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
         relay = procs.relay("r1")
         worker = procs.worker()
         wait_until(
-            lambda: Delivery.objects.filter(consumer="audit_log", status="done").count() == 3,
+            lambda: Delivery.objects.filter(consumer="journal", status="done").count() == 3,
             timeout=90,
             what="the worker",
         )
@@ -145,7 +145,7 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
             except OSError:
                 return {}
 
-        labels = (("actor_name", "audit_log"), ("queue_name", "audit"))
+        labels = (("actor_name", "journal"), ("queue_name", "journal"))
         found = wait_until(
             lambda: (metrics := scrape()).get(("dramatiq_messages_total", labels)) and metrics,
             timeout=60,
@@ -160,15 +160,15 @@ def test_worker_serves_dramatiq_metrics_when_enabled(tmp_path: Path) -> None:
 @pytest.mark.django_db
 def test_metrics_count_the_messages_workers_dropped_and_the_ids_that_named_no_event(admin_client: Client) -> None:
     """Each worker's drops add up in the database, so any web process reports them all."""
-    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
-    message_drop_count(consumer="inventory", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
-    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.OVERSIZED)
-    message_drop_count(consumer="audit_log", reason=MessageDrop.Reason.UNKNOWN_EVENTS, events=5000)
+    message_drop_count(consumer="stocktake", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="stocktake", reason=MessageDrop.Reason.MALFORMED, detail="it does not decode")
+    message_drop_count(consumer="journal", reason=MessageDrop.Reason.OVERSIZED)
+    message_drop_count(consumer="journal", reason=MessageDrop.Reason.UNKNOWN_EVENTS, events=5000)
     found = samples(admin_client.get("/metrics").content.decode())
     dropped = "outbox_consumer_messages_dropped_total"
-    assert found[(dropped, (("consumer", "inventory"), ("reason", "malformed")))] == 2
-    assert found[(dropped, (("consumer", "audit_log"), ("reason", "oversized")))] == 1
-    assert found[("outbox_consumer_unknown_events_total", (("consumer", "audit_log"),))] == 5000
+    assert found[(dropped, (("consumer", "stocktake"), ("reason", "malformed")))] == 2
+    assert found[(dropped, (("consumer", "journal"), ("reason", "oversized")))] == 1
+    assert found[("outbox_consumer_unknown_events_total", (("consumer", "journal"),))] == 5000
 
 
 @pytest.mark.django_db

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from django.db import transaction
 
-from core import services
 from tests.outbox.helpers import conninfo
+from tests.outbox_app.models import Item
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,11 +17,11 @@ def test_commit_notifies_once_and_rollback_not_at_all() -> None:
     with psycopg.connect(conninfo(), autocommit=True) as listener:
         listener.execute("LISTEN outbox_event")
         with pytest.raises(RuntimeError), transaction.atomic():
-            services.product_create(sku="N-0", name="rolled back", price=Decimal("1"))
+            Item.objects.create(sku="N-0", name="rolled back", price=Decimal("1"))
             raise RuntimeError("roll back")
         with transaction.atomic():
             for i in range(3):
-                services.product_create(sku=f"N-{i + 1}", name="committed", price=Decimal("1"))
+                Item.objects.create(sku=f"N-{i + 1}", name="committed", price=Decimal("1"))
         heard = list(listener.notifies(timeout=5, stop_after=1))
         assert [n.channel for n in heard] == ["outbox_event"]
         assert list(listener.notifies(timeout=0.5)) == []

@@ -9,12 +9,12 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from core import services
+from outbox import testing
 from outbox.eventlog.purge import parse_age, purge_settled
 from outbox.eventlog.sealing import verify
 from outbox.models import Delivery, Event, Pending, Replay, Seal
-from outbox.testing import deliver
 from tests.outbox.helpers import events
+from tests.outbox_app.models import Item
 from tests.processes import database_url, manage_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def registered(n: int) -> list[int]:
     for i in range(n):
-        services.customer_create(name=f"C{i}", email=f"c{i}@example.com")
+        Item.objects.create(sku=f"C-{i}", name=f"C{i}", price=1)
     return list(Event.objects.order_by("id").values_list("id", flat=True))
 
 
 def settle(ids: list[int]) -> None:
-    """As if relayed and handled: not pending, done, sealed (the audit consumer seals)."""
+    """As if relayed and handled: not pending, done, sealed (the journal consumer seals)."""
     Pending.objects.filter(event_id__in=ids).delete()
-    deliver("audit_log", ids)
+    testing.deliver("journal", ids)
 
 
 def behind_the_back(sql: str, params: list[Any] | None = None) -> None:
@@ -67,9 +67,9 @@ def test_seals_and_replay_records_cannot_be_changed_either() -> None:
 
 def test_verify_passes_on_an_untouched_log_and_names_an_edited_event() -> None:
     ids = registered(3)
-    services.customer_create(name="D", email="d@example.com")
-    customer_events = list(Event.objects.order_by("id").values_list("id", flat=True))
-    settle(customer_events)
+    Item.objects.create(sku="D-1", name="D", price=1)
+    item_events = list(Event.objects.order_by("id").values_list("id", flat=True))
+    settle(item_events)
     assert verify().problems == []
     behind_the_back("UPDATE outbox_event SET actor = 'user:mallory' WHERE id = %s", [ids[1]])
     problems = verify().problems or []
@@ -78,10 +78,10 @@ def test_verify_passes_on_an_untouched_log_and_names_an_edited_event() -> None:
 
 
 def test_verify_names_a_removed_event_and_versions_removed_before_sealing() -> None:
-    customer = services.customer_create(name="A", email="a@example.com")
+    item = Item.objects.create(sku="A-1", name="A", price=1)
     for i in range(3):
-        customer.name = f"A{i}"
-        customer.save()
+        item.name = f"A{i}"
+        item.save()
     ids = list(Event.objects.order_by("aggregate_version").values_list("id", flat=True))
     settle(ids[:2])  # versions 1 and 2 sealed; 3 and 4 not yet
     behind_the_back("DELETE FROM outbox_event WHERE id = ANY(%s)", [[ids[1], ids[2]]])
@@ -91,12 +91,12 @@ def test_verify_names_a_removed_event_and_versions_removed_before_sealing() -> N
         ("unsealed", ids[3], 4),
     ]
     assert [str(p) for p in problems if p.kind == "missing_versions"] == [
-        f"MISSING_VERSIONS: (customer:{customer.pk}): versions 3..3 have neither an event nor a seal: removed"
+        f"MISSING_VERSIONS: (item:{item.pk}): versions 3..3 have neither an event nor a seal: removed"
     ]
     # The consumer refuses to seal past the gap, and says where to look.
     Pending.objects.all().delete()
-    deliver("audit_log", [ids[3]])
-    delivery = Delivery.objects.get(event_id=ids[3], consumer="audit_log")
+    testing.deliver("journal", [ids[3]])
+    delivery = Delivery.objects.get(event_id=ids[3], consumer="journal")
     assert delivery.status == "dead"
     assert "outbox_verify" in delivery.last_error
 
@@ -119,7 +119,7 @@ def test_purge_deletes_only_settled_events_archives_them_and_the_chain_still_ver
     ids = registered(5)
     settle(ids[:3])
     Pending.objects.filter(event_id=ids[3]).delete()
-    Delivery.objects.create(event_id=ids[3], consumer="audit_log", status="dead", last_error="boom")
+    Delivery.objects.create(event_id=ids[3], consumer="journal", status="dead", last_error="boom")
     # ids[4] is still pending.
     archive = tmp_path / "archive.jsonl"
     dry = purge_settled(older_than=timedelta(0), dry_run=True)

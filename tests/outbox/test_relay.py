@@ -14,11 +14,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core import services
-from core.models import Customer
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Pending
+from outbox.relay.routing import consumers_for
 from tests.outbox.helpers import committed_count, conninfo
+from tests.outbox_app.models import Item
 from tests.processes import private_redis, processes
 from tooling.processes import wait_until
 
@@ -35,23 +35,28 @@ def empty_queues() -> None:
 
 
 def make_events(n: int) -> list[int]:
-    """Commit `n` customer registrations; return their event ids."""
+    """Commit `n` new items (an item.created event each); return their event ids."""
     for i in range(n):
-        services.customer_create(name=f"C{i}", email=f"c{i}-{id(object())}@example.com")
+        Item.objects.create(sku=f"C{i}-{id(object())}", name=f"C{i}", price=1)
     with connection.cursor() as cursor:
         cursor.execute("SELECT id FROM outbox_event ORDER BY id")
         return [row[0] for row in cursor.fetchall()]
 
 
-def queued_event_ids(url: str = REDIS_DB_URL, queue: str = "audit") -> Counter[int]:
-    """Count, per event id, the messages waiting in a Dramatiq Redis queue."""
+def queued_event_ids(url: str = REDIS_DB_URL, queue: str = "journal") -> Counter[int]:
+    """Count, per event id, the messages waiting in a Dramatiq Redis queue (the journal's)."""
     client = redis.Redis.from_url(url)
     counts: Counter[int] = Counter()
     for raw in client.hvals(f"dramatiq:{queue}.msgs"):
         message = json.loads(raw)
-        assert message["actor_name"] == "audit_log"
+        assert message["actor_name"] == "journal"
         counts.update(message["args"][0])
     return counts
+
+
+def journal_lines(log: str, event_id: int) -> int:
+    """Count the journal consumer's lines for the event in a worker's output."""
+    return log.count(f"Journal entry for event {event_id}.")
 
 
 def test_relay_publishes_every_committed_event_once_and_records_it(tmp_path: Path) -> None:
@@ -63,10 +68,10 @@ def test_relay_publishes_every_committed_event_once_and_records_it(tmp_path: Pat
     assert "Relayed 30 events in 5 batches." in relay.output()
     assert committed_count("outbox_pending") == 0
     assert queued_event_ids() == Counter(dict.fromkeys(ids, 1))
-    rows = list(
-        Delivery.objects.exclude(consumer="outbox_seal").values_list("event_id", "consumer", "status", "publications")
-    )
-    assert sorted(rows) == [(i, "audit_log", "published", 1) for i in ids]
+    routed = consumers_for("item.created")
+    assert {"journal", "outbox_seal"} <= set(routed)
+    rows = list(Delivery.objects.values_list("event_id", "consumer", "status", "publications"))
+    assert sorted(rows) == sorted((i, consumer, "published", 1) for i in ids for consumer in routed)
 
 
 def test_four_relays_share_one_backlog_without_duplicates(tmp_path: Path) -> None:
@@ -75,7 +80,7 @@ def test_four_relays_share_one_backlog_without_duplicates(tmp_path: Path) -> Non
     with processes(tmp_path, **FAST) as procs:
         relays = [procs.relay(f"r{n}", "--batch-size", "10") for n in range(4)]
         wait_until(lambda: all("started" in r.output() for r in relays), timeout=60, what="the relays to start")
-        Customer.objects.bulk_create(Customer(name=f"C{i}", email=f"bulk{i}@example.com") for i in range(3000))
+        Item.objects.bulk_create(Item(sku=f"BULK-{i}", name=f"C{i}", price=1) for i in range(3000))
         wait_until(lambda: committed_count("outbox_pending") == 0, timeout=120, what="the backlog to drain")
         codes = [r.stop(signal.SIGTERM) for r in relays]
     assert codes == [0, 0, 0, 0], [r.output()[-2000:] for r in relays]
@@ -98,7 +103,7 @@ def test_event_committed_late_with_a_lower_id_is_still_published(tmp_path: Path)
     def slow_transaction() -> None:
         try:
             with transaction.atomic():
-                services.customer_create(name="Slow", email="slow@example.com")
+                Item.objects.create(sku="SLOW-1", name="Slow", price=1)
                 events_flush()  # the event row, and its id, exist now; the commit comes later
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT max(id) FROM outbox_event")
@@ -144,7 +149,7 @@ def test_relay_killed_after_publishing_before_marking_loses_nothing(tmp_path: Pa
         wait_until(lambda: committed_count("outbox_pending") == 0, timeout=60, what="the second relay")
         assert second.stop() == 0
     assert queued_event_ids() == Counter(dict.fromkeys(ids, 2))
-    assert sorted(Delivery.objects.filter(consumer="audit_log").values_list("event_id", "publications")) == [
+    assert sorted(Delivery.objects.filter(consumer="journal").values_list("event_id", "publications")) == [
         (i, 2) for i in ids
     ]
 
@@ -205,18 +210,19 @@ def test_sweeper_republishes_a_lost_delivery_and_the_worker_applies_it_once(tmp_
         wait_until(lambda: len(queued_event_ids()) == 5, timeout=60, what="the sweeper's republication")
         worker = procs.worker()
         wait_until(
-            lambda: Delivery.objects.filter(consumer="audit_log", status="done").count() == 5,
+            lambda: Delivery.objects.filter(consumer="journal", status="done").count() == 5,
             timeout=90,
             what="the worker to finish",
         )
         assert relay.stop() == 0
         assert worker.stop() == 0
         log = worker.output()
-    assert "Republished 10 deliveries"  # to audit_log and outbox_seal in relay.output()
+    # Every routed consumer's delivery of the five events, in one sweep.
+    assert f"Republished {5 * len(consumers_for('item.created'))} deliveries" in relay.output()
     # Each records when the worker started it: the commit-to-consumer latency.
-    assert Delivery.objects.filter(consumer="audit_log", status="done", started_at__isnull=False).count() == 5
+    assert Delivery.objects.filter(consumer="journal", status="done", started_at__isnull=False).count() == 5
     for event_id in ids:
-        assert log.count(f'"id": {event_id},') == 1, f"audit line for event {event_id}"
+        assert journal_lines(log, event_id) == 1, f"journal line for event {event_id}"
     assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))
 
 
@@ -251,7 +257,7 @@ def test_sweeper_republishes_a_failed_delivery_whose_retry_never_came(tmp_path: 
     for event_id in ids:
         Delivery.objects.create(
             event_id=event_id,
-            consumer="audit_log",
+            consumer="journal",
             status="failed",
             publications=1,
             attempts=1,
@@ -264,7 +270,7 @@ def test_sweeper_republishes_a_failed_delivery_whose_retry_never_came(tmp_path: 
         relay = procs.relay("r1")
         worker = procs.worker()
         wait_until(
-            lambda: Delivery.objects.filter(consumer="audit_log", status="done").count() == 2,
+            lambda: Delivery.objects.filter(consumer="journal", status="done").count() == 2,
             timeout=60,
             what="the retry",
         )
@@ -282,7 +288,7 @@ def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_pa
     with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
         relay = procs.relay("r1")
         wait_until(
-            lambda: Delivery.objects.filter(consumer="audit_log", status="published").count() == 3,
+            lambda: Delivery.objects.filter(consumer="journal", status="published").count() == 3,
             timeout=60,
             what="publication",
         )
@@ -309,7 +315,7 @@ def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_pa
         blocker.rollback()
         survivor = procs.worker("survivor")
         wait_until(
-            lambda: Delivery.objects.filter(consumer="audit_log", status="done").count() == 3,
+            lambda: Delivery.objects.filter(consumer="journal", status="done").count() == 3,
             timeout=90,
             what="redelivery",
         )
@@ -317,6 +323,6 @@ def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_pa
         assert survivor.stop() == 0
     assert "Republished" in relay.output()
     for event_id in ids:
-        assert survivor.output().count(f'"id": {event_id},') == 1, f"audit line for event {event_id}"
-        assert f'"id": {event_id},' not in doomed.output()
+        assert journal_lines(survivor.output(), event_id) == 1, f"journal line for event {event_id}"
+        assert journal_lines(doomed.output(), event_id) == 0
     assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))

@@ -17,18 +17,18 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from core import services
-from core.models import Customer, Order, Product
 from outbox.models import Delivery, Event, Replay, ReplayItem
 from outbox.ops.replay import ReplayRefused, replay
 from tests.outbox.helpers import conninfo, events
+from tests.outbox_app import services
+from tests.outbox_app.models import Item, Shipment
 from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db
 
 DELIVERIES = "/admin/outbox/delivery/"
 EVENTS = "/admin/outbox/event/"
-QUEUES = {"audit_log": "audit", "inventory": "inventory", "email": "email"}
+QUEUES = {"journal": "journal", "stocktake": "stocktake", "courier": "courier"}
 
 
 @pytest.fixture(autouse=True)
@@ -53,10 +53,10 @@ def queued(consumer: str) -> Counter[int]:
 
 @dataclass
 class Outcomes:
-    """One order's events, delivered: the placement failed in inventory, the cancellation dead in
-    e-mail; everything done in the audit log."""
+    """One shipment's events, delivered: the sending failed in stocktake, the cancellation dead in
+    courier; the sending done in the journal."""
 
-    placed: Event
+    sent: Event
     cancelled: Event
     failed: Delivery
     dead: Delivery
@@ -64,19 +64,19 @@ class Outcomes:
 
 
 @pytest.fixture
-def outcomes(customer: Customer, products: list[Product]) -> Outcomes:
-    order = services.order_create(customer=customer, lines=[services.LineRequest("KB-001", 1)], place=True)
-    services.order_set_status(order=order, status=Order.Status.CANCELLED)
-    by_type = {e.event_type: e for e in events().filter(aggregate_type="order")}
-    placed, cancelled = by_type["order.placed"], by_type["order.cancelled"]
+def outcomes(items: list[Item]) -> Outcomes:
+    shipment = services.shipment_create(recipient="ada@example.com", lines=[(items[0], 1)], send=True)
+    services.shipment_set_status(shipment=shipment, status=Shipment.Status.CANCELLED)
+    by_type = {e.event_type: e for e in events().filter(aggregate_type="shipment")}
+    sent, cancelled = by_type["shipment.sent"], by_type["shipment.cancelled"]
     failed = Delivery.objects.create(
-        event=placed, consumer="inventory", status=Delivery.Status.FAILED, attempts=1, last_error="Deadlock"
+        event=sent, consumer="stocktake", status=Delivery.Status.FAILED, attempts=1, last_error="Deadlock"
     )
     dead = Delivery.objects.create(
-        event=cancelled, consumer="email", status=Delivery.Status.DEAD, attempts=6, last_error="SMTP down"
+        event=cancelled, consumer="courier", status=Delivery.Status.DEAD, attempts=6, last_error="SMTP down"
     )
-    done = Delivery.objects.create(event=placed, consumer="audit_log", status=Delivery.Status.DONE, attempts=1)
-    return Outcomes(placed=placed, cancelled=cancelled, failed=failed, dead=dead, done=done)
+    done = Delivery.objects.create(event=sent, consumer="journal", status=Delivery.Status.DONE, attempts=1)
+    return Outcomes(sent=sent, cancelled=cancelled, failed=failed, dead=dead, done=done)
 
 
 def operator_client(*, replay: bool) -> Client:
@@ -104,15 +104,15 @@ def test_replay_shows_what_it_will_send_and_sends_nothing_yet(admin_client: Clie
     assert response.status_code == 200
     content = response.content.decode()
     assert "3 deliveries selected" in content
-    assert "1 to email" in content
-    assert "1 to inventory" in content
+    assert "1 to courier" in content
+    assert "1 to stocktake" in content
     assert "1 done: left out, unless you tick" in content
     assert "Deadlock" in content
     assert 'name="reason"' in content
     assert 'name="force"' in content
     assert Replay.objects.count() == 0
     assert set(Delivery.objects.values_list("status", flat=True)) == {"failed", "dead", "done"}
-    assert not queued("inventory")
+    assert not queued("stocktake")
 
 
 def test_replay_needs_a_reason(admin_client: Client, outcomes: Outcomes) -> None:
@@ -121,7 +121,7 @@ def test_replay_needs_a_reason(admin_client: Client, outcomes: Outcomes) -> None
     assert response.status_code == 200
     assert "This field is required." in response.content.decode()
     assert Replay.objects.count() == 0
-    assert not queued("inventory")
+    assert not queued("stocktake")
 
 
 def test_replay_sends_failed_and_dead_deliveries_again_and_records_it(
@@ -142,34 +142,34 @@ def test_replay_sends_failed_and_dead_deliveries_again_and_records_it(
     assert record.reason == "SMTP and DB were down at 03:00"
     assert sorted(record.criteria["delivery_ids"]) == sorted([outcomes.failed.pk, outcomes.dead.pk])
     items = sorted(ReplayItem.objects.values_list("event_id", "consumer", "previous_status"))
-    assert items == sorted([(outcomes.placed.pk, "inventory", "failed"), (outcomes.cancelled.pk, "email", "dead")])
+    assert items == sorted([(outcomes.sent.pk, "stocktake", "failed"), (outcomes.cancelled.pk, "courier", "dead")])
     for delivery in (outcomes.failed, outcomes.dead):
         delivery.refresh_from_db()
         assert delivery.status == Delivery.Status.PUBLISHED
         assert delivery.publications == 1
-    assert queued("inventory") == Counter({outcomes.placed.pk: 1})
-    assert queued("email") == Counter({outcomes.cancelled.pk: 1})
+    assert queued("stocktake") == Counter({outcomes.sent.pk: 1})
+    assert queued("courier") == Counter({outcomes.cancelled.pk: 1})
     follow = admin_client.get(response["Location"])
-    assert f"Replay {record.pk}: sent 2 deliveries again (email: 1, inventory: 1)." in texts(follow)
+    assert f"Replay {record.pk}: sent 2 deliveries again (courier: 1, stocktake: 1)." in texts(follow)
 
 
 def test_done_deliveries_are_left_out_unless_forced(admin_client: Client, outcomes: Outcomes) -> None:
     """A done delivery is not sent, with a warning that says how to force it; forced, it is sent."""
-    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="check the audit log")
+    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="check the journal")
     assert response.status_code == 302
     assert any("1 done deliveries were left out" in t for t in texts(admin_client.get(response["Location"])))
     assert Replay.objects.count() == 0
-    assert not queued("audit_log")
+    assert not queued("journal")
     outcomes.done.refresh_from_db()
     assert outcomes.done.status == Delivery.Status.DONE
 
-    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="re-audit", force="on")
+    response = replay_post(admin_client, [outcomes.done], confirm="yes", reason="rewrite the journal", force="on")
     assert response.status_code == 302
     record = Replay.objects.get()
     assert record.forced is True
     outcomes.done.refresh_from_db()
     assert outcomes.done.status == Delivery.Status.PUBLISHED
-    assert queued("audit_log") == Counter({outcomes.placed.pk: 1})
+    assert queued("journal") == Counter({outcomes.sent.pk: 1})
 
 
 def test_replay_of_every_delivery_matching_the_filters(admin_client: Client, outcomes: Outcomes) -> None:
@@ -185,12 +185,12 @@ def test_replay_of_every_delivery_matching_the_filters(admin_client: Client, out
     assert response.status_code == 302
     record = Replay.objects.get()
     assert record.criteria["changelist"] == "status__exact=dead"
-    assert list(ReplayItem.objects.values_list("consumer", flat=True)) == ["email"]
+    assert list(ReplayItem.objects.values_list("consumer", flat=True)) == ["courier"]
 
 
 def test_refused_replay_is_reported_as_an_error(admin_client: Client, outcomes: Outcomes) -> None:
     """A delivery to a consumer this deployment does not have: nothing is sent, the reason is shown."""
-    ghost = Delivery.objects.create(event=outcomes.placed, consumer="ghost", status=Delivery.Status.FAILED)
+    ghost = Delivery.objects.create(event=outcomes.sent, consumer="ghost", status=Delivery.Status.FAILED)
     response = replay_post(admin_client, [ghost, outcomes.failed], confirm="yes", reason="try")
     assert response.status_code == 302
     errors = texts(admin_client.get(response["Location"]))
@@ -198,7 +198,7 @@ def test_refused_replay_is_reported_as_an_error(admin_client: Client, outcomes: 
     assert Replay.objects.count() == 0
     outcomes.failed.refresh_from_db()
     assert outcomes.failed.status == Delivery.Status.FAILED
-    assert not queued("inventory")
+    assert not queued("stocktake")
 
 
 def test_replay_needs_the_replay_permission(outcomes: Outcomes) -> None:
@@ -211,11 +211,11 @@ def test_replay_needs_the_replay_permission(outcomes: Outcomes) -> None:
     assert response.status_code == 403
     response = viewer.post(
         EVENTS,
-        {"action": "deliver_again", "_selected_action": [outcomes.placed.pk], "confirm": "yes", "reason": "x"},
+        {"action": "deliver_again", "_selected_action": [outcomes.sent.pk], "confirm": "yes", "reason": "x"},
     )
     assert response.status_code == 403
     assert Replay.objects.count() == 0
-    assert not queued("inventory")
+    assert not queued("stocktake")
 
     operator = operator_client(replay=True)
     assert "replay_deliveries" in operator.get(DELIVERIES).content.decode()
@@ -227,17 +227,17 @@ def test_replay_needs_the_replay_permission(outcomes: Outcomes) -> None:
 def test_deliver_again_to_a_chosen_consumer(admin_client: Client, outcomes: Outcomes) -> None:
     """From the event list: the page shows per consumer what would go out; confirmed, the events are
     sent to that consumer, deliveries created for those that had none."""
-    chosen = [outcomes.placed.pk, outcomes.cancelled.pk]
+    chosen = [outcomes.sent.pk, outcomes.cancelled.pk]
     first = admin_client.post(EVENTS, {"action": "deliver_again", "_selected_action": chosen})
     assert first.status_code == 200
     content = first.content.decode()
-    assert "<tr><td>audit_log</td><td>0</td><td>1</td><td>1</td></tr>" in content
-    assert "<tr><td>inventory</td><td>1</td><td>1</td><td>0</td></tr>" in content
+    assert "<tr><td>journal</td><td>0</td><td>1</td><td>1</td></tr>" in content
+    assert "<tr><td>stocktake</td><td>1</td><td>1</td><td>0</td></tr>" in content
     assert 'name="consumer"' in content
     assert Replay.objects.count() == 0
 
     missing_reason = admin_client.post(
-        EVENTS, {"action": "deliver_again", "_selected_action": chosen, "confirm": "yes", "consumer": "inventory"}
+        EVENTS, {"action": "deliver_again", "_selected_action": chosen, "confirm": "yes", "consumer": "stocktake"}
     )
     assert missing_reason.status_code == 200
     assert "This field is required." in missing_reason.content.decode()
@@ -248,16 +248,16 @@ def test_deliver_again_to_a_chosen_consumer(admin_client: Client, outcomes: Outc
             "action": "deliver_again",
             "_selected_action": chosen,
             "confirm": "yes",
-            "consumer": "inventory",
+            "consumer": "stocktake",
             "reason": "stock was off",
         },
     )
     assert response.status_code == 302
     record = Replay.objects.get()
-    assert record.criteria == {"consumers": ["inventory"], "event_ids": sorted(chosen)}
-    statuses = dict(Delivery.objects.filter(consumer="inventory").values_list("event_id", "status"))
-    assert statuses == {outcomes.placed.pk: "published", outcomes.cancelled.pk: "published"}
-    assert queued("inventory") == Counter(dict.fromkeys(chosen, 1))
+    assert record.criteria == {"consumers": ["stocktake"], "event_ids": sorted(chosen)}
+    statuses = dict(Delivery.objects.filter(consumer="stocktake").values_list("event_id", "status"))
+    assert statuses == {outcomes.sent.pk: "published", outcomes.cancelled.pk: "published"}
+    assert queued("stocktake") == Counter(dict.fromkeys(chosen, 1))
 
 
 def test_deliver_again_refuses_an_unknown_consumer(admin_client: Client, outcomes: Outcomes) -> None:
@@ -266,7 +266,7 @@ def test_deliver_again_refuses_an_unknown_consumer(admin_client: Client, outcome
         EVENTS,
         {
             "action": "deliver_again",
-            "_selected_action": [outcomes.placed.pk],
+            "_selected_action": [outcomes.sent.pk],
             "confirm": "yes",
             "consumer": "ghost",
             "reason": "x",
@@ -287,14 +287,14 @@ def test_deliveries_and_replays_are_read_only(admin_client: Client, outcomes: Ou
         assert admin_client.post(f"{url}/delete/", {"post": "yes"}).status_code == 403
     page = admin_client.get(f"/admin/outbox/replay/{record.pk}/change/").content.decode()
     assert "once" in page
-    assert f'href="/admin/outbox/event/{outcomes.placed.pk}/change/"' in page  # the item, linked
+    assert f'href="/admin/outbox/event/{outcomes.sent.pk}/change/"' in page  # the item, linked
     assert admin_client.get("/admin/outbox/replay/").status_code == 200
 
 
 def test_delivery_list_filters_and_searches_by_event_without_counting(admin_client: Client, outcomes: Outcomes) -> None:
     """The operators' list: by consumer, by status, and by event id; no COUNT query."""
     with CaptureQueriesContext(connection) as queries:
-        content = admin_client.get(f"{DELIVERIES}?consumer=email&status__exact=dead").content.decode()
+        content = admin_client.get(f"{DELIVERIES}?consumer=courier&status__exact=dead").content.decode()
         admin_client.get("/admin/outbox/replay/")
     assert not [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert "SMTP down" in content
@@ -302,7 +302,7 @@ def test_delivery_list_filters_and_searches_by_event_without_counting(admin_clie
     by_event = admin_client.get(DELIVERIES, {"q": str(outcomes.cancelled.pk)}).content.decode()
     assert "SMTP down" in by_event
     assert "Deadlock" not in by_event
-    by_uuid = admin_client.get(DELIVERIES, {"q": str(outcomes.placed.event_id)}).content.decode()
+    by_uuid = admin_client.get(DELIVERIES, {"q": str(outcomes.sent.event_id)}).content.decode()
     assert "Deadlock" in by_uuid
     assert "SMTP down" not in by_uuid
 
@@ -318,8 +318,8 @@ def test_the_same_confirmation_posted_twice_sends_once_and_says_who_sent_it(
     assert first.status_code == second.status_code == 302
     assert Replay.objects.count() == 1
     assert ReplayItem.objects.count() == 2
-    assert queued("inventory") == Counter({outcomes.placed.pk: 1})
-    assert queued("email") == Counter({outcomes.cancelled.pk: 1})
+    assert queued("stocktake") == Counter({outcomes.sent.pk: 1})
+    assert queued("courier") == Counter({outcomes.cancelled.pk: 1})
     record = Replay.objects.get()
     refused = " ".join(texts(second))
     assert f"Nothing was sent: 2 deliveries already replayed by user:{staff_user.username} at" in refused
@@ -335,7 +335,7 @@ def test_two_operators_confirming_one_replay_at_the_same_moment_send_it_once(out
         replay(selected, requested_by="user:bob", reason="SMTP was down", source="admin")
     assert first.sent == 2
     assert Replay.objects.count() == 1
-    assert sum(queued("inventory").values()) + sum(queued("email").values()) == 2
+    assert sum(queued("stocktake").values()) + sum(queued("courier").values()) == 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -376,4 +376,4 @@ def test_two_replays_racing_for_the_same_deliveries_send_them_once(outcomes: Out
     assert "already replayed by user:" in str(refused[0])
     assert Replay.objects.count() == 1
     assert ReplayItem.objects.count() == 2
-    assert sum(queued("inventory").values()) + sum(queued("email").values()) == 2
+    assert sum(queued("stocktake").values()) + sum(queued("courier").values()) == 2

@@ -12,11 +12,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
-from core import services
 from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Event, Pending, RelayHeartbeat
 from outbox.ops.status import delivery_counts
 from tests.outbox.helpers import conninfo
+from tests.outbox_app.models import Item
 from tests.processes import processes
 from tooling.processes import wait_until
 
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def make_events(n: int) -> list[int]:
-    """Write `n` customer registrations (flushed, in the test's transaction); return their ids."""
+    """Write `n` new items' events (flushed, in the test's transaction); return their ids."""
     for i in range(n):
-        services.customer_create(name=f"C{i}", email=f"status{i}@example.com")
+        Item.objects.create(sku=f"STATUS-{i}", name=f"C{i}", price=1)
     events_flush()
     return list(Event.objects.order_by("id").values_list("id", flat=True))
 
@@ -52,31 +52,31 @@ def test_status_reports_backlog_oldest_pending_and_unsettled_deliveries_per_cons
     ids = make_events(9)
     events_ids = ids[:6]  # published below; the other three stay in the backlog
     Pending.objects.filter(event_id__in=events_ids).delete()
-    deliver(events_ids[:2], "inventory", "done")
-    deliver(events_ids[2:3], "inventory", "dead")
-    deliver(events_ids[3:5], "email", "failed")
-    deliver(events_ids[5:], "email", "published")
-    deliver(events_ids[:1], "audit_log", "dead")
+    deliver(events_ids[:2], "stocktake", "done")
+    deliver(events_ids[2:3], "stocktake", "dead")
+    deliver(events_ids[3:5], "courier", "failed")
+    deliver(events_ids[5:], "courier", "published")
+    deliver(events_ids[:1], "journal", "dead")
 
     status = status_json()
 
     assert status["backlog"] == 3
     assert status["oldest_pending_age_seconds"] >= 0
     assert status["deliveries"] == {
-        "audit_log": {"published": 0, "failed": 0, "dead": 1},
-        "email": {"published": 1, "failed": 2, "dead": 0},
-        "inventory": {"published": 0, "failed": 0, "dead": 1},
+        "courier": {"published": 1, "failed": 2, "dead": 0},
+        "journal": {"published": 0, "failed": 0, "dead": 1},
+        "stocktake": {"published": 0, "failed": 0, "dead": 1},
     }
     assert (status["dead"], status["failed"], status["published"]) == (2, 2, 1)
-    assert any("2 dead deliveries (audit_log 1, inventory 1)" in note for note in status["attention"])
+    assert any("2 dead deliveries (journal 1, stocktake 1)" in note for note in status["attention"])
 
 
 @pytest.mark.django_db
 def test_done_deliveries_are_estimated_from_the_planner_not_counted() -> None:
     """After ANALYZE, the done figure is the table's row estimate less the unsettled deliveries."""
     ids = make_events(5)
-    deliver(ids[:4], "inventory", "done")
-    deliver(ids[4:], "inventory", "dead")
+    deliver(ids[:4], "stocktake", "done")
+    deliver(ids[4:], "stocktake", "dead")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE outbox_delivery")
 
