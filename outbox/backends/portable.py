@@ -1,0 +1,124 @@
+"""The portable operations: the ORM path, for the embedded SQLite and any database without its own.
+
+Each step that the outbox's concern modules leave to the database is a method here
+(outbox/backends/__init__.py lists them); a backend of its own subclasses `Operations` and
+overrides what it does better. The callers hold the logic and say why; these say how, on one
+relay and one machine, which is what the embedded default runs.
+"""
+
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from outbox.backends import Claimed, InsertListener, Overdue, Routes
+from outbox.models import Delivery, Pending, RelayHeartbeat
+
+
+class Operations:
+    """The outbox's database-specific steps, done with the ORM and portable SQL."""
+
+    # Inserts are notified (insert_listener()), so that an idle relay need not poll.
+    notifies_inserts = False
+    # The errors an insert listener raises when its session fails.
+    listener_errors: tuple[type[BaseException], ...] = ()
+
+    # --- relay --------------------------------------------------------------------------------
+
+    def claim(self, *, relay: str, limit: int, lease: float) -> Claimed:
+        """Claim up to `limit` unclaimed (or abandoned) events for `lease` seconds; return them."""
+        now = timezone.now()
+        with transaction.atomic():
+            ids = list(
+                Pending.objects.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+                .order_by("event_id")
+                .values_list("event_id", flat=True)[:limit]
+            )
+            Pending.objects.filter(event_id__in=ids).update(
+                claimed_by=relay, claimed_until=now + timedelta(seconds=lease), claims=F("claims") + 1
+            )
+            return list(
+                Pending.objects.filter(event_id__in=ids).order_by("event_id").values_list("event_id", "event_type")
+            )
+
+    def mark_published(self, *, relay: str, event_ids: list[int], routes: Routes) -> None:
+        """Drop the events `relay` still holds from the backlog and record their deliveries published."""
+        consumers_of: dict[str, list[str]] = {}
+        for event_type, consumer in zip(*routes, strict=True):
+            consumers_of.setdefault(event_type, []).append(consumer)
+        now = timezone.now()
+        with transaction.atomic():
+            claimed = list(
+                Pending.objects.filter(event_id__in=event_ids, claimed_by=relay).values_list(
+                    "event_id", "event_type", "claims"
+                )
+            )
+            claims = {event_id: count for event_id, _, count in claimed}
+            Pending.objects.filter(event_id__in=list(claims)).delete()
+            for event_id, event_type, _ in claimed:
+                for consumer in consumers_of.get(event_type, ()):
+                    delivery, created = Delivery.objects.get_or_create(
+                        event_id=event_id,
+                        consumer=consumer,
+                        defaults={
+                            "status": Delivery.Status.PUBLISHED,
+                            "publications": claims[event_id],
+                            "published_at": now,
+                        },
+                    )
+                    if not created and delivery.status == Delivery.Status.PUBLISHED:
+                        Delivery.objects.filter(pk=delivery.pk).update(
+                            publications=F("publications") + claims[event_id], published_at=now, updated_at=now
+                        )
+
+    def release(self, *, relay: str, event_ids: list[int], undo: int) -> None:
+        """Unclaim the events `relay` holds, taking `undo` (0 or 1) off their claim counts."""
+        Pending.objects.filter(event_id__in=event_ids, claimed_by=relay).update(
+            claimed_by="", claimed_until=None, claims=F("claims") - undo
+        )
+
+    def take_overdue(self, *, deadline: float, limit: int) -> Overdue:
+        """Take up to `limit` overdue deliveries: restart their deadline, count a publication."""
+        now = timezone.now()
+        due = now - timedelta(seconds=deadline)
+        with transaction.atomic():
+            rows = list(
+                Delivery.objects.filter(
+                    Q(status=Delivery.Status.PUBLISHED, published_at__lt=due)
+                    | Q(status=Delivery.Status.FAILED, updated_at__lt=due)
+                )
+                .order_by("published_at")
+                .values_list("id", "event_id", "consumer")[:limit]
+            )
+            Delivery.objects.filter(id__in=[r[0] for r in rows]).update(
+                published_at=now, publications=F("publications") + 1, updated_at=now
+            )
+        return rows
+
+    def give_back(self, *, deadline: float, ids: list[int]) -> None:
+        """Make the deliveries due again (past `deadline`) and take their publication back."""
+        due = timezone.now() - timedelta(seconds=deadline + 1)
+        Delivery.objects.filter(id__in=ids, status__in=[Delivery.Status.PUBLISHED, Delivery.Status.FAILED]).update(
+            published_at=due, updated_at=due, publications=F("publications") - 1
+        )
+
+    def heartbeat_beat(self, *, name: str, host: str, pid: int, started_at: datetime, events_relayed: int) -> None:
+        """Upsert the relay's heartbeat row, beating now (this machine's clock)."""
+        RelayHeartbeat.objects.update_or_create(
+            name=name,
+            defaults={
+                "host": host,
+                "pid": pid,
+                "started_at": started_at,
+                "beat_at": timezone.now(),
+                "events_relayed": events_relayed,
+            },
+        )
+
+    def relay_session(self, *, name: str) -> None:
+        """Prepare the relay `name`'s database session (nothing to do here)."""
+
+    def insert_listener(self) -> InsertListener:
+        """Open a session that listens for inserts; only where `notifies_inserts`."""
+        raise NotImplementedError("This database does not notify inserts: the relay polls.")

@@ -1,0 +1,161 @@
+"""PostgreSQL's operations: single statements, run as prepared statements where the relay runs them.
+
+Many relays claim side by side (`FOR UPDATE SKIP LOCKED`), a batch's mark is one statement
+(`DELETE … RETURNING` into an upsert), and heartbeats beat on the database's clock. The callers
+say why each step is as it is: outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py and
+relay/loop.py.
+"""
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from django.db import connection
+
+from outbox import conf
+from outbox.backends import Claimed, InsertListener, Overdue, Routes, portable
+
+# --- the relay (outbox/relay/claims.py) -----------------------------------------------------------
+
+_CLAIM = """
+WITH c AS (
+    SELECT event_id FROM outbox_pending
+    WHERE claimed_until IS NULL OR claimed_until < now()
+    ORDER BY event_id LIMIT %s
+    FOR UPDATE SKIP LOCKED
+), u AS (
+    UPDATE outbox_pending p
+    SET claimed_by = %s, claimed_until = now() + make_interval(secs => %s), claims = p.claims + 1
+    FROM c WHERE p.event_id = c.event_id
+    RETURNING p.event_id, p.type
+)
+SELECT event_id, type FROM u ORDER BY event_id
+"""
+# Deletes the claim and records a published delivery per routed consumer, unless the claim was
+# lost (its lease ran out and another relay took it: that relay records its own publication).
+# A consumer that finished first keeps its done row. The routes arrive as (type, consumer)
+# pairs, each once, for exactly the types in the batch.
+_MARK = """
+WITH d AS (
+    DELETE FROM outbox_pending WHERE event_id = ANY(%s) AND claimed_by = %s RETURNING event_id, type, claims
+)
+INSERT INTO outbox_delivery
+    (event_id, consumer, status, publications, attempts, last_error, published_at, updated_at)
+SELECT d.event_id, r.consumer, 'published', d.claims, 0, '', now(), now()
+FROM d JOIN unnest(%s::text[], %s::text[]) AS r(type, consumer) ON r.type = d.type
+ORDER BY d.event_id, r.consumer
+ON CONFLICT (event_id, consumer) DO UPDATE
+    SET publications = outbox_delivery.publications + EXCLUDED.publications,
+        published_at = EXCLUDED.published_at, updated_at = EXCLUDED.updated_at
+    WHERE outbox_delivery.status = 'published'
+"""
+_RELEASE = """
+UPDATE outbox_pending
+SET claimed_by = '', claimed_until = NULL, claims = claims - %s
+WHERE event_id = ANY(%s) AND claimed_by = %s
+"""
+# --- the sweeper (outbox/relay/sweeper.py) --------------------------------------------------------
+
+_TAKE = """
+WITH s AS (
+    SELECT id FROM outbox_delivery
+    WHERE (status = 'published' AND published_at < now() - make_interval(secs => %s))
+       OR (status = 'failed' AND updated_at < now() - make_interval(secs => %s))
+    ORDER BY published_at LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_delivery d
+SET published_at = now(), publications = d.publications + 1, updated_at = now()
+FROM s WHERE d.id = s.id
+RETURNING d.id, d.event_id, d.consumer
+"""
+_GIVE_BACK = """
+UPDATE outbox_delivery
+SET published_at = now() - make_interval(secs => %s), updated_at = now() - make_interval(secs => %s),
+    publications = publications - 1
+WHERE id = ANY(%s) AND status IN ('published', 'failed')
+"""
+# --- heartbeats (outbox/relay/heartbeats.py) ------------------------------------------------------
+
+_BEAT = """
+INSERT INTO outbox_relay_heartbeat (name, host, pid, started_at, beat_at, events_relayed)
+VALUES (%s, %s, %s, %s, now(), %s)
+ON CONFLICT (name) DO UPDATE
+    SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
+        beat_at = EXCLUDED.beat_at, events_relayed = EXCLUDED.events_relayed
+"""
+
+
+def execute(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """Run one of the relay's statements as a prepared statement; return its rows, if any.
+
+    The relay runs the same few statements all day: preparing them saves their planning.
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=conf.prepared_statements() or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+class Listener:
+    """A session of its own, LISTENing for the insert trigger's notifications (`outbox_event`)."""
+
+    def __init__(self) -> None:
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        self._session: psycopg.Connection[Any] = psycopg.connect(**params, autocommit=True)
+        try:
+            self._session.execute("LISTEN outbox_event")
+        except BaseException:
+            self._session.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    def wait(self, *, timeout: float) -> None:
+        for _ in self._session.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class Operations(portable.Operations):
+    """The outbox's steps on PostgreSQL."""
+
+    notifies_inserts = True
+    listener_errors = (psycopg.Error,)
+
+    # --- relay --------------------------------------------------------------------------------
+
+    def claim(self, *, relay: str, limit: int, lease: float) -> Claimed:
+        return [(row[0], row[1]) for row in execute(_CLAIM, [limit, relay, lease])]
+
+    def mark_published(self, *, relay: str, event_ids: list[int], routes: Routes) -> None:
+        types, consumers = routes
+        execute(_MARK, [event_ids, relay, types, consumers])
+
+    def release(self, *, relay: str, event_ids: list[int], undo: int) -> None:
+        execute(_RELEASE, [undo, event_ids, relay])
+
+    def take_overdue(self, *, deadline: float, limit: int) -> Overdue:
+        return [(row[0], row[1], row[2]) for row in execute(_TAKE, [deadline, deadline, limit])]
+
+    def give_back(self, *, deadline: float, ids: list[int]) -> None:
+        execute(_GIVE_BACK, [deadline + 1, deadline + 1, ids])
+
+    def heartbeat_beat(self, *, name: str, host: str, pid: int, started_at: datetime, events_relayed: int) -> None:
+        """Upsert the relay's heartbeat row, beating now on the database's clock."""
+        execute(_BEAT, [name, host, pid, started_at, events_relayed])
+
+    def relay_session(self, *, name: str) -> None:
+        """Name the session after the relay (pg_stat_activity) and let its commits skip the WAL flush."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [f"outbox_relay {name}"[:63]])
+            cursor.execute("SET synchronous_commit = off")
+
+    def insert_listener(self) -> InsertListener:
+        return Listener()
