@@ -1,17 +1,17 @@
 """The database seam: what the outbox does differently on one database than on another.
 
-The concern modules (so far the relay's claims, sweeper, heartbeats and loop) hold the logic and
-call `ops()` for the few statements a database runs its own way. `ops()` returns the operations
-object for the current connection's vendor (`connection.vendor`), made once per vendor and kept, so
-that a hot path pays a dictionary lookup for it and no query.
+The concern modules (so far the writer and the relay's claims, sweeper, heartbeats and loop) hold
+the logic and call `ops()` for the few statements a database runs its own way. `ops()` returns the
+operations object for the current connection's vendor (`connection.vendor`), made once per vendor
+and kept, so that a hot path pays a dictionary lookup for it and no query.
 
 What a backend provides is the class `outbox.backends.portable.Operations`:
 
-- the statements: the relay's claim, mark and release of a batch, the sweeper's take and
-  give-back of overdue deliveries, the relay's heartbeat and session;
-- capabilities, which the callers ask instead of naming a database: whether inserts are
-  notified so that an idle relay can LISTEN instead of polling (`notifies_inserts`,
-  `insert_listener()`).
+- the statements: the writer's event insert, the relay's claim, mark and release of a batch,
+  the sweeper's take and give-back of overdue deliveries, the relay's heartbeat and session;
+- capabilities, which the callers ask instead of naming a database: whether the insert takes
+  whole events as JSON (`whole_event_rows`), and whether inserts are notified so that an idle
+  relay can LISTEN instead of polling (`notifies_inserts`, `insert_listener()`).
 
 `portable.Operations` is the ORM path (a few portable SQL statements aside): what the embedded
 SQLite runs, and any database without a backend of its own. PostgreSQL's

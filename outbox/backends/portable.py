@@ -6,23 +6,83 @@ overrides what it does better. The callers hold the logic and say why; these say
 relay and one machine, which is what the embedded default runs.
 """
 
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from outbox.backends import Claimed, InsertListener, Overdue, Routes
+from outbox.emit.writer import row_tag
 from outbox.models import Delivery, Pending, RelayHeartbeat
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from outbox.emit.writer import Row
+
+_VERSION = """
+INSERT INTO outbox_aggregate (aggregatetype, aggregateid, version) VALUES (%s, %s, %s)
+ON CONFLICT (aggregatetype, aggregateid) DO UPDATE SET version = version + excluded.version
+RETURNING version
+"""
+
+_PENDING = """
+INSERT INTO outbox_pending (event_id, type, claimed_by, claims)
+SELECT id, type, '', 0 FROM outbox_event WHERE event_id IN ({})
+"""
+
+_EVENT = """
+INSERT INTO outbox_event
+    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
 
 
 class Operations:
     """The outbox's database-specific steps, done with the ORM and portable SQL."""
 
+    # The rows events_insert() takes carry the whole event as JSON in `doc` (True), or only its
+    # payload (False).
+    whole_event_rows = False
     # Inserts are notified (insert_listener()), so that an idle relay need not poll.
     notifies_inserts = False
     # The errors an insert listener raises when its session fails.
     listener_errors: tuple[type[BaseException], ...] = ()
+
+    # --- emit ---------------------------------------------------------------------------------
+
+    def events_insert(self, connection: "BaseDatabaseWrapper", rows: Sequence["Row"]) -> None:
+        """Insert the rows, numbering each aggregate's versions, and queue them for the relay."""
+        counts = Counter(r.names[1:] for r in rows)
+        next_version: dict[tuple[str, str], int] = {}
+        with connection.cursor() as cursor:
+            for key, n in counts.items():
+                cursor.execute(_VERSION, (*key, n))
+                next_version[key] = cursor.fetchone()[0] - n + 1
+            values = []
+            for r in rows:
+                key = r.names[1:]
+                values.append(
+                    (
+                        r.event_id,
+                        r.names[0],
+                        *key,
+                        next_version[key],
+                        r.doc.decode(),
+                        r.actor,
+                        r.correlation_id,
+                        r.source,
+                        row_tag(r),
+                    )
+                )
+                next_version[key] += 1
+            cursor.executemany(_EVENT, values)
+            ids = [v[0] for v in values]
+            cursor.execute(_PENDING.format(", ".join(["%s"] * len(ids))), ids)
 
     # --- relay --------------------------------------------------------------------------------
 

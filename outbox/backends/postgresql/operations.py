@@ -2,18 +2,25 @@
 
 Many relays claim side by side (`FOR UPDATE SKIP LOCKED`), a batch's mark is one statement
 (`DELETE … RETURNING` into an upsert), and heartbeats beat on the database's clock. The callers
-say why each step is as it is: outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py and
-relay/loop.py.
+say why each step is as it is: outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py,
+relay/loop.py and emit/writer.py (whose insert statement is in insert.py).
 """
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.db import connection
 
 from outbox import conf
 from outbox.backends import Claimed, InsertListener, Overdue, Routes, portable
+from outbox.backends.postgresql import insert
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from outbox.emit.writer import Row
 
 # --- the relay (outbox/relay/claims.py) -----------------------------------------------------------
 
@@ -126,8 +133,16 @@ class Listener:
 class Operations(portable.Operations):
     """The outbox's steps on PostgreSQL."""
 
+    whole_event_rows = True
     notifies_inserts = True
     listener_errors = (psycopg.Error,)
+
+    # --- emit ---------------------------------------------------------------------------------
+
+    def events_insert(self, connection: "BaseDatabaseWrapper", rows: Sequence["Row"]) -> None:
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            insert.insert(connection.connection, rows)
 
     # --- relay --------------------------------------------------------------------------------
 
