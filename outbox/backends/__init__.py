@@ -1,14 +1,16 @@
 """The database seam: what the outbox does differently on one database than on another.
 
-The concern modules (so far the writer and the relay's claims, sweeper, heartbeats and loop) hold
-the logic and call `ops()` for the few statements a database runs its own way. `ops()` returns the
-operations object for the current connection's vendor (`connection.vendor`), made once per vendor
-and kept, so that a hot path pays a dictionary lookup for it and no query.
+The concern modules (so far the writer, the relay's claims, sweeper, heartbeats and loop, and the
+event log's seals, selectors, checkpoints and purge) hold the logic and call `ops()` for the few
+statements a database runs its own way. `ops()` returns the operations object for the current
+connection's vendor (`connection.vendor`), made once per vendor and kept, so that a hot path pays a
+dictionary lookup for it and no query.
 
 What a backend provides is the class `outbox.backends.portable.Operations`:
 
 - the statements: the writer's event insert, the relay's claim, mark and release of a batch,
-  the sweeper's take and give-back of overdue deliveries, the relay's heartbeat and session;
+  the sweeper's take and give-back of overdue deliveries, the relay's heartbeat and session, the
+  event log's last seals, distinct values and checkpoint statements, and the purge's delete;
 - capabilities, which the callers ask instead of naming a database: whether the insert takes
   whole events as JSON (`whole_event_rows`), and whether inserts are notified so that an idle
   relay can LISTEN instead of polling (`notifies_inserts`, `insert_listener()`).

@@ -11,16 +11,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from outbox.backends import Claimed, InsertListener, Overdue, Routes
 from outbox.emit.writer import row_tag
-from outbox.models import Delivery, Pending, RelayHeartbeat
+from outbox.models import Delivery, Event, Pending, RelayHeartbeat, Seal
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.utils import CursorWrapper
 
     from outbox.emit.writer import Row
 
@@ -182,3 +183,53 @@ class Operations:
     def insert_listener(self) -> InsertListener:
         """Open a session that listens for inserts; only where `notifies_inserts`."""
         raise NotImplementedError("This database does not notify inserts: the relay polls.")
+
+    # --- event log ----------------------------------------------------------------------------
+
+    def last_seals(self, aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+        """Return {(aggregate type, id): (version, seal)} of each aggregate's last seal, if any."""
+        found = {}
+        for kind, ident in aggregates:
+            row = (
+                Seal.objects.filter(aggregate_type=kind, aggregate_id=ident)
+                .order_by("-aggregate_version")
+                .values_list("aggregate_version", "seal")
+                .first()
+            )
+            if row:
+                found[(kind, ident)] = row
+        return found
+
+    def distinct_values(self, column: str, *, limit: int) -> list[str]:
+        """Return up to `limit` distinct values of the outbox_event column (a checked name), in order."""
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT DISTINCT {column} FROM outbox_event ORDER BY 1 LIMIT %s", [limit])  # noqa: S608
+            return [row[0] for row in cursor.fetchall()]
+
+    def checkpoint_lock(self) -> bool:
+        """Take the checkpoint lock for the transaction; False when another process holds it.
+
+        One relay (the embedded default's) takes checkpoints: no lock."""
+        return True
+
+    def checkpoint_id(self, cursor: "CursorWrapper") -> int | None:
+        """Reserve the next checkpoint's id; None: the id comes with the insert."""
+        return None
+
+    def checkpoint_ids_issued(self) -> int:
+        """How many checkpoint ids the database has handed out; 0: it cannot tell."""
+        return 0
+
+    def seal_counts(self, lows: list[int], highs: list[int]) -> list[int]:
+        """Return, for each range (low, high] of event ids, how many seals it holds."""
+        return [
+            Seal.objects.filter(event_id__gt=lo, event_id__lte=hi).count() for lo, hi in zip(lows, highs, strict=True)
+        ]
+
+    def events_purge(self, ids: list[int]) -> int:
+        """Delete the events `ids` and their deliveries, stamp their seals purged; return how many."""
+        with transaction.atomic():
+            Seal.objects.filter(event_id__in=ids).update(purged_at=timezone.now())
+            Delivery.objects.filter(event_id__in=ids).delete()
+            deleted, _ = Event.objects.filter(id__in=ids).delete()
+        return deleted

@@ -1,9 +1,11 @@
 """PostgreSQL's operations: single statements, run as prepared statements where the relay runs them.
 
 Many relays claim side by side (`FOR UPDATE SKIP LOCKED`), a batch's mark is one statement
-(`DELETE … RETURNING` into an upsert), and heartbeats beat on the database's clock. The callers
-say why each step is as it is: outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py,
-relay/loop.py and emit/writer.py (whose insert statement is in insert.py).
+(`DELETE … RETURNING` into an upsert), heartbeats beat on the database's clock, and the
+checkpoints' ids come from their sequence. The callers say why each step is as it is:
+outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py, relay/loop.py, emit/writer.py
+(whose insert statement is in insert.py), eventlog/sealing.py, eventlog/selectors.py,
+eventlog/checkpoints.py and eventlog/purge.py.
 """
 
 from collections.abc import Sequence
@@ -11,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 
 from outbox import conf
 from outbox.backends import Claimed, InsertListener, Overdue, Routes, portable
@@ -19,6 +21,7 @@ from outbox.backends.postgresql import insert
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.backends.utils import CursorWrapper
 
     from outbox.emit.writer import Row
 
@@ -90,6 +93,30 @@ VALUES (%s, %s, %s, %s, now(), %s)
 ON CONFLICT (name) DO UPDATE
     SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
         beat_at = EXCLUDED.beat_at, events_relayed = EXCLUDED.events_relayed
+"""
+# --- the event log (outbox/eventlog/) -------------------------------------------------------------
+
+_LAST_SEALS = """
+SELECT DISTINCT ON (aggregatetype, aggregateid) aggregatetype, aggregateid, aggregate_version, seal
+FROM outbox_seal
+WHERE (aggregatetype, aggregateid) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+ORDER BY aggregatetype, aggregateid, aggregate_version DESC
+"""
+_SKIP_SCAN = """
+WITH RECURSIVE v(value) AS (
+    (SELECT {column} FROM outbox_event ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {column} FROM outbox_event WHERE {column} > v.value ORDER BY {column} LIMIT 1)
+    FROM v WHERE v.value IS NOT NULL
+)
+SELECT value FROM v WHERE value IS NOT NULL LIMIT %s
+"""
+# One relay at a time takes a checkpoint (the others skip): the chain never forks.
+_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('outbox_checkpoint'))"
+_COUNT_RANGES = """
+SELECT (SELECT count(*) FROM outbox_seal s WHERE s.event_id > r.lo AND s.event_id <= r.hi)
+FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(lo, hi, n)
+ORDER BY r.n
 """
 
 
@@ -174,3 +201,46 @@ class Operations(portable.Operations):
 
     def insert_listener(self) -> InsertListener:
         return Listener()
+
+    # --- event log ----------------------------------------------------------------------------
+
+    def last_seals(self, aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(_LAST_SEALS, [[a[0] for a in aggregates], [a[1] for a in aggregates]])
+            return {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
+
+    def distinct_values(self, column: str, *, limit: int) -> list[str]:
+        """A loose index scan: one descent of the column's index per value."""
+        with connection.cursor() as cursor:
+            cursor.execute(_SKIP_SCAN.format(column=column), [limit])
+            return [row[0] for row in cursor.fetchall()]
+
+    def checkpoint_lock(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK)
+            return bool(cursor.fetchone()[0])
+
+    def checkpoint_id(self, cursor: "CursorWrapper") -> int | None:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('outbox_checkpoint', 'id'))")
+        return int(cursor.fetchone()[0])
+
+    def checkpoint_ids_issued(self) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence('outbox_checkpoint', 'id')")
+            sequence = cursor.fetchone()[0]
+            if not sequence:
+                return 0
+            cursor.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - a name PostgreSQL gave, quoted
+            row = cursor.fetchone()
+        return int(row[0]) if row and row[1] else 0
+
+    def seal_counts(self, lows: list[int], highs: list[int]) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(_COUNT_RANGES, [lows, highs])
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def events_purge(self, ids: list[int]) -> int:
+        """Through outbox_purge_events() (migration 0010), which runs as the tables' owner."""
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [ids])
+            return int(cursor.fetchone()[0])
