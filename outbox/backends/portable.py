@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from outbox.backends import Claimed, InsertListener, Overdue, Routes
+from outbox.backends import Claimed, InsertListener, Overdue, Roles, Routes
 from outbox.emit.writer import row_tag
 from outbox.models import Delivery, Event, Pending, RelayHeartbeat, Seal
 
@@ -53,6 +53,8 @@ class Operations:
     notifies_inserts = False
     # The errors an insert listener raises when its session fails.
     listener_errors: tuple[type[BaseException], ...] = ()
+    # The database's roles, for least privilege; None: it has none.
+    roles: Roles | None = None
 
     # --- emit ---------------------------------------------------------------------------------
 
@@ -233,3 +235,13 @@ class Operations:
             Delivery.objects.filter(event_id__in=ids).delete()
             deleted, _ = Event.objects.filter(id__in=ids).delete()
         return deleted
+
+    # --- status -------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Return the clock that heartbeats are stamped with: this machine's."""
+        return timezone.now()
+
+    def deliveries_done_estimate(self, counted: int) -> int | None:
+        """Return about how many deliveries are done (exact here), given `counted` unsettled ones."""
+        return Delivery.objects.filter(status=Delivery.Status.DONE).count()

@@ -1,11 +1,11 @@
 """PostgreSQL's operations: single statements, run as prepared statements where the relay runs them.
 
 Many relays claim side by side (`FOR UPDATE SKIP LOCKED`), a batch's mark is one statement
-(`DELETE … RETURNING` into an upsert), heartbeats beat on the database's clock, and the
-checkpoints' ids come from their sequence. The callers say why each step is as it is:
+(`DELETE … RETURNING` into an upsert), clocks are the database's, and the catalogue answers what
+the ORM cannot (planner estimates, sequences, roles). The callers say why each step is as it is:
 outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py, relay/loop.py, emit/writer.py
 (whose insert statement is in insert.py), eventlog/sealing.py, eventlog/selectors.py,
-eventlog/checkpoints.py and eventlog/purge.py.
+eventlog/checkpoints.py, eventlog/purge.py, ops/status.py, ops/grants.py and ops/checks.py.
 """
 
 from collections.abc import Sequence
@@ -119,6 +119,18 @@ FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(lo, hi, n)
 ORDER BY r.n
 """
 
+# --- roles (outbox/ops/grants.py, ops/checks.py) --------------------------------------------------
+
+# The role this connection uses; the tables it owns, itself or as a member of their owner.
+_CONNECTED_ROLE = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+_OWNED_TABLES = """
+    SELECT c.relname, pg_get_userbyid(c.relowner)
+    FROM pg_class c
+    WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(%s::text[]) AS name)
+      AND pg_has_role(current_user, c.relowner, 'MEMBER')
+    ORDER BY c.relname
+"""
+
 
 def execute(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """Run one of the relay's statements as a prepared statement; return its rows, if any.
@@ -157,12 +169,53 @@ class Listener:
         self._session.close()
 
 
+class Roles:
+    """PostgreSQL's catalogue of roles (outbox/ops/grants.py, outbox/ops/checks.py)."""
+
+    def standing(self, cursor: "CursorWrapper", role: str) -> tuple[bool, bool] | None:
+        cursor.execute(
+            "SELECT rolsuper, pg_has_role(%s, (SELECT relowner FROM pg_class WHERE oid = 'outbox_event'::regclass), "
+            "'MEMBER') FROM pg_roles WHERE rolname = %s",
+            [role, role],
+        )
+        row = cursor.fetchone()
+        return None if row is None else (bool(row[0]), bool(row[1]))
+
+    def sequences(self, cursor: "CursorWrapper", tables: list[str]) -> list[str]:
+        cursor.execute(
+            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(s.relname) FROM pg_class s "
+            "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
+            "JOIN pg_class t ON t.oid = d.refobjid "
+            "WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i') AND t.relname = ANY(%s) "
+            "AND t.relnamespace = s.relnamespace AND n.nspname = current_schema() ORDER BY 1",
+            [tables],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+    def schema(self, cursor: "CursorWrapper") -> str:
+        cursor.execute("SELECT quote_ident(current_schema())")
+        return str(cursor.fetchone()[0])
+
+    def may_create(self, cursor: "CursorWrapper", role: str) -> bool:
+        cursor.execute("SELECT has_schema_privilege(%s, current_schema(), 'CREATE')", [role])
+        return bool(cursor.fetchone()[0])
+
+    def connected(self, tables: list[str]) -> tuple[str, bool, list[tuple[str, str]]]:
+        with connection.cursor() as cursor:
+            cursor.execute(_CONNECTED_ROLE)
+            user, superuser = cursor.fetchone()
+            cursor.execute(_OWNED_TABLES, [tables])
+            owned = cursor.fetchall()
+        return user, superuser, owned
+
+
 class Operations(portable.Operations):
     """The outbox's steps on PostgreSQL."""
 
     whole_event_rows = True
     notifies_inserts = True
     listener_errors = (psycopg.Error,)
+    roles = Roles()
 
     # --- emit ---------------------------------------------------------------------------------
 
@@ -244,3 +297,22 @@ class Operations(portable.Operations):
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [ids])
             return int(cursor.fetchone()[0])
+
+    # --- status -------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The database's clock."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement_timestamp()")
+            value: datetime = cursor.fetchone()[0]
+            return value
+
+    def deliveries_done_estimate(self, counted: int) -> int | None:
+        """The planner's row estimate of the table, less the `counted` unsettled deliveries; None
+        when the table was not analysed yet."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'outbox_delivery'::regclass")
+            row = cursor.fetchone()
+        if row is None or row[0] < 0:
+            return None
+        return max(0, int(row[0]) - counted)
