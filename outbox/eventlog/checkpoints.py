@@ -23,19 +23,12 @@ from django.db.models import Max
 from django.utils import timezone
 
 from outbox import conf
+from outbox.backends import ops
 from outbox.eventlog.keys import seal_key
 from outbox.eventlog.sealing import Problem
 from outbox.models import Checkpoint, Event, Seal
 
 logger = logging.getLogger(__name__)
-
-# One relay at a time takes a checkpoint (the others skip): the chain never forks.
-_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('outbox_checkpoint'))"
-_COUNT_RANGES = """
-SELECT (SELECT count(*) FROM outbox_seal s WHERE s.event_id > r.lo AND s.event_id <= r.hi)
-FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(lo, hi, n)
-ORDER BY r.n
-"""
 
 
 def signature(
@@ -79,11 +72,10 @@ def _range_count(lo: int, hi: int) -> int:
 def checkpoint_take() -> Checkpoint | None:
     """Record a checkpoint of the seals written since the last one; return it (None: nothing new,
     or another process is taking one right now)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_LOCK)
-            if not cursor.fetchone()[0]:
-                return None
+    backend = ops()
+    # One relay at a time takes a checkpoint (the others skip): the chain never forks.
+    if not backend.checkpoint_lock():
+        return None
     key = seal_key()
     previous = _latest_signed(key)
     last = Seal.objects.aggregate(top=Max("event_id"))["top"] or 0
@@ -93,10 +85,8 @@ def checkpoint_take() -> Checkpoint | None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT CURRENT_TIMESTAMP")
         now = cursor.fetchone()[0]
-        new_id = None
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT nextval(pg_get_serial_sequence('outbox_checkpoint', 'id'))")
-            new_id = cursor.fetchone()[0]
+        # The id is signed and PostgreSQL's guard allows no update: there it is taken before the insert.
+        new_id = backend.checkpoint_id(cursor)
     checkpoint = Checkpoint(
         id=new_id,
         sealed=(previous.sealed if previous else 0) + _range_count(since, last),
@@ -147,16 +137,7 @@ class Expected:
 def _checkpoints_issued() -> int:
     """How many checkpoint ids the database has handed out (0 where it cannot tell): checkpoints
     are only ever taken of a sealed log, so any at all means the log once held events."""
-    if connection.vendor != "postgresql":
-        return 0
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_get_serial_sequence('outbox_checkpoint', 'id')")
-        sequence = cursor.fetchone()[0]
-        if not sequence:
-            return 0
-        cursor.execute(f"SELECT last_value, is_called FROM {sequence}")  # noqa: S608 - a name PostgreSQL gave, quoted
-        row = cursor.fetchone()
-    return int(row[0]) if row and row[1] else 0
+    return ops().checkpoint_ids_issued()
 
 
 def checkpoints_check(*, key: bytes, expect: str | None = None) -> tuple[Checkpoint | None, list[Problem]]:
@@ -225,11 +206,8 @@ def _stale(newest: Checkpoint) -> list[Problem]:
 
 
 def _counts(lows: list[int], highs: list[int]) -> list[int]:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_COUNT_RANGES, [lows, highs])
-            return [int(row[0]) for row in cursor.fetchall()]
-    return [_range_count(lo, hi) for lo, hi in zip(lows, highs, strict=True)]
+    # On PostgreSQL one statement for every range; elsewhere one count each.
+    return ops().seal_counts(lows, highs)
 
 
 def _expected(expected: Expected) -> list[Problem]:

@@ -17,10 +17,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
-from outbox.models import Delivery, Event, Seal
+from outbox.backends import ops
+from outbox.models import Event, Seal
 
 _SETTLED = """
 SELECT e.id FROM outbox_event e
@@ -87,15 +88,7 @@ def _delete(ids: list[int]) -> int:
     On PostgreSQL through outbox_purge_events() (migration 0010), which runs as the tables' owner
     and deletes only settled, sealed events: the application's role holds no DELETE of its own.
     """
-    if connection.vendor == "postgresql":
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [ids])
-            return int(cursor.fetchone()[0])
-    with transaction.atomic():
-        Seal.objects.filter(event_id__in=ids).update(purged_at=timezone.now())
-        Delivery.objects.filter(event_id__in=ids).delete()
-        deleted, _ = Event.objects.filter(id__in=ids).delete()
-    return deleted
+    return ops().events_purge(ids)
 
 
 def purge_settled(

@@ -22,9 +22,9 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 import orjson
-from django.db import connection
 from django.utils import timezone
 
+from outbox.backends import ops
 from outbox.eventlog.keys import HEX_PREFIX, KEY_BYTES, key_setting, parse_key, seal_key
 from outbox.eventlog.tagging import forged_reason, tag_valid
 from outbox.models import AggregateVersion, Checkpoint, Event, Seal
@@ -78,30 +78,9 @@ def seal(event: Event) -> str:
     return seal_many([event])[event.id]
 
 
-_LAST_SEALS = """
-SELECT DISTINCT ON (aggregatetype, aggregateid) aggregatetype, aggregateid, aggregate_version, seal
-FROM outbox_seal
-WHERE (aggregatetype, aggregateid) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-ORDER BY aggregatetype, aggregateid, aggregate_version DESC
-"""
-
-
 def _last_seals(aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_LAST_SEALS, [[a[0] for a in aggregates], [a[1] for a in aggregates]])
-            return {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
-    found = {}
-    for kind, ident in aggregates:
-        row = (
-            Seal.objects.filter(aggregate_type=kind, aggregate_id=ident)
-            .order_by("-aggregate_version")
-            .values_list("aggregate_version", "seal")
-            .first()
-        )
-        if row:
-            found[(kind, ident)] = row
-    return found
+    # On PostgreSQL one statement for all of them (DISTINCT ON); elsewhere one query each.
+    return ops().last_seals(aggregates)
 
 
 def seal_many(events: list[Event]) -> dict[int, str]:

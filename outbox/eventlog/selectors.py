@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection
 from django.db.models import Q, QuerySet
 
+from outbox.backends import ops
 from outbox.models import Event
 
 # Columns of outbox_event whose distinct values the filters list. Each leads a btree index on
@@ -36,16 +36,6 @@ EXPORT_FIELDS = [
     "created_at",
     "payload",
 ]
-
-_SKIP_SCAN = """
-WITH RECURSIVE v(value) AS (
-    (SELECT {column} FROM outbox_event ORDER BY {column} LIMIT 1)
-    UNION ALL
-    SELECT (SELECT {column} FROM outbox_event WHERE {column} > v.value ORDER BY {column} LIMIT 1)
-    FROM v WHERE v.value IS NOT NULL
-)
-SELECT value FROM v WHERE value IS NOT NULL LIMIT %s
-"""
 
 BIGINT_MAX = 2**63 - 1
 
@@ -67,12 +57,7 @@ def distinct_values(column: str, *, limit: int = 200) -> list[str]:
     """
     if column not in DISTINCT_COLUMNS:
         raise ValueError(f"No index to list the values of outbox_event.{column}.")
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_SKIP_SCAN.format(column=column), [limit])
-        else:
-            cursor.execute(f"SELECT DISTINCT {column} FROM outbox_event ORDER BY 1 LIMIT %s", [limit])  # noqa: S608
-        return [row[0] for row in cursor.fetchall()]
+    return ops().distinct_values(column, limit=limit)
 
 
 def event_search(term: str) -> Q:

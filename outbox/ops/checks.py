@@ -144,34 +144,25 @@ def check_seal_key_set(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
     ]
 
 
-# The role the processes connect as, from PostgreSQL's catalogue: whether it is a superuser, and
-# which of the event log's tables it owns, itself or through a role it may SET ROLE to (an owner
-# can drop the append-only triggers; a superuser can do anything).
-ROLE_SQL = "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
-OWNED_TABLES_SQL = """
-    SELECT c.relname, pg_get_userbyid(c.relowner)
-    FROM pg_class c
-    WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(%s::text[]) AS name)
-      AND pg_has_role(current_user, c.relowner, 'MEMBER')
-    ORDER BY c.relname
-"""
 ROLES_HINT = "Connect the app as a role that owns nothing: see docs/operations.md#database-roles."
 
 
 @checks.register(checks.Tags.security, deploy=True)
 def check_database_role_owns_nothing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The app's database role must be no superuser and must not own the event log's tables."""
-    from django.db import DatabaseError, connection
+    from django.db import DatabaseError
 
-    if connection.vendor != "postgresql":
+    from outbox.backends import ops
+
+    roles = ops().roles
+    if roles is None:
         return []
     tables = [model._meta.db_table for model in apps.get_app_config("outbox").get_models()]
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(ROLE_SQL)
-            user, superuser = cursor.fetchone()
-            cursor.execute(OWNED_TABLES_SQL, [tables])
-            owned = cursor.fetchall()
+        # The role the processes connect as, from the database's catalogue: whether it is a
+        # superuser, and which of the event log's tables it owns, itself or through a role it may
+        # SET ROLE to (an owner can drop the append-only triggers; a superuser can do anything).
+        user, superuser, owned = roles.connected(tables)
     except DatabaseError as e:
         return [
             checks.Warning(

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from django.apps import apps
 from django.db import connections
+from django.db.backends.utils import CursorWrapper
 
+from outbox.backends import Roles, ops
 from outbox.errors import OutboxError
 
 FULL = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -52,13 +54,8 @@ def table_privileges(*, using: str = "default") -> dict[str, tuple[str, ...]]:
     return dict(sorted(wanted.items()))
 
 
-def _role_check(cursor: object, role: str) -> None:
-    cursor.execute(  # type: ignore[attr-defined]
-        "SELECT rolsuper, pg_has_role(%s, (SELECT relowner FROM pg_class WHERE oid = 'outbox_event'::regclass), "
-        "'MEMBER') FROM pg_roles WHERE rolname = %s",
-        [role, role],
-    )
-    row = cursor.fetchone()  # type: ignore[attr-defined]
+def _role_check(roles: Roles, cursor: CursorWrapper, role: str) -> None:
+    row = roles.standing(cursor, role)
     if row is None:
         raise GrantError(
             f"Role {role!r} does not exist. Create it first, as a role that owns nothing: "
@@ -79,22 +76,14 @@ def grants_plan(*, role: str, using: str = "default") -> Plan:
     Raises GrantError if the role does not exist, is a superuser or owns the event tables.
     """
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    roles = ops(connection).roles
+    if roles is None:
         raise GrantError("Database roles exist on PostgreSQL only; the embedded default (SQLite) has none.")
     tables = table_privileges(using=using)
     with connection.cursor() as cursor:
-        _role_check(cursor, role)
-        cursor.execute(
-            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(s.relname) FROM pg_class s "
-            "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
-            "JOIN pg_class t ON t.oid = d.refobjid "
-            "WHERE s.relkind = 'S' AND d.deptype IN ('a', 'i') AND t.relname = ANY(%s) "
-            "AND t.relnamespace = s.relnamespace AND n.nspname = current_schema() ORDER BY 1",
-            [list(tables)],
-        )
-        sequences = [row[0] for row in cursor.fetchall()]
-        cursor.execute("SELECT quote_ident(current_schema())")
-        schema = cursor.fetchone()[0]
+        _role_check(roles, cursor, role)
+        sequences = roles.sequences(cursor, list(tables))
+        schema = roles.schema(cursor)
     who = _quote(connection, role)
     names = ", ".join(_quote(connection, t) for t in tables)
     statements = [
@@ -121,13 +110,14 @@ def grants_apply(*, role: str, using: str = "default") -> Plan:
     """Give `role` exactly its privileges, in one transaction; return what was run."""
     plan = grants_plan(role=role, using=using)
     connection = connections[using]
+    roles = ops(connection).roles
+    assert roles is not None  # grants_plan() said so
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
         try:
             for statement in plan.statements:
                 cursor.execute(statement)
-            cursor.execute("SELECT has_schema_privilege(%s, current_schema(), 'CREATE')", [role])
-            if cursor.fetchone()[0]:
+            if roles.may_create(cursor, role):
                 raise GrantError(
                     f"Role {role!r} may still create objects in the schema, through a role it belongs to: "
                     "revoke CREATE on the schema from that role too, so that nothing the owner's functions "

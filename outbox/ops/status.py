@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, Q
 from django.db.models.functions import Now, TruncMinute
-from django.utils import timezone
 
 from outbox import conf
+from outbox.backends import ops
 from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
 from outbox.ops.jobs import OUTCOME_OK, jobs_configured
 
@@ -101,12 +100,7 @@ def _jsonable(value: Any) -> Any:
 
 def database_now() -> datetime:
     """Return the database's clock (PostgreSQL), or this machine's (SQLite, one machine)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT statement_timestamp()")
-            value: datetime = cursor.fetchone()[0]
-            return value
-    return timezone.now()
+    return ops().now()
 
 
 def backlog_counts() -> tuple[int, int]:
@@ -151,14 +145,7 @@ def done_estimate(counted: int) -> int | None:
     the `counted` unsettled ones. Exact on SQLite (the embedded default is small); None when
     PostgreSQL has not analysed the table yet.
     """
-    if connection.vendor != "postgresql":
-        return Delivery.objects.filter(status=Delivery.Status.DONE).count()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'outbox_delivery'::regclass")
-        row = cursor.fetchone()
-    if row is None or row[0] < 0:
-        return None
-    return max(0, int(row[0]) - counted)
+    return ops().deliveries_done_estimate(counted)
 
 
 def relay_states(*, now: datetime) -> list[RelayState]:

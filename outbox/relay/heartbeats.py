@@ -9,37 +9,16 @@ machines keeping time.
 import socket
 from datetime import datetime, timedelta
 
-from django.db import connection
 from django.db.models.functions import Now
-from django.utils import timezone
 
+from outbox.backends import ops
 from outbox.models import RelayHeartbeat
-from outbox.relay.claims import pg_execute
-
-_PG_BEAT = """
-INSERT INTO outbox_relay_heartbeat (name, host, pid, started_at, beat_at, events_relayed)
-VALUES (%s, %s, %s, %s, now(), %s)
-ON CONFLICT (name) DO UPDATE
-    SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
-        beat_at = EXCLUDED.beat_at, events_relayed = EXCLUDED.events_relayed
-"""
 
 
 def heartbeat_beat(*, name: str, pid: int, started_at: datetime, events_relayed: int) -> None:
     """Record that the relay `name` is alive now, with how many events it has relayed."""
-    host = socket.gethostname()
-    if connection.vendor == "postgresql":
-        pg_execute(_PG_BEAT, [name, host, pid, started_at, events_relayed])
-        return
-    RelayHeartbeat.objects.update_or_create(
-        name=name,
-        defaults={
-            "host": host,
-            "pid": pid,
-            "started_at": started_at,
-            "beat_at": timezone.now(),
-            "events_relayed": events_relayed,
-        },
+    ops().heartbeat_beat(
+        name=name, host=socket.gethostname(), pid=pid, started_at=started_at, events_relayed=events_relayed
     )
 
 

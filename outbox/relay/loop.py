@@ -25,12 +25,12 @@ from types import FrameType
 from typing import Any
 
 import dramatiq
-import psycopg
 import redis
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from outbox import conf
+from outbox.backends import InsertListener, ops
 from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.ops.jobs import JobRunner
 from outbox.relay import claims, routing, sweeper
@@ -96,7 +96,7 @@ class Relay:
     # Checks OUTBOX_PERIODIC_JOBS when the relay is created, before it claims anything.
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: datetime = field(default_factory=timezone.now)
-    _listener: psycopg.Connection[Any] | None = None
+    _listener: InsertListener | None = None
     _next_sweep: float = 0.0
     _next_beat: float = 0.0
     checkpoint_every: float = field(default_factory=conf.checkpoint_seconds)
@@ -242,25 +242,17 @@ class Relay:
 
     def wait_for_events(self) -> None:
         """Sleep until an insert is notified (PostgreSQL) or the poll interval passes."""
-        if connection.vendor != "postgresql":
+        backend = ops()
+        if not backend.notifies_inserts:
             self.stopping.wait(self.poll)
             return
         try:
-            listener = self._listen()
-            for _ in listener.notifies(timeout=self.poll, stop_after=1):
-                pass
-        except psycopg.Error as e:
+            if self._listener is None or self._listener.closed:
+                self._listener = backend.insert_listener()
+            self._listener.wait(timeout=self.poll)
+        except backend.listener_errors as e:
             self._close_listener()
             self.stopping.wait(self.database.failed(e))
-
-    def _listen(self) -> psycopg.Connection[Any]:
-        if self._listener is None or self._listener.closed:
-            params = connection.get_connection_params()
-            params.pop("cursor_factory", None)
-            params.pop("context", None)
-            self._listener = psycopg.connect(**params, autocommit=True)
-            self._listener.execute("LISTEN outbox_event")
-        return self._listener
 
     def _close_listener(self) -> None:
         if self._listener is not None:
@@ -276,10 +268,7 @@ class Relay:
         publish those events again, which the consumers absorb. It saves a disk flush per claim
         and per mark: the better part of a batch's latency.
         """
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('application_name', %s, false)", [f"outbox_relay {self.name}"[:63]])
-                cursor.execute("SET synchronous_commit = off")
+        ops().relay_session(name=self.name)
 
     def _drop_connections(self) -> None:
         connection.close()

@@ -10,37 +10,11 @@ idempotent, so a delivery that was only slow costs a duplicate message and nothi
 """
 
 from collections import defaultdict
-from datetime import timedelta
 
-from django.db import connection, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
+from outbox.backends import Overdue, ops
 from outbox.models import Delivery
-from outbox.relay.claims import pg_execute
-
-Overdue = list[tuple[int, int, str]]  # (delivery id, event id, consumer)
-
-_PG_TAKE = """
-WITH s AS (
-    SELECT id FROM outbox_delivery
-    WHERE (status = 'published' AND published_at < now() - make_interval(secs => %s))
-       OR (status = 'failed' AND updated_at < now() - make_interval(secs => %s))
-    ORDER BY published_at LIMIT %s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE outbox_delivery d
-SET published_at = now(), publications = d.publications + 1, updated_at = now()
-FROM s WHERE d.id = s.id
-RETURNING d.id, d.event_id, d.consumer
-"""
-
-_PG_GIVE_BACK = """
-UPDATE outbox_delivery
-SET published_at = now() - make_interval(secs => %s), updated_at = now() - make_interval(secs => %s),
-    publications = publications - 1
-WHERE id = ANY(%s) AND status IN ('published', 'failed')
-"""
 
 
 def take_overdue(*, deadline: float, limit: int) -> Overdue:
@@ -49,35 +23,12 @@ def take_overdue(*, deadline: float, limit: int) -> Overdue:
     Taking one restarts its deadline and counts a publication, so that two relays sweeping at
     once do not both publish it.
     """
-    if connection.vendor == "postgresql":
-        return [(row[0], row[1], row[2]) for row in pg_execute(_PG_TAKE, [deadline, deadline, limit])]
-    now = timezone.now()
-    due = now - timedelta(seconds=deadline)
-    with transaction.atomic():
-        rows = list(
-            Delivery.objects.filter(
-                Q(status=Delivery.Status.PUBLISHED, published_at__lt=due)
-                | Q(status=Delivery.Status.FAILED, updated_at__lt=due)
-            )
-            .order_by("published_at")
-            .values_list("id", "event_id", "consumer")[:limit]
-        )
-        Delivery.objects.filter(id__in=[r[0] for r in rows]).update(
-            published_at=now, publications=F("publications") + 1, updated_at=now
-        )
-    return rows
+    return ops().take_overdue(deadline=deadline, limit=limit)
 
 
 def give_back(*, deadline: float, overdue: Overdue) -> None:
     """Undo take_overdue() for deliveries that could not be published: due again, not counted."""
-    ids = [row[0] for row in overdue]
-    if connection.vendor == "postgresql":
-        pg_execute(_PG_GIVE_BACK, [deadline + 1, deadline + 1, ids])
-        return
-    due = timezone.now() - timedelta(seconds=deadline + 1)
-    Delivery.objects.filter(id__in=ids, status__in=[Delivery.Status.PUBLISHED, Delivery.Status.FAILED]).update(
-        published_at=due, updated_at=due, publications=F("publications") - 1
-    )
+    ops().give_back(deadline=deadline, ids=[row[0] for row in overdue])
 
 
 def abandon(*, overdue: Overdue, reason: str) -> None:

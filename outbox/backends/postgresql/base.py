@@ -15,7 +15,7 @@ from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction  # type: ignore[attr-defined]
 
 from outbox import conf
-from outbox.emit.writer import pg_insert, pg_insert_and_commit, pg_prepare
+from outbox.backends.postgresql import insert
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -50,11 +50,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # transaction back: neither the change nor its events are kept.
             if conf.prepared_statements():
                 if not self._outbox_prepared:
-                    pg_prepare(self.connection)
+                    insert.prepare(self.connection)
                     self._outbox_prepared = True
-                pg_insert_and_commit(self.connection, rows)
+                insert.insert_and_commit(self.connection, rows)
             else:
-                pg_insert(self.connection, rows)
+                insert.insert(self.connection, rows)
                 self.connection.commit()
 
     def _rollback(self) -> None:
