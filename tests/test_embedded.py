@@ -269,3 +269,34 @@ def test_a_replay_on_the_embedded_default_is_delivered_by_the_relay(embedded: Em
         env=embedded.env,
     )
     assert status.stdout.strip().splitlines()[-1] == "done"
+
+
+def test_the_long_running_relay_takes_checkpoints_on_the_embedded_default(embedded: Embedded, tmp_path: Path) -> None:
+    """`make run` starts `outbox_relay` without --once: once seals exist it signs checkpoints of the
+    sealed log, on SQLite as on PostgreSQL, and keeps running; the log verifies against them."""
+    _manage("outbox_relay", "--once", env=embedded.env)  # seals to take a checkpoint of
+    log = tmp_path / "relay.log"
+    env = {**embedded.env, "OUTBOX_CHECKPOINT_SECONDS": "0.2", "OUTBOX_RELAY_POLL_SECONDS": "0.1"}
+    with log.open("wb") as out:
+        relay = subprocess.Popen(
+            [sys.executable, "manage.py", "outbox_relay", "--name", "embedded-relay"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "Checkpoint of the event log" not in log.read_text(errors="replace"):
+            assert relay.poll() is None, f"the relay exited with {relay.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no checkpoint within {TIMEOUT} s:\n{log.read_text()}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few more rounds of the loop
+        assert relay.poll() is None, f"the relay exited with {relay.returncode}:\n{log.read_text()}"
+    finally:
+        relay.terminate()
+        relay.wait(timeout=SERVER_STOP_TIMEOUT)
+    assert "Traceback" not in log.read_text(), log.read_text()
+    report = json.loads(_manage("outbox_verify", "--json", env=embedded.env).stdout)
+    assert report["ok"], report["problems"]
+    assert report["checkpoint"]

@@ -82,9 +82,9 @@ def checkpoint_take() -> Checkpoint | None:
     since = previous.last_event_id if previous else 0
     if last <= since:
         return None
+    # The database's clock where it has one (PostgreSQL), else this machine's (the embedded default).
+    now = backend.now()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT CURRENT_TIMESTAMP")
-        now = cursor.fetchone()[0]
         # The id is signed and PostgreSQL's guard allows no update: there it is taken before the insert.
         new_id = backend.checkpoint_id(cursor)
     checkpoint = Checkpoint(

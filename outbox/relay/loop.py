@@ -191,7 +191,7 @@ class Relay:
                     self.beat()
                 if not once and time.monotonic() >= self._next_checkpoint:
                     self._next_checkpoint = time.monotonic() + self.checkpoint_every
-                    checkpoint_take()
+                    self.checkpoint()
                 if not once:
                     self.jobs.run_due(runner=self.name)
                 self.database.succeeded()
@@ -216,6 +216,20 @@ class Relay:
             self.stats.republished,
         )
         return self.stats
+
+    def checkpoint(self) -> None:
+        """Take a checkpoint of the sealed log. A failure that is not the database's is logged and
+        relaying goes on: the next round tries again (the database's go to the loop's backoff)."""
+        try:
+            checkpoint_take()
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception(
+                "Relay %s could not take a checkpoint of the event log; relaying goes on, and it tries again in %.0f s",
+                self.name,
+                self.checkpoint_every,
+            )
 
     def beat(self) -> None:
         """Record in the relay's heartbeat row that it is alive, and how many events it relayed."""
