@@ -1,7 +1,8 @@
 """The database seam: what the outbox does differently on one database than on another.
 
 The concern modules (the writer, the relay's claims, sweeper, heartbeats and loop, the event log's
-seals, selectors, checkpoints and purge, the status, grants and checks) hold the logic and say why;
+seals, selectors, checkpoints and purge, the external consumers' dedupe records, the status,
+grants and checks) hold the logic and say why;
 for the few steps a database runs its own way they call `ops()`, never `connection.vendor`.
 `ops(connection=None)` returns the operations object for the connection's vendor (the default
 connection's unless another is given, as the writer and the grants do for `using`), made once per
@@ -14,8 +15,9 @@ below for what it hands out:
 
 - the statements: the writer's event insert, the relay's claim, mark and release of a batch,
   the sweeper's take and give-back of overdue deliveries, the relay's heartbeat and session, the
-  event log's last seals, distinct values and checkpoint statements, the purge's delete, and the
-  status's clock and estimate of settled deliveries;
+  event log's last seals, distinct values and checkpoint statements, the purge's delete, the
+  external consumers' dedupe claim and mark, and the status's clock and estimate of settled
+  deliveries;
 - capabilities, which the callers ask instead of naming a database: whether the insert takes
   whole events as JSON (`whole_event_rows`), whether inserts are notified so that an idle relay
   can LISTEN instead of polling (`notifies_inserts`, `insert_listener()`, `listener_errors`), and

@@ -6,6 +6,7 @@ overrides what it does better. The callers hold the logic and say why; these say
 relay and one machine, which is what the embedded default runs.
 """
 
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -41,6 +42,26 @@ INSERT INTO outbox_event
     (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
+
+
+# An external consumer's dedupe record (outbox/consume/external.py): taken unless sent or under a
+# live lease, in one statement. Here on this machine's clock, which the embedded default's one
+# worker shares with its SQLite file; PostgreSQL's is the database's.
+DEDUPE_CLAIM = """
+INSERT INTO outbox_dedupe (consumer, key, event_id, status, sends, token, lease_until, created_at)
+VALUES (%s, %s, %s, 'sending', 1, %s, {lease_until}, CURRENT_TIMESTAMP)
+ON CONFLICT (consumer, key) DO UPDATE
+    SET sends = outbox_dedupe.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
+    WHERE outbox_dedupe.status = 'sending'
+      AND (outbox_dedupe.lease_until IS NULL OR outbox_dedupe.lease_until < {now})
+RETURNING token, sends
+"""
+# sent_at on the same clock as the lease.
+DEDUPE_SENT = (
+    "UPDATE outbox_dedupe SET status = 'sent', sent_at = {now}, lease_until = NULL WHERE consumer = %s AND key = %s"
+)
+_DEDUPE_CLAIM = DEDUPE_CLAIM.format(lease_until="%s", now="%s")
+_DEDUPE_SENT = DEDUPE_SENT.format(now="%s")
 
 
 class Operations:
@@ -235,6 +256,23 @@ class Operations:
             Delivery.objects.filter(event_id__in=ids).delete()
             deleted, _ = Event.objects.filter(id__in=ids).delete()
         return deleted
+
+    # --- external consumers (outbox/consume/external.py) -------------------------------------------
+
+    def dedupe_claim(
+        self, *, consumer: str, key: str, event_id: int, token: "uuid.UUID | str", lease: float
+    ) -> tuple | None:
+        """Take the dedupe record for a call unless it is sent or leased; return (token, sends), or None."""
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(_DEDUPE_CLAIM, [consumer, key, event_id, token, now + timedelta(seconds=lease), now])
+            row: tuple | None = cursor.fetchone()
+            return row
+
+    def dedupe_sent(self, *, consumer: str, key: str) -> None:
+        """Mark the dedupe record sent (in the caller's transaction, with the delivery)."""
+        with connection.cursor() as cursor:
+            cursor.execute(_DEDUPE_SENT, [timezone.now(), consumer, key])
 
     # --- status -------------------------------------------------------------------------------
 

@@ -30,14 +30,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
-from django.utils import timezone
 
+from outbox.backends import ops
 from outbox.consume.declare import Consumer, declaration
 from outbox.consume.deliveries import delivery_begin
 from outbox.models import Dedupe, Event
@@ -71,26 +69,6 @@ def lease_seconds(declared: Consumer | None = None) -> float:
     return float(lease() if callable(lease) else lease)
 
 
-_CLAIM = """
-INSERT INTO outbox_dedupe (consumer, key, event_id, status, sends, token, lease_until, created_at)
-VALUES (%s, %s, %s, 'sending', 1, %s, {lease_until}, CURRENT_TIMESTAMP)
-ON CONFLICT (consumer, key) DO UPDATE
-    SET sends = outbox_dedupe.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
-    WHERE outbox_dedupe.status = 'sending'
-      AND (outbox_dedupe.lease_until IS NULL OR outbox_dedupe.lease_until < {now})
-RETURNING token, sends
-"""
-_CLAIM_POSTGRESQL = _CLAIM.format(
-    lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
-)
-_CLAIM_LOCAL_CLOCK = _CLAIM.format(lease_until="%s", now="%s")
-
-# sent_at on the same clock as the lease.
-_SENT = "UPDATE outbox_dedupe SET status = 'sent', sent_at = {now}, lease_until = NULL WHERE consumer = %s AND key = %s"
-_SENT_POSTGRESQL = _SENT.format(now="statement_timestamp()")
-_SENT_LOCAL_CLOCK = _SENT.format(now="%s")
-
-
 def dedupe_claim(*, consumer: str, key: str, event_id: int, lease: float | None = None) -> DedupeKey | None:
     """Record the intent to call, in one statement; return the key, or None when the call was made.
 
@@ -100,15 +78,7 @@ def dedupe_claim(*, consumer: str, key: str, event_id: int, lease: float | None 
     token_field = Dedupe._meta.get_field("token")
     # As the backend stores a UUIDField (a uuid on PostgreSQL, 32 hex digits on SQLite), and back.
     token = token_field.get_db_prep_value(uuid.uuid4(), connection)
-    params: list[Any] = [consumer, key, event_id, token]
-    if connection.vendor == "postgresql":
-        statement, params = _CLAIM_POSTGRESQL, [*params, seconds]
-    else:
-        now = timezone.now()
-        statement, params = _CLAIM_LOCAL_CLOCK, [*params, now + timedelta(seconds=seconds), now]
-    with connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
+    row = ops().dedupe_claim(consumer=consumer, key=key, event_id=event_id, token=token, lease=seconds)
     if row is not None:
         return DedupeKey(key=key, token=token_field.to_python(row[0]), sends=int(row[1]))
     held = Dedupe.objects.filter(consumer=consumer, key=key).values_list("status", "lease_until").first()
@@ -158,11 +128,8 @@ def external_run(declared: Consumer, event: Event, session: object = None) -> fl
         _release(declared.name, key, uncount=_not_sent(declared.not_sent, exc))
         raise
     accepted = time.monotonic()
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_SENT_POSTGRESQL, [declared.name, key])
-        else:
-            cursor.execute(_SENT_LOCAL_CLOCK, [timezone.now(), declared.name, key])
+    with transaction.atomic():
+        ops().dedupe_sent(consumer=declared.name, key=key)
         if callable(record):
             record()
         delivery_begin(event_id=event.id, consumer=declared.name)

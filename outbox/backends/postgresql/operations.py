@@ -8,6 +8,7 @@ outbox/relay/claims.py, relay/sweeper.py, relay/heartbeats.py, relay/loop.py, em
 eventlog/checkpoints.py, eventlog/purge.py, ops/status.py, ops/grants.py and ops/checks.py.
 """
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
     from django.db.backends.utils import CursorWrapper
 
     from outbox.emit.writer import Row
+
+# --- external consumers (outbox/consume/external.py): leases on the database's clock ------------
+
+_DEDUPE_CLAIM = portable.DEDUPE_CLAIM.format(
+    lease_until="statement_timestamp() + make_interval(secs => %s)", now="statement_timestamp()"
+)
+_DEDUPE_SENT = portable.DEDUPE_SENT.format(now="statement_timestamp()")
 
 # --- the relay (outbox/relay/claims.py) -----------------------------------------------------------
 
@@ -297,6 +305,23 @@ class Operations(portable.Operations):
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT outbox_purge_events(%s::bigint[])", [ids])
             return int(cursor.fetchone()[0])
+
+    # --- external consumers -------------------------------------------------------------------
+
+    def dedupe_claim(
+        self, *, consumer: str, key: str, event_id: int, token: "uuid.UUID | str", lease: float
+    ) -> tuple | None:
+        """Take the dedupe record unless sent or leased, the lease judged on the database's clock, so
+        that workers whose clocks disagree agree on whose lease has run out."""
+        with connection.cursor() as cursor:
+            cursor.execute(_DEDUPE_CLAIM, [consumer, key, event_id, token, lease])
+            row: tuple | None = cursor.fetchone()
+            return row
+
+    def dedupe_sent(self, *, consumer: str, key: str) -> None:
+        """Mark the dedupe record sent, stamped on the lease's clock."""
+        with connection.cursor() as cursor:
+            cursor.execute(_DEDUPE_SENT, [consumer, key])
 
     # --- status -------------------------------------------------------------------------------
 
