@@ -3,6 +3,7 @@
 Every wait is bounded in time (tooling.processes.wait_until); every process is stopped when its test ends.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import redis
+from django.conf import settings
 from django.db import connection
 
 from tooling.processes import LocalRedis
@@ -154,3 +157,24 @@ def private_redis(tmp: Path) -> Iterator[LocalRedis]:
         yield server
     finally:
         server.stop()
+
+
+def queued(queue: str) -> list[int]:
+    """Return the event ids of the messages waiting on a Dramatiq queue in the tests' Redis, sorted."""
+    ids: list[int] = []
+    for raw in redis.Redis.from_url(settings.REDIS_URL).hvals(f"dramatiq:{queue}.msgs"):
+        ids += json.loads(raw)["args"][0]
+    return sorted(ids)
+
+
+def app_role_env(app_role: str, *, smtp_host: str, smtp_port: int) -> dict[str, str]:
+    """The environment of a relay and a worker that connect as the app role and mail to loopback."""
+    return {
+        "DATABASE_URL": database_url().replace("postgres://postgres@", f"postgres://{app_role}@"),
+        "REDIS_URL": settings.REDIS_URL,
+        "OUTBOX_RELAY_POLL_SECONDS": "0.2",
+        "OUTBOX_CHECKPOINT_SECONDS": "0.5",
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": smtp_host,
+        "EMAIL_PORT": str(smtp_port),
+    }

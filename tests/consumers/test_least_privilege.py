@@ -14,7 +14,7 @@ from core.models import Product
 from outbox.eventlog.sealing import verify
 from outbox.models import Checkpoint, Delivery, Pending, Seal
 from tests.outbox.helpers import as_role
-from tests.processes import database_url, processes
+from tests.processes import app_role_env, processes
 from tests.smtp import smtp_server
 from tooling.processes import wait_until
 
@@ -60,17 +60,8 @@ def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: 
     customer = services.customer_create(name="Ada", email="ada@example.com")
     product = services.product_create(sku="KB-1", name="Keyboard", price=Decimal("10.00"))
     services.stock_receive(sku="KB-1", quantity=5)
-    app_url = database_url().replace("postgres://postgres@", f"postgres://{app_role}@")
     with smtp_server() as mail:
-        env = {
-            "DATABASE_URL": app_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "OUTBOX_RELAY_POLL_SECONDS": "0.2",
-            "OUTBOX_CHECKPOINT_SECONDS": "0.5",
-            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "EMAIL_HOST": mail.host,
-            "EMAIL_PORT": str(mail.port),
-        }
+        env = app_role_env(app_role, smtp_host=mail.host, smtp_port=mail.port)
         with processes(tmp_path, **env) as procs:
             procs.relay("r1")
             procs.worker()

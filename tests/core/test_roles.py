@@ -1,33 +1,22 @@
 """The Auditors and Operators roles (core/roles.py): their permissions, and what an auditor may
 do in the admin, over HTTP."""
 
-import json
 from decimal import Decimal
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from core import services
 from outbox.models import Delivery, Event, Replay
+from tests import processes
 from tests.outbox.helpers import events
 
-# The suite's own Redis database (settings.test; REDIS_URL overrides it).
-REDIS_DB_URL = settings.REDIS_URL
-
-
-@pytest.fixture(autouse=True)
-def empty_queues() -> None:
-    redis.Redis.from_url(REDIS_DB_URL).flushdb()
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def queued(queue: str = "audit") -> list[int]:
-    ids: list[int] = []
-    for raw in redis.Redis.from_url(REDIS_DB_URL).hvals(f"dramatiq:{queue}.msgs"):
-        ids += json.loads(raw)["args"][0]
-    return sorted(ids)
+    return processes.queued(queue)
 
 
 @pytest.fixture

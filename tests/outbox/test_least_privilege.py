@@ -25,7 +25,7 @@ from outbox.relay.routing import consumers_for
 from tests.outbox.helpers import as_role
 from tests.outbox_app import services
 from tests.outbox_app.models import Item
-from tests.processes import database_url, manage_run, processes
+from tests.processes import app_role_env, database_url, manage_run, processes
 from tests.smtp import smtp_server
 from tooling.processes import wait_until
 
@@ -217,19 +217,10 @@ def test_the_pipeline_runs_as_the_app_role_and_refuses_a_forged_event(app_role: 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     item = item_create("KB-1", "Keyboard")
     services.restock(item=item, quantity=5)
-    app_url = database_url().replace("postgres://postgres@", f"postgres://{app_role}@")
     routed = consumers_for("item.restocked")
     assert {"stocktake", "journal", "outbox_seal"} <= set(routed)
     with smtp_server() as mail:
-        env = {
-            "DATABASE_URL": app_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "OUTBOX_RELAY_POLL_SECONDS": "0.2",
-            "OUTBOX_CHECKPOINT_SECONDS": "0.5",
-            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-            "EMAIL_HOST": mail.host,
-            "EMAIL_PORT": str(mail.port),
-        }
+        env = app_role_env(app_role, smtp_host=mail.host, smtp_port=mail.port)
         with processes(tmp_path, **env) as procs:
             procs.relay("r1")
             procs.worker()

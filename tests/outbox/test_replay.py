@@ -1,33 +1,22 @@
 """Replay from the command line, and who may replay or change the record, over HTTP."""
 
-import json
 from io import StringIO
 
 import pytest
-import redis
-from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
 from outbox.models import Delivery, Event, Replay, ReplayItem
+from tests import processes
 from tests.outbox.helpers import events
 from tests.outbox_app.models import Item
 
-# The suite's own Redis database (settings.test; REDIS_URL overrides it).
-REDIS_DB_URL = settings.REDIS_URL
-
-
-@pytest.fixture(autouse=True)
-def empty_queues() -> None:
-    redis.Redis.from_url(REDIS_DB_URL).flushdb()
+pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 def queued(queue: str = "journal") -> list[int]:
-    ids: list[int] = []
-    for raw in redis.Redis.from_url(REDIS_DB_URL).hvals(f"dramatiq:{queue}.msgs"):
-        ids += json.loads(raw)["args"][0]
-    return sorted(ids)
+    return processes.queued(queue)
 
 
 @pytest.fixture
