@@ -64,11 +64,15 @@ def not_taken(exc: BaseException) -> bool:
     error, or no session was made (a session the message's connection failed to open is not taken
     either, whatever the error: see Session.open). A session lost mid-send may have delivered it."""
     refused = (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)
-    return isinstance(exc, (NoSession, *refused, ConnectionRefusedError, socket.gaierror))
+    return isinstance(exc, (NoSession, NotRendered, *refused, ConnectionRefusedError, socket.gaierror))
 
 
 class NoSession(Exception):
     """The SMTP session could not be opened: nothing was sent."""
+
+
+class NotRendered(Exception):
+    """The notice could not be written (no such order, an error reading it): nothing was sent."""
 
 
 class OrderCache:
@@ -182,13 +186,18 @@ def smtp_session(events: list[Event]) -> Iterator[Session]:
 def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], None]:
     """Send the event's notice; return what records it once the SMTP server accepted it."""
     kind = KINDS.get(event.event_type)
-    if kind is None:
-        raise PermanentError(
-            f"The e-mail consumer does not handle {event.event_type} events. "
-            "Remove the type from its @consumer declaration's events; the event itself is fine."
-        )
     order_id = int(event.aggregate_id)
-    message = render(kind, order_id, session.orders)
+    try:
+        if kind is None:
+            raise PermanentError(
+                f"The e-mail consumer does not handle {event.event_type} events. "
+                "Remove the type from its @consumer declaration's events; the event itself is fine."
+            )
+        message = render(kind, order_id, session.orders)
+    except PermanentError as exc:
+        raise exc from NotRendered(str(exc))  # dead, and not counted as a send
+    except Exception as exc:
+        raise NotRendered(f"The {kind} for order {order_id} could not be written: {type(exc).__name__}: {exc}") from exc
     message.extra_headers["Message-ID"] = message_id(token=key.token)
     try:
         session.open()

@@ -47,15 +47,39 @@ def copy_to_dedupe(apps, schema_editor):
                 )
                 for n in batch
             ],
-            ignore_conflicts=True,
+            # A record left by an earlier run of this migration (migrated back, then forward) takes
+            # the notice's state, which is the one the old code kept up to date since.
+            update_conflicts=True,
+            unique_fields=["consumer", "key"],
+            update_fields=["event_id", "status", "sends", "token", "lease_until", "sent_at"],
         )
     # Not sent yet: the dedupe record says so; the notice's row comes when the SMTP server accepts it.
     notice.objects.using(db).exclude(status="sent").delete()
 
 
 def copy_back(apps, schema_editor):
+    """Back to the notices as the old code keeps them: the sent ones are `sent`, and each notice
+    still `sending` in the dedupe records gets its row back, with its lease and sends, so that the
+    old code sends it (once the lease runs out) rather than claim it anew."""
     notice = apps.get_model("consumers", "EmailNotice")
-    notice.objects.using(schema_editor.connection.alias).update(status="sent")
+    dedupe = apps.get_model("outbox", "Dedupe")
+    db = schema_editor.connection.alias
+    notice.objects.using(db).update(status="sent")
+    for record in dedupe.objects.using(db).filter(consumer="email", status="sending").iterator():
+        _, order_id, kind = record.key.split(":", 2)
+        notice.objects.using(db).get_or_create(
+            order_id=int(order_id),
+            kind=kind,
+            defaults={
+                "event_id": record.event_id,
+                "recipient": "",
+                "subject": "",
+                "status": "sending",
+                "sends": record.sends,
+                "token": record.token,
+                "lease_until": record.lease_until,
+            },
+        )
 
 
 class Migration(migrations.Migration):

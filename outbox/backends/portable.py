@@ -54,7 +54,7 @@ ON CONFLICT (consumer, key) DO UPDATE
     SET sends = outbox_dedupe.sends + 1, lease_until = EXCLUDED.lease_until, event_id = EXCLUDED.event_id
     WHERE outbox_dedupe.status = 'sending'
       AND (outbox_dedupe.lease_until IS NULL OR outbox_dedupe.lease_until < {now})
-RETURNING token, sends
+RETURNING token, sends, lease_until
 """
 # sent_at on the same clock as the lease.
 DEDUPE_SENT = (
@@ -262,7 +262,7 @@ class Operations:
     def dedupe_claim(
         self, *, consumer: str, key: str, event_id: int, token: "uuid.UUID | str", lease: float
     ) -> tuple | None:
-        """Take the dedupe record for a call unless it is sent or leased; return (token, sends), or None."""
+        """Take the dedupe record for a call unless it is sent or leased; return (token, sends, lease), or None."""
         now = timezone.now()
         with connection.cursor() as cursor:
             cursor.execute(_DEDUPE_CLAIM, [consumer, key, event_id, token, now + timedelta(seconds=lease), now])

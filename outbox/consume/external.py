@@ -29,15 +29,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 
 from outbox.backends import ops
 from outbox.consume.declare import Consumer, declaration
 from outbox.consume.deliveries import delivery_begin
+from outbox.consume.run import PermanentError
 from outbox.models import Dedupe, Event
 
 logger = logging.getLogger("outbox.consumer")
@@ -55,6 +56,8 @@ class DedupeKey:
     token: uuid.UUID
     # Calls that may have reached the outside system, this one included: above 1, it may see a repeat.
     sends: int
+    # This claim's lease as the database stored it: a release touches this claim's lease only.
+    _lease: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.key
@@ -80,7 +83,7 @@ def dedupe_claim(*, consumer: str, key: str, event_id: int, lease: float | None 
     token = token_field.get_db_prep_value(uuid.uuid4(), connection)
     row = ops().dedupe_claim(consumer=consumer, key=key, event_id=event_id, token=token, lease=seconds)
     if row is not None:
-        return DedupeKey(key=key, token=token_field.to_python(row[0]), sends=int(row[1]))
+        return DedupeKey(key=key, token=token_field.to_python(row[0]), sends=int(row[1]), _lease=row[2])
     held = Dedupe.objects.filter(consumer=consumer, key=key).values_list("status", "lease_until").first()
     if held is not None and held[0] == Dedupe.Status.SENT:
         return None
@@ -88,11 +91,52 @@ def dedupe_claim(*, consumer: str, key: str, event_id: int, lease: float | None 
     raise DedupeBusy(f"{consumer}: another worker is making the call for {key!r} ({until}); retrying later.")
 
 
-def _release(consumer: str, key: str, *, uncount: bool) -> None:
-    """Give the lease back, so that the retry need not wait for it; `uncount`: the call did not happen."""
-    Dedupe.objects.filter(consumer=consumer, key=key, status=Dedupe.Status.SENDING).update(
-        lease_until=None, **({"sends": F("sends") - 1} if uncount else {})
-    )
+_RELEASE = (
+    "UPDATE outbox_dedupe SET lease_until = NULL, sends = sends - %s "
+    "WHERE consumer = %s AND key = %s AND status = 'sending' AND lease_until = %s"
+)
+
+
+def _release(consumer: str, claimed: DedupeKey, *, uncount: bool) -> None:
+    """Give the lease back, so that the retry need not wait for it; `uncount`: the call did not happen.
+
+    This claim's lease only: a call that outlived its lease may find another worker's claim on the
+    key, calling right now, whose lease and count are not this one's to undo."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RELEASE, [1 if uncount else 0, consumer, claimed.key, claimed._lease])
+
+
+def _mark_made(declared: Consumer, event: Event, key: str, record: object) -> None:
+    """Mark the call made and the delivery done, with the consumer's record of the effect, in one transaction."""
+    with transaction.atomic():
+        ops().dedupe_sent(consumer=declared.name, key=key)
+        if callable(record):
+            record()
+        delivery_begin(event_id=event.id, consumer=declared.name)
+
+
+def _mark_after_failure(declared: Consumer, event: Event, key: str, record: object, exc: Exception) -> None:
+    """The outside system took the call, and recording it failed (a connection dropped during the
+    call, a deadlock, the consumer's own record): try once more on a fresh connection; failing
+    that, mark the call made on its own, so that no retry makes it again, and fail the delivery
+    saying so (the consumer's record of it is lost). Only when the database takes nothing at all
+    does the call stay `sending`, as if the worker had died: the duplicate window."""
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
+    try:
+        _mark_made(declared, event, key, record)
+        return
+    except Exception as again:
+        try:
+            with transaction.atomic():
+                ops().dedupe_sent(consumer=declared.name, key=key)
+        except Exception:
+            raise again from exc
+        raise PermanentError(
+            f"{declared.name}: the call for {key!r} was made, but recording it failed ({type(again).__name__}: "
+            f"{again}). It is marked made and will not be made again; the consumer's own record of it is missing. "
+            "Fix the cause; a replay then marks the delivery done."
+        ) from again
 
 
 def _not_sent(test: Callable[[BaseException], bool] | None, exc: BaseException) -> bool:
@@ -125,14 +169,13 @@ def external_run(declared: Consumer, event: Event, session: object = None) -> fl
         else:
             record = declared.handler(event, claimed)
     except Exception as exc:
-        _release(declared.name, key, uncount=_not_sent(declared.not_sent, exc))
+        _release(declared.name, claimed, uncount=_not_sent(declared.not_sent, exc))
         raise
     accepted = time.monotonic()
-    with transaction.atomic():
-        ops().dedupe_sent(consumer=declared.name, key=key)
-        if callable(record):
-            record()
-        delivery_begin(event_id=event.id, consumer=declared.name)
+    try:
+        _mark_made(declared, event, key, record)
+    except Exception as exc:
+        _mark_after_failure(declared, event, key, record, exc)
     window = time.monotonic() - accepted
     logger.info(
         "%s: made the call for %r (event %s); recorded %.2f ms after it", declared.name, key, event.id, window * 1000

@@ -1,16 +1,20 @@
 """The e-mail consumer against a real SMTP server on loopback (aiosmtpd)."""
 
+import time
 from datetime import timedelta
 from typing import Any
 
 import dramatiq
 import pytest
+from django.db import IntegrityError, OperationalError
 from django.db import connection as db_connection
 from django.utils import timezone
 
+from consumers import email
 from consumers.models import EmailNotice
 from core import services
 from core.models import Customer, Order, Product
+from outbox.consume import external
 from outbox.consume.external import DedupeBusy, dedupe_claim
 from outbox.consume.run import Attempt
 from outbox.models import Dedupe, Delivery, Event
@@ -273,3 +277,112 @@ def test_a_notice_is_leased_for_email_notice_lease_seconds(
         cursor.execute("SELECT extract(epoch FROM lease_until - statement_timestamp()) FROM outbox_dedupe")
         (left,) = cursor.fetchone()
     assert 295 < float(left) <= 300
+
+
+def test_a_record_that_fails_once_in_the_mark_transaction_is_written_on_a_fresh_try(
+    mailbox: Mailbox, customer: Customer, products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMTP server accepted the notice, then the transaction that records it failed (a
+    deadlock, a connection dropped during the call): the worker knows the e-mail went out, so it
+    records it once more instead of leaving it to be sent again after the lease."""
+    place(customer, products)
+    ids = routed_ids("email")
+    calls = {"n": 0}
+    real = EmailNotice.objects.bulk_create
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("deadlock detected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(EmailNotice.objects, "bulk_create", flaky)
+    deliver("email", ids, attempt=Attempt(1, 6))
+    assert mailbox.count() == 1
+    assert (record().status, record().sends) == ("sent", 1)
+    assert EmailNotice.objects.get().sends == 1
+    assert Delivery.objects.get(consumer="email").status == "done"
+
+
+def test_a_record_that_always_fails_marks_the_call_made_and_the_delivery_dead(
+    mailbox: Mailbox, customer: Customer, products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer's record that cannot be written: the e-mail went out once, is marked made, and
+    is never sent again; the delivery is dead saying so, and a replay after the fix marks it done."""
+    place(customer, products)
+    ids = routed_ids("email")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise IntegrityError("value too long for type character varying(200)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(EmailNotice.objects, "bulk_create", broken)
+        deliver("email", ids, attempt=Attempt(1, 3))
+        delivery = Delivery.objects.get(consumer="email")
+        assert delivery.status == "dead"
+        assert "was made, but recording it failed" in delivery.last_error
+        assert (record().status, record().sends) == ("sent", 1)
+        Dedupe.objects.filter(consumer="email").update(lease_until=timezone.now() - timedelta(seconds=1))
+        deliver("email", ids, attempt=Attempt(1, 3))  # a replay: a new message
+    assert mailbox.count() == 1
+    assert Delivery.objects.get(consumer="email").status == "done"
+
+
+def test_a_call_that_outlived_its_lease_does_not_release_the_lease_of_the_worker_that_took_over(
+    customer: Customer, products: list[Product]
+) -> None:
+    """Worker A's call outlives its lease and worker B takes the key over. A's call then fails: A
+    gives back its own lease only, so B's holds and no third worker calls while B is calling."""
+    order = place(customer, products)
+    event_id = routed_ids("email")[0]
+    key = f"order:{order.pk}:order_confirmation"
+    a = dedupe_claim(consumer="email", key=key, event_id=event_id, lease=0.05)
+    assert a is not None
+    time.sleep(0.2)
+    b = dedupe_claim(consumer="email", key=key, event_id=event_id, lease=60)
+    assert b is not None
+    assert b.sends == 2
+    external._release("email", a, uncount=True)
+    with pytest.raises(DedupeBusy):
+        dedupe_claim(consumer="email", key=key, event_id=event_id, lease=60)
+    assert record().sends == 2
+    external._release("email", b, uncount=True)  # B's own release does give the lease back
+    assert (record().lease_until, record().sends) == (None, 1)
+
+
+def test_a_notice_that_could_not_be_written_is_not_counted_as_a_send(
+    mailbox: Mailbox, customer: Customer, products: list[Product], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error before any SMTP session (reading the order, a deleted order) sends nothing and
+    counts nothing: `sends` stays the number of sends that may have reached the server."""
+    place(customer, products)
+    ids = routed_ids("email")
+    real = email.render
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(email, "render", flaky)
+    with pytest.raises(dramatiq.Retry):
+        deliver("email", ids, attempt=Attempt(1, 6))
+    assert (mailbox.count(), record().sends) == (0, 0)
+    deliver("email", ids, attempt=Attempt(2, 6))
+    assert mailbox.count() == 1
+    assert EmailNotice.objects.get().sends == record().sends == 1
+
+
+def test_a_notice_for_a_deleted_order_is_dead_and_not_counted_as_a_send(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    order = place(customer, products)
+    ids = routed_ids("email")
+    Order.objects.filter(pk=order.pk).delete()
+    deliver("email", ids)
+    delivery = Delivery.objects.get(consumer="email")
+    assert delivery.status == "dead"
+    assert "no longer exists" in delivery.last_error
+    assert (mailbox.count(), record().sends) == (0, 0)

@@ -52,3 +52,32 @@ def test_notices_become_dedupe_records_and_those_in_flight_are_sent_again() -> N
     assert notices[(7, "order_confirmation")].token == token
     assert notices[(7, "order_cancellation")].token == twice.token
     assert notices[(7, "order_cancellation")].sends == 2
+
+
+def test_migrating_back_and_forward_again_keeps_each_notice_in_flight() -> None:
+    """Back to 0005, a notice still `sending` in the dedupe records gets its row back with its
+    lease and sends; forward again, the dedupe record takes the notice's state."""
+    lease = timezone.now() + timedelta(seconds=90)
+    token = uuid.uuid4()
+    Dedupe.objects.create(
+        consumer="email",
+        key="order:9:order_confirmation",
+        event_id=90,
+        status="sending",
+        sends=2,
+        token=token,
+        lease_until=lease,
+    )
+    call_command("migrate", "consumers", "0005", verbosity=0)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT order_id, kind, status, sends, token, lease_until FROM email_notice")
+            rows = cursor.fetchall()
+            assert rows == [(9, "order_confirmation", "sending", 2, token, lease)]
+            # The old code's worker takes it over once the lease ran out, and sends it.
+            cursor.execute("UPDATE email_notice SET status = 'sent', sends = 3, lease_until = NULL")
+    finally:
+        call_command("migrate", "consumers", verbosity=0)
+    again = Dedupe.objects.get(consumer="email")
+    assert (again.status, again.sends, again.token, again.lease_until) == ("sent", 3, token, None)
+    assert EmailNotice.objects.get().sends == 3

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: import-linter's own TOML reader
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 # Variables that select a deployment: removed so that settings.local falls back to the embedded default.
 SELECTING = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "SQLITE_PATH")
@@ -64,6 +69,27 @@ BREACHES = [
     ("consumers/intruder.py", "from outbox.consume.run import consume", "Apps use the outbox through its public API"),
     ("tests/ledger/consumers.py", "from outbox.models import Event", "Apps use the outbox through its public API"),
 ]
+
+
+# The outbox's public API: what the apps may import (docs/extending.md).
+PUBLIC = {"outbox", "outbox.admin", "outbox.testing", "outbox.urls"}
+
+
+def test_every_module_of_the_outbox_is_public_or_forbidden_to_the_apps() -> None:
+    """A new module of the outbox is inside it until said otherwise: the public-API contract must
+    name it, or the public list must, so that no module becomes an API by being forgotten."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in config if c["name"].startswith("Apps use the outbox through its public API")]
+    forbidden = set(contract["forbidden_modules"])
+    modules = {"outbox"} | {
+        "outbox." + (p.stem if p.is_file() else p.name)
+        for p in (ROOT / "outbox").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    }
+    modules |= {f"outbox.admin.{p.stem}" for p in (ROOT / "outbox" / "admin").glob("*.py") if p.stem != "__init__"}
+    unaccounted = sorted(m for m in modules if m not in PUBLIC and m not in forbidden)
+    assert unaccounted == [], f"modules of the outbox neither public nor forbidden to the apps: {unaccounted}"
+    assert not PUBLIC & forbidden
 
 
 def test_the_import_rules_hold() -> None:
