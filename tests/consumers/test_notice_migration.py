@@ -36,7 +36,7 @@ def test_notices_become_dedupe_records_and_those_in_flight_are_sent_again() -> N
                 INSERT, [8, "order_confirmation", 80, "b@example.com", "s", "sending", 1, None, lease, now, None]
             )
     finally:
-        call_command("migrate", "consumers", verbosity=0)
+        call_command("migrate", verbosity=0)  # every app: what migrating back unapplied
 
     records = {r.key: r for r in Dedupe.objects.filter(consumer="email")}
     assert set(records) == {"order:7:order_confirmation", "order:7:order_cancellation", "order:8:order_confirmation"}
@@ -77,7 +77,7 @@ def test_migrating_back_and_forward_again_keeps_each_notice_in_flight() -> None:
             # The old code's worker takes it over once the lease ran out, and sends it.
             cursor.execute("UPDATE email_notice SET status = 'sent', sends = 3, lease_until = NULL")
     finally:
-        call_command("migrate", "consumers", verbosity=0)
+        call_command("migrate", verbosity=0)  # every app: what migrating back unapplied
     again = Dedupe.objects.get(consumer="email")
     assert (again.status, again.sends, again.token, again.lease_until) == ("sent", 3, token, None)
     assert EmailNotice.objects.get().sends == 3
