@@ -71,6 +71,9 @@ class Consumer:
     # External kind: seconds a call may take before another worker may make it again (a number, or
     # a callable read at each claim, e.g. from a setting); OUTBOX_EXTERNAL_LEASE_SECONDS when None.
     lease: float | Callable[[], float] | None = None
+    # Seconds the relay may hold this consumer's messages to send more events in each: for a
+    # consumer whose events need not arrive at once (the outbox's sealer), fewer, larger messages.
+    coalesce: float = 0.0
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -97,6 +100,7 @@ def consumer(
     session: Callable[[list[Any]], AbstractContextManager[Any]] | None = None,
     not_sent: Callable[[BaseException], bool] | None = None,
     lease: float | Callable[[], float] | None = None,
+    coalesce: float = 0.0,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -113,6 +117,8 @@ def consumer(
         raise RegistrationError(
             f"Consumer {name!r}: kind must be one of {[k.value for k in Kind]}, not {kind!r}."
         ) from None
+    if not 0 <= coalesce <= 60:
+        raise RegistrationError(f"Consumer {name!r}: coalesce is seconds from 0 to 60, not {coalesce!r}.")
     if dedupe_key is not None and chosen is not Kind.EXTERNAL:
         raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
     if chosen is Kind.EXTERNAL and batch:
@@ -140,6 +146,7 @@ def consumer(
             session=session,
             not_sent=not_sent,
             lease=lease,
+            coalesce=coalesce,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):

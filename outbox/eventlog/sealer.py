@@ -4,6 +4,10 @@ It takes every event type, so the chain that verify and the purge depend on is w
 other consumers a project declares. A consumer that wants an event's seal (the audit log puts it
 in each line) calls `outbox.seals()`, which seals what is not sealed yet: seals are a function of
 the log, so whichever comes first writes them and the other reads the same values.
+
+Sealing need not follow each commit at once: the relay holds the sealer's messages for up to
+COALESCE_SECONDS, so that at a steady trickle of events it gets a message a half second rather
+than one per event, and costs the workers little beside the consumers whose latency counts.
 """
 
 from outbox.consume.declare import ALL, consumer
@@ -11,9 +15,10 @@ from outbox.eventlog.sealing import seal_many
 from outbox.models import Event
 
 CONSUMER = "outbox_seal"
+COALESCE_SECONDS = 0.5
 
 
-@consumer(CONSUMER, events=ALL, queue=CONSUMER, priority=30, batch=True, together=True)
+@consumer(CONSUMER, events=ALL, queue=CONSUMER, priority=30, batch=True, together=True, coalesce=COALESCE_SECONDS)
 def seal_events(events: list[Event]) -> None:
     """Seal the events, and any earlier unsealed events of their aggregates."""
     seal_many(events)

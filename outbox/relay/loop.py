@@ -101,6 +101,10 @@ class Relay:
     _next_beat: float = 0.0
     checkpoint_every: float = field(default_factory=conf.checkpoint_seconds)
     _next_checkpoint: float = 0.0
+    # Event ids of published deliveries whose messages wait to go out together, per consumer (a
+    # declaration's `coalesce`), and since when the oldest has waited.
+    _held: dict[str, list[int]] = field(default_factory=dict)
+    _held_since: float = 0.0
 
     # --- one batch ----------------------------------------------------------------------------
 
@@ -112,13 +116,15 @@ class Relay:
             return 0
         claimed = time.perf_counter()
         ids = [event_id for event_id, _ in batch]
+        now, held = routing.split_coalesced(routing.messages(batch))
         if not self._publish(
-            routing.messages(batch),
+            now,
             give_back=lambda published_any: claims.release(relay=self.name, event_ids=ids, published_any=published_any),
         ):
             return 0
         published = time.perf_counter()
         claims.mark_published(relay=self.name, batch=batch)
+        self._hold(held)
         logger.debug(
             "Batch of %d: claimed in %.1f ms, published in %.1f ms, marked in %.1f ms",
             len(ids),
@@ -129,6 +135,33 @@ class Relay:
         self.stats.published += len(ids)
         self.stats.batches += 1
         return len(ids)
+
+    def _hold(self, held: dict[str, list[int]]) -> None:
+        """Keep the messages of consumers that take their events together (`coalesce`) for a while.
+
+        Their deliveries are recorded published already: if this relay dies holding them, the
+        sweeper publishes them after the redelivery deadline, as for a lost message."""
+        if held and not self._held:
+            self._held_since = time.monotonic()
+        for consumer, ids in held.items():
+            self._held.setdefault(consumer, []).extend(ids)
+
+    def flush_held(self, *, force: bool = False) -> None:
+        """Send the held messages once the oldest waited its consumer's `coalesce` (or at `force`)."""
+        if not self._held:
+            return
+        waited = time.monotonic() - self._held_since
+        if not force and waited < routing.coalesce_seconds(self._held):
+            return
+        limit = conf.message_max_ids()
+        messages = [
+            routing.message(consumer, ids[start : start + limit])
+            for consumer, ids in self._held.items()
+            for start in range(0, len(ids), limit)
+        ]
+        # On a broker error they stay held, to go with the next flush.
+        if self._publish(messages, give_back=lambda _: None):
+            self._held = {}
 
     def sweep(self) -> int:
         """Publish again the deliveries overdue for the redelivery deadline; return how many."""
@@ -192,6 +225,7 @@ class Relay:
                 if not once and time.monotonic() >= self._next_checkpoint:
                     self._next_checkpoint = time.monotonic() + self.checkpoint_every
                     self.checkpoint()
+                self.flush_held(force=once and not moved)
                 if not once:
                     self.jobs.run_due(runner=self.name)
                 self.database.succeeded()

@@ -82,3 +82,23 @@ def message(consumer: str, event_ids: list[int]) -> Message[None]:
     declared = declare.declaration(consumer)
     queue = declare.queue_of(declared) if declared else dramatiq.get_broker().get_actor(consumer).queue_name
     return Message(queue_name=queue, actor_name=consumer, args=(event_ids,), kwargs={}, options={})
+
+
+def split_coalesced(batch_messages: list[Message[None]]) -> tuple[list[Message[None]], dict[str, list[int]]]:
+    """Split a batch's messages into those to send now and, per consumer, the event ids of those
+    whose consumer takes its events together (`@consumer(coalesce=...)`): the relay holds these."""
+    now: list[Message[None]] = []
+    held: dict[str, list[int]] = {}
+    for m in batch_messages:
+        declared = declare.declaration(m.actor_name)
+        if declared is not None and declared.coalesce > 0:
+            held.setdefault(m.actor_name, []).extend(m.args[0])
+        else:
+            now.append(m)
+    return now, held
+
+
+def coalesce_seconds(consumers: Iterable[str]) -> float:
+    """The shortest time any of these consumers' messages may be held."""
+    found = [d.coalesce for d in map(declare.declaration, consumers) if d is not None]
+    return min(found, default=0.0)

@@ -326,3 +326,42 @@ def test_sweeper_republishes_a_delivery_whose_worker_was_killed_mid_actor(tmp_pa
         assert journal_lines(survivor.output(), event_id) == 1, f"journal line for event {event_id}"
         assert journal_lines(doomed.output(), event_id) == 0
     assert all(p >= 2 for p in Delivery.objects.values_list("publications", flat=True))
+
+
+def sealer_messages() -> list[list[int]]:
+    """The event ids of each message waiting on the outbox's sealer queue."""
+    raw = redis.Redis.from_url(REDIS_DB_URL).hvals("dramatiq:outbox_seal.msgs")
+    return sorted(sorted(json.loads(m)["args"][0]) for m in raw)
+
+
+def test_the_sealers_messages_are_held_and_sent_together_while_other_consumers_get_theirs_at_once() -> None:
+    """The sealer declares `coalesce`: the relay sends it one message for the events of several
+    batches, after its wait, while the journal gets a message per batch at once; `--once` sends
+    what it holds before it returns."""
+    from outbox.eventlog.sealer import COALESCE_SECONDS
+    from outbox.relay.loop import Relay
+    from outbox.relay.routing import load_actors
+
+    load_actors()
+    relay = Relay(name="coalescing", batch_size=3, poll=0.05)
+    ids = make_events(3)
+    assert relay.relay_batch() == 3
+    more = make_events(3)[3:]  # make_events() returns every event's id
+    assert relay.relay_batch() == 3
+    relay.flush_held()
+    assert len(queued_event_ids()) == 6  # the journal's: at once, two messages
+    assert sealer_messages() == []  # held, its deliveries recorded published
+    assert set(Delivery.objects.filter(consumer="outbox_seal").values_list("status", flat=True)) == {"published"}
+
+    def flushed() -> bool:
+        relay.flush_held()
+        return sealer_messages() != []
+
+    wait_until(flushed, timeout=COALESCE_SECONDS * 10, what="the held messages to go out")
+    assert sealer_messages() == [sorted(ids + more)]  # one message for both batches
+
+    # --once: everything it held is sent when the backlog is empty.
+    last = make_events(3)[6:]
+    stats = Relay(name="once", batch_size=2, poll=0.05).run(once=True)
+    assert stats.published == 3
+    assert sealer_messages() == sorted([sorted(ids + more), sorted(last)])
