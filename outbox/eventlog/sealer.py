@@ -21,4 +21,4 @@ COALESCE_SECONDS = 0.5
 @consumer(CONSUMER, events=ALL, queue=CONSUMER, priority=30, batch=True, together=True, coalesce=COALESCE_SECONDS)
 def seal_events(events: list[Event]) -> None:
     """Seal the events, and any earlier unsealed events of their aggregates."""
-    seal_many(events)
+    seal_many(events, values=False)

@@ -83,8 +83,11 @@ def _last_seals(aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tupl
     return ops().last_seals(aggregates)
 
 
-def seal_many(events: list[Event]) -> dict[int, str]:
+def seal_many(events: list[Event], *, values: bool = True) -> dict[int, str]:
     """Seal the events, and any earlier unsealed events of their aggregates; return {event id: seal}.
+
+    With `values=False` (the sealer, which only makes sure that the events are sealed) the seals
+    of events sealed before are not read back: those are one query per aggregate.
 
     Seals are a function of the log, so two workers sealing the same events compute the same
     rows: the insert keeps whichever commits first, and no lock is needed.
@@ -100,7 +103,7 @@ def seal_many(events: list[Event]) -> dict[int, str]:
         last_version, previous = last.get((kind, ident), (0, GENESIS))
         top = max(known)
         already = [v for v in known if v <= last_version]
-        if already:  # sealed before (a replay): read their seals
+        if already and values:  # sealed before (a replay, or another consumer first): read their seals
             for event_id, value in Seal.objects.filter(
                 aggregate_type=kind, aggregate_id=ident, aggregate_version__in=already
             ).values_list("event_id", "seal"):
