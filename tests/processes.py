@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import redis
 from django.conf import settings
 from django.db import connection
 
 from tooling.processes import LocalRedis
+
+if TYPE_CHECKING:
+    from outbox.models import JobRun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,3 +181,32 @@ def app_role_env(app_role: str, *, smtp_host: str, smtp_port: int) -> dict[str, 
         "EMAIL_HOST": smtp_host,
         "EMAIL_PORT": str(smtp_port),
     }
+
+
+def two_relays_run_once(tmp: Path, job: str, **env: str) -> "JobRun":
+    """Run two real relays with `job` due until it has run and both went round their loop again;
+    return its JobRun (the relays are stopped, and must have exited 0)."""
+    from datetime import timedelta
+
+    from outbox.models import JobRun, RelayHeartbeat
+    from tooling.processes import wait_until
+
+    env = {"OUTBOX_RELAY_POLL_SECONDS": "0.2", "OUTBOX_HEARTBEAT_SECONDS": "0.2", **env}
+    with processes(tmp, **env) as procs:
+        relays = [procs.relay("one"), procs.relay("two")]
+        run: JobRun = wait_until(
+            lambda: JobRun.objects.filter(job=job, finished_at__isnull=False).first(),
+            timeout=60,
+            what=f"the {job} job's run",
+        )
+        # Both relays have looked at the schedule since: each has gone round its loop (and beaten,
+        # every 0.2 s) a second after the run ended.
+        assert run.finished_at is not None
+        after = run.finished_at + timedelta(seconds=1)
+        wait_until(
+            lambda: RelayHeartbeat.objects.filter(beat_at__gt=after).count() == 2,
+            timeout=60,
+            what="both relays to go round their loop again",
+        )
+        assert [r.stop() for r in relays] == [0, 0], [r.output()[-2000:] for r in relays]
+    return run

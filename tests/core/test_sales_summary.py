@@ -13,10 +13,9 @@ from django.utils import timezone
 from core import services
 from core.models import Customer, Product
 from core.reports import sales_summary_send
-from outbox.models import JobRun, RelayHeartbeat
-from tests.processes import processes
+from outbox.models import JobRun
+from tests.processes import two_relays_run_once
 from tests.smtp import smtp_server
-from tooling.processes import wait_until
 
 # The relays here publish to Redis: empty it around each test (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("empty_queues")
@@ -100,29 +99,9 @@ def test_sales_summary_of_a_day_without_orders_says_so(staff: list[User]) -> Non
 def test_two_relay_processes_send_the_daily_summary_once(tmp_path: Path, staff: list[User]) -> None:
     """Two real relays with the sales summary due: one JobRun, one e-mail per staff user."""
     with smtp_server() as mailbox:
-        env = {
-            "SALES_SUMMARY_AT": "00:00",
-            "EMAIL_HOST": mailbox.host,
-            "EMAIL_PORT": str(mailbox.port),
-            "OUTBOX_RELAY_POLL_SECONDS": "0.2",
-            "OUTBOX_HEARTBEAT_SECONDS": "0.2",
-        }
-        with processes(tmp_path, **env) as procs:
-            relays = [procs.relay("one"), procs.relay("two")]
-            run = wait_until(
-                lambda: JobRun.objects.filter(job="sales_summary", finished_at__isnull=False).first(),
-                timeout=60,
-                what="the summary's run",
-            )
-            # Both relays have looked at the schedule since: each has gone round its loop (and beaten,
-            # every 0.2 s) a second after the run ended.
-            after = run.finished_at + timedelta(seconds=1)
-            wait_until(
-                lambda: RelayHeartbeat.objects.filter(beat_at__gt=after).count() == 2,
-                timeout=60,
-                what="both relays to go round their loop again",
-            )
-            assert [r.stop() for r in relays] == [0, 0], [r.output()[-2000:] for r in relays]
+        run = two_relays_run_once(
+            tmp_path, "sales_summary", SALES_SUMMARY_AT="00:00", EMAIL_HOST=mailbox.host, EMAIL_PORT=str(mailbox.port)
+        )
         assert run.outcome == f"ok: sent the summary for {timezone.localdate() - timedelta(days=1)} to 2 staff"
         assert JobRun.objects.count() == 1
         assert sorted(str(m["To"]) for m in mailbox.messages) == ["alice@example.com", "bob@example.com"]

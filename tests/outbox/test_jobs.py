@@ -16,12 +16,12 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from outbox import testing
-from outbox.models import Event, JobRun, Pending, RelayHeartbeat
+from outbox.models import Event, JobRun, Pending
 from outbox.ops.jobs import JobRunner, jobs_configured
 from outbox.relay.loop import Relay
 from tests.outbox.helpers import committed_count
 from tests.outbox_app.models import Item
-from tests.processes import manage_run, processes
+from tests.processes import manage_run, two_relays_run_once
 from tooling.processes import wait_until
 
 CALLS: list[str] = []
@@ -182,28 +182,7 @@ def test_two_relay_processes_run_the_daily_purge_once(tmp_path: Path) -> None:
     ids = list(Event.objects.order_by("id").values_list("id", flat=True))
     Pending.objects.filter(event_id__in=ids).delete()  # as if relayed
     testing.deliver("journal", ids)  # handled and sealed: settled
-    env = {
-        "OUTBOX_RETENTION_DAYS": "0",
-        "OUTBOX_RETENTION_PURGE_AT": "00:00",
-        "OUTBOX_RELAY_POLL_SECONDS": "0.2",
-        "OUTBOX_HEARTBEAT_SECONDS": "0.2",
-    }
-    with processes(tmp_path, **env) as procs:
-        relays = [procs.relay("one"), procs.relay("two")]
-        run = wait_until(
-            lambda: JobRun.objects.filter(job="retention_purge", finished_at__isnull=False).first(),
-            timeout=60,
-            what="the purge's run",
-        )
-        # Both relays have looked at the schedule since: each has gone round its loop (and beaten,
-        # every 0.2 s) a second after the run ended.
-        after = run.finished_at + timedelta(seconds=1)
-        wait_until(
-            lambda: RelayHeartbeat.objects.filter(beat_at__gt=after).count() == 2,
-            timeout=60,
-            what="both relays to go round their loop again",
-        )
-        assert [r.stop() for r in relays] == [0, 0], [r.output()[-2000:] for r in relays]
+    run = two_relays_run_once(tmp_path, "retention_purge", OUTBOX_RETENTION_DAYS="0", OUTBOX_RETENTION_PURGE_AT="00:00")
     assert run.outcome.startswith("ok: PurgeSummary("), run.outcome
     assert "events=3," in run.outcome
     assert run.runner in {"one", "two"}
