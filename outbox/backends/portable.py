@@ -270,9 +270,16 @@ class Operations:
             return row
 
     def dedupe_sent(self, *, consumer: str, key: str) -> None:
-        """Mark the dedupe record sent (in the caller's transaction, with the delivery)."""
+        """Mark the dedupe record sent (in the caller's transaction)."""
         with connection.cursor() as cursor:
             cursor.execute(_DEDUPE_SENT, [timezone.now(), consumer, key])
+
+    def dedupe_made(self, *, consumer: str, key: str, event_id: int) -> None:
+        """Mark the dedupe record sent and the event's delivery done, in the caller's transaction."""
+        from outbox.consume.deliveries import delivery_begin
+
+        self.dedupe_sent(consumer=consumer, key=key)
+        delivery_begin(event_id=event_id, consumer=consumer)
 
     # --- status -------------------------------------------------------------------------------
 

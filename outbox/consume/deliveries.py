@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from outbox.emit.writer import require_atomic
 
-_BEGIN = """
+BEGIN = """
 INSERT INTO outbox_delivery
     (event_id, consumer, status, publications, attempts, last_error, published_at, started_at, done_at, updated_at)
 VALUES (%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
@@ -47,12 +47,17 @@ def attempt_started(at: datetime | None) -> None:
     _attempt_started.set(at)
 
 
+def attempt_start() -> datetime:
+    """When the worker started the message being processed (now, outside a worker)."""
+    return _attempt_started.get() or timezone.now()
+
+
 def delivery_begin(*, event_id: int, consumer: str) -> bool:
     """Mark the delivery done in the current transaction; return False if it already was done."""
     require_atomic(connection)
     started = _attempt_started.get() or timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(_BEGIN, [event_id, consumer, started])
+        cursor.execute(BEGIN, [event_id, consumer, started])
         return cursor.fetchone() is not None
 
 
@@ -67,7 +72,7 @@ def deliveries_begin(*, event_ids: list[int], consumer: str) -> set[int]:
     # In id order, as the relay records publications: the two never lock rows in opposite orders.
     for event_id in sorted(event_ids):
         params += [event_id, consumer, started]
-    sql = _BEGIN.replace(
+    sql = BEGIN.replace(
         "VALUES (%s, %s, 'done', 0, 1, '', NULL, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)", f"VALUES {rows}"
     ).replace("RETURNING id", "RETURNING event_id")
     with connection.cursor() as cursor:

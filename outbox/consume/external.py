@@ -109,10 +109,9 @@ def _release(consumer: str, claimed: DedupeKey, *, uncount: bool) -> None:
 def _mark_made(declared: Consumer, event: Event, key: str, record: object) -> None:
     """Mark the call made and the delivery done, with the consumer's record of the effect, in one transaction."""
     with transaction.atomic():
-        ops().dedupe_sent(consumer=declared.name, key=key)
         if callable(record):
             record()
-        delivery_begin(event_id=event.id, consumer=declared.name)
+        ops().dedupe_made(consumer=declared.name, key=key, event_id=event.id)
 
 
 def _mark_after_failure(declared: Consumer, event: Event, key: str, record: object, exc: Exception) -> None:

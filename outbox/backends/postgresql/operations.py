@@ -323,6 +323,17 @@ class Operations(portable.Operations):
         with connection.cursor() as cursor:
             cursor.execute(_DEDUPE_SENT, [consumer, key])
 
+    def dedupe_made(self, *, consumer: str, key: str, event_id: int) -> None:
+        """The record sent and the delivery done in one statement: one round trip fewer inside the
+        duplicate window (from the outside system's accept to this transaction's commit)."""
+        from outbox.consume.deliveries import BEGIN, attempt_start
+        from outbox.emit.writer import require_atomic
+
+        require_atomic(connection)
+        params: list[Any] = [consumer, key, event_id, consumer, attempt_start()]
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH sent AS ({_DEDUPE_SENT}) {BEGIN}", params)
+
     # --- status -------------------------------------------------------------------------------
 
     def now(self) -> datetime:
