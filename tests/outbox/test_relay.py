@@ -1,5 +1,6 @@
 """The relay, as real processes against PostgreSQL and Redis (invariants 2, 4 and 5)."""
 
+import itertools
 import json
 import signal
 import threading
@@ -34,10 +35,13 @@ def empty_queues() -> None:
     redis.Redis.from_url(REDIS_DB_URL).flushdb()
 
 
+SKUS = itertools.count()  # unique within the run, however often make_events() is called
+
+
 def make_events(n: int) -> list[int]:
     """Commit `n` new items (an item.created event each); return their event ids."""
     for i in range(n):
-        Item.objects.create(sku=f"C{i}-{id(object())}", name=f"C{i}", price=1)
+        Item.objects.create(sku=f"C{next(SKUS)}", name=f"C{i}", price=1)
     with connection.cursor() as cursor:
         cursor.execute("SELECT id FROM outbox_event ORDER BY id")
         return [row[0] for row in cursor.fetchall()]
