@@ -141,9 +141,11 @@ def _mark_after_failure(declared: Consumer, event: Event, key: str, record: obje
 def _not_sent(test: Callable[[BaseException], bool] | None, exc: BaseException) -> bool:
     """Whether the error, or one it was raised from (a PermanentError wrapping a refusal), says
     that the call certainly did not reach the outside system."""
+    if test is None:
+        return False
     seen: BaseException | None = exc
     for _ in range(10):  # a cause chain is short; a cycle is not followed
-        if seen is None or test is None:
+        if seen is None:
             return False
         if test(seen):
             return True

@@ -116,7 +116,7 @@ class Relay:
             return 0
         claimed = time.perf_counter()
         ids = [event_id for event_id, _ in batch]
-        now, held = routing.split_coalesced(routing.messages(batch))
+        now, held = routing.split_coalesced(batch)
         if not self._publish(
             now,
             give_back=lambda published_any: claims.release(relay=self.name, event_ids=ids, published_any=published_any),

@@ -63,8 +63,8 @@ def route_pairs(event_types: Iterable[str]) -> tuple[list[str], list[str]]:
     return types, consumers
 
 
-def messages(events: Iterable[tuple[int, str]]) -> list[Message[None]]:
-    """Return one message per consumer carrying the ids of its events, from (id, type) pairs."""
+def event_ids_by_consumer(events: Iterable[tuple[int, str]]) -> dict[str, list[int]]:
+    """Return, per consumer, the ids of the events routed to it, from (id, type) pairs."""
     table = routes()
     known: dict[str, tuple[str, ...]] = {}
     by_consumer: dict[str, list[int]] = defaultdict(list)
@@ -74,7 +74,12 @@ def messages(events: Iterable[tuple[int, str]]) -> list[Message[None]]:
             consumers = known[event_type] = consumers_for(event_type, table)
         for consumer in consumers:
             by_consumer[consumer].append(event_id)
-    return [message(consumer, ids) for consumer, ids in by_consumer.items()]
+    return by_consumer
+
+
+def messages(events: Iterable[tuple[int, str]]) -> list[Message[None]]:
+    """Return one message per consumer carrying the ids of its events, from (id, type) pairs."""
+    return [message(consumer, ids) for consumer, ids in event_ids_by_consumer(events).items()]
 
 
 def message(consumer: str, event_ids: list[int]) -> Message[None]:
@@ -84,17 +89,17 @@ def message(consumer: str, event_ids: list[int]) -> Message[None]:
     return Message(queue_name=queue, actor_name=consumer, args=(event_ids,), kwargs={}, options={})
 
 
-def split_coalesced(batch_messages: list[Message[None]]) -> tuple[list[Message[None]], dict[str, list[int]]]:
-    """Split a batch's messages into those to send now and, per consumer, the event ids of those
-    whose consumer takes its events together (`@consumer(coalesce=...)`): the relay holds these."""
+def split_coalesced(events: Iterable[tuple[int, str]]) -> tuple[list[Message[None]], dict[str, list[int]]]:
+    """Return a batch's messages to send now and, per consumer that takes its events together
+    (`@consumer(coalesce=...)`), the event ids the relay holds for it, from (id, type) pairs."""
     now: list[Message[None]] = []
     held: dict[str, list[int]] = {}
-    for m in batch_messages:
-        declared = declare.declaration(m.actor_name)
+    for consumer, ids in event_ids_by_consumer(events).items():
+        declared = declare.declaration(consumer)
         if declared is not None and declared.coalesce > 0:
-            held.setdefault(m.actor_name, []).extend(m.args[0])
+            held[consumer] = ids
         else:
-            now.append(m)
+            now.append(message(consumer, ids))
     return now, held
 
 
