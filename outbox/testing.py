@@ -96,9 +96,8 @@ def drain(*, rounds: int = 50, allow_dead: bool = False) -> Drained:
     for _ in range(rounds):
         batch = claims.claim(relay=RELAY, limit=conf.batch_size(), lease=conf.lease_seconds())
         if batch:
-            messages = routing.messages(batch)
+            work = list(routing.event_ids_by_consumer(batch).items())
             claims.mark_published(relay=RELAY, batch=batch)
-            work = [(m.actor_name, list(m.args[0])) for m in messages]
         else:
             open_ = Delivery.objects.filter(status__in=[Delivery.Status.PUBLISHED, Delivery.Status.FAILED])
             by_consumer: dict[str, list[int]] = {}
