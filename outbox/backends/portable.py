@@ -223,6 +223,10 @@ class Operations:
                 found[(kind, ident)] = row
         return found
 
+    def seals_insert(self, seals: list[Seal]) -> None:
+        """Insert the seals, keeping a seal already there (another worker's, the same value)."""
+        Seal.objects.bulk_create(seals, ignore_conflicts=True)
+
     def distinct_values(self, column: str, *, limit: int) -> list[str]:
         """Return up to `limit` distinct values of the outbox_event column (a checked name), in order."""
         with connection.cursor() as cursor:

@@ -86,8 +86,8 @@ def _last_seals(aggregates: list[tuple[str, str]]) -> dict[tuple[str, str], tupl
 def seal_many(events: list[Event], *, values: bool = True) -> dict[int, str]:
     """Seal the events, and any earlier unsealed events of their aggregates; return {event id: seal}.
 
-    With `values=False` (the sealer, which only makes sure that the events are sealed) the seals
-    of events sealed before are not read back: those are one query per aggregate.
+    The seals of events sealed before are read back in one query; with `values=False` (the
+    sealer, which only makes sure that the events are sealed) they are not read at all.
 
     Seals are a function of the log, so two workers sealing the same events compute the same
     rows: the insert keeps whichever commits first, and no lock is needed.
@@ -99,15 +99,11 @@ def seal_many(events: list[Event], *, values: bool = True) -> dict[int, str]:
     key = seal_key()
     result: dict[int, str] = {}
     rows: list[Seal] = []
+    already: list[int] = []  # events sealed before (a replay, or the sealer first)
     for (kind, ident), known in by_aggregate.items():
         last_version, previous = last.get((kind, ident), (0, GENESIS))
         top = max(known)
-        already = [v for v in known if v <= last_version]
-        if already and values:  # sealed before (a replay, or another consumer first): read their seals
-            for event_id, value in Seal.objects.filter(
-                aggregate_type=kind, aggregate_id=ident, aggregate_version__in=already
-            ).values_list("event_id", "seal"):
-                result[event_id] = value
+        already.extend(event.id for version, event in known.items() if version <= last_version)
         if top <= last_version:
             continue
         needed = range(last_version + 1, top + 1)
@@ -148,7 +144,9 @@ def seal_many(events: list[Event], *, values: bool = True) -> dict[int, str]:
                     seal=previous,
                 )
             )
-    Seal.objects.bulk_create(rows, ignore_conflicts=True)
+    ops().seals_insert(rows)
+    if already and values:  # one query for all of them, whatever the aggregates
+        result.update(Seal.objects.filter(event_id__in=already).values_list("event_id", "seal"))
     return result
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from django.db.backends.utils import CursorWrapper
 
     from outbox.emit.writer import Row
+    from outbox.models import Seal
 
 # --- external consumers (outbox/consume/external.py): leases on the database's clock ------------
 
@@ -109,6 +110,11 @@ SELECT DISTINCT ON (aggregatetype, aggregateid) aggregatetype, aggregateid, aggr
 FROM outbox_seal
 WHERE (aggregatetype, aggregateid) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 ORDER BY aggregatetype, aggregateid, aggregate_version DESC
+"""
+_SEALS_INSERT = """
+INSERT INTO outbox_seal (event_id, event_uuid, aggregatetype, aggregateid, aggregate_version, seal)
+SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::integer[], %s::text[])
+ON CONFLICT DO NOTHING
 """
 _SKIP_SCAN = """
 WITH RECURSIVE v(value) AS (
@@ -269,6 +275,18 @@ class Operations(portable.Operations):
         with connection.cursor() as cursor:
             cursor.execute(_LAST_SEALS, [[a[0] for a in aggregates], [a[1] for a in aggregates]])
             return {(row[0], row[1]): (row[2], row[3]) for row in cursor.fetchall()}
+
+    def seals_insert(self, seals: list["Seal"]) -> None:
+        """One statement of six arrays, whatever the number of seals."""
+        if not seals:
+            return
+        rows = [
+            (seal.event_id, seal.event_uuid, seal.aggregate_type, seal.aggregate_id, seal.aggregate_version, seal.seal)
+            for seal in seals
+        ]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        with connection.cursor() as cursor:
+            cursor.execute(_SEALS_INSERT, columns)
 
     def distinct_values(self, column: str, *, limit: int) -> list[str]:
         """A loose index scan: one descent of the column's index per value."""
