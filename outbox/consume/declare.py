@@ -74,6 +74,10 @@ class Consumer:
     # Seconds the relay may hold this consumer's messages to send more events in each: for a
     # consumer whose events need not arrive at once (the outbox's sealer), fewer, larger messages.
     coalesce: float = 0.0
+    # Transactional kind: given a message's event ids, those whose effect is already there, in one
+    # query (the sealer's: events that outbox.seals() sealed first). Their deliveries are marked
+    # done without loading the events or running the handler.
+    settled: Callable[[list[int]], Iterable[int]] | None = None
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -101,6 +105,7 @@ def consumer(
     not_sent: Callable[[BaseException], bool] | None = None,
     lease: float | Callable[[], float] | None = None,
     coalesce: float = 0.0,
+    settled: Callable[[list[int]], Iterable[int]] | None = None,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -123,6 +128,11 @@ def consumer(
         raise RegistrationError(f"Consumer {name!r}: dedupe_key is for external consumers (kind='external').")
     if chosen is Kind.EXTERNAL and batch:
         raise RegistrationError(f"Consumer {name!r}: an external consumer handles one event at a time (no batch).")
+    if chosen is Kind.EXTERNAL and settled is not None:
+        raise RegistrationError(
+            f"Consumer {name!r}: settled is for transactional consumers; an external one's dedupe record says "
+            "what was done."
+        )
     if chosen is not Kind.EXTERNAL and (session is not None or not_sent is not None or lease is not None):
         raise RegistrationError(
             f"Consumer {name!r}: session, not_sent and lease are for external consumers (kind='external')."
@@ -147,6 +157,7 @@ def consumer(
             not_sent=not_sent,
             lease=lease,
             coalesce=coalesce,
+            settled=settled,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):

@@ -13,7 +13,7 @@ and what is already dead, so only the failed events run again.
 
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -132,6 +132,7 @@ def consume(
     atomic: bool = True,
     attempt: Attempt | None = None,
     prepare: Callable[[list[Event]], object] | None = None,
+    settled: Callable[[list[int]], Iterable[int]] | None = None,
 ) -> Outcome:
     """Apply `handle` to the message's events not yet done by `consumer`.
 
@@ -148,6 +149,9 @@ def consume(
 
     `prepare`, if given, gets the events about to be handled, once, before the first.
 
+    `settled`, if given, takes the ids about to be loaded and returns those whose effect is
+    already there: their deliveries are marked done, and they are neither loaded nor handled.
+
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
     try:
@@ -158,14 +162,16 @@ def consume(
         raise
     attempt = attempt or current_attempt()
     outcome = Outcome(consumer)
-    settled = dict(
+    statuses = dict(
         Delivery.objects.filter(event_id__in=ids, consumer=consumer, status__in=["done", "dead"]).values_list(
             "event_id", "status"
         )
     )
     # A retry of this message leaves dead deliveries alone; a new message (a replay) tries them again.
-    wanted = [i for i in ids if settled.get(i) != "done" and not (attempt.number > 1 and settled.get(i) == "dead")]
+    wanted = [i for i in ids if statuses.get(i) != "done" and not (attempt.number > 1 and statuses.get(i) == "dead")]
     outcome.skipped.extend(i for i in ids if i not in wanted)
+    if settled is not None and wanted:
+        wanted = _settle(consumer, wanted, settled, outcome)
     events = {event.id: event for event in Event.objects.checked().filter(id__in=wanted)}
     permanent: set[int] = set()
     outcome.unknown = [i for i in wanted if i not in events]
@@ -204,6 +210,20 @@ def consume(
     if retry:
         raise dramatiq.Retry(f"{consumer}: {len(retry)} of {len(ids)} events failed; retrying them")
     return outcome
+
+
+def _settle(
+    consumer: str, wanted: list[int], settled: Callable[[list[int]], Iterable[int]], outcome: Outcome
+) -> list[int]:
+    """Mark done the deliveries whose effect `settled` finds made; return the ids still to handle."""
+    made = set(settled(wanted)).intersection(wanted)
+    if not made:
+        return wanted
+    with transaction.atomic():
+        begun = deliveries_begin(event_ids=sorted(made), consumer=consumer)
+    outcome.done.extend(i for i in wanted if i in begun)
+    outcome.skipped.extend(i for i in wanted if i in made and i not in begun)
+    return [i for i in wanted if i not in made]
 
 
 def _refuse_unknown(consumer: str, unknown: list[int], total: int) -> None:
@@ -338,6 +358,7 @@ def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> 
         group_by=declared.group_by or _by_aggregate,
         together=declared.together,
         attempt=attempt,
+        settled=declared.settled,
     )
 
 

@@ -87,6 +87,8 @@ def test_a_consumer_is_declared_once_and_with_a_known_kind() -> None:
         consumer("x", events=["invoice.issued"], kind="eventually")
     with pytest.raises(RegistrationError, match="events must be a list"):
         consumer("x", events="invoice.issued")
+    with pytest.raises(RegistrationError, match="settled is for transactional consumers"):
+        consumer("x", events=["invoice.issued"], kind="external", settled=lambda ids: ids)
 
 
 def test_a_consumer_of_a_type_nothing_emits_fails_the_check() -> None:

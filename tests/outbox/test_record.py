@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox import testing
@@ -156,3 +157,42 @@ def test_ages_parse() -> None:
     assert parse_age("12h") == timedelta(hours=12)
     assert events().count() == 0
     assert timezone.now()
+
+
+def test_seals_read_back_the_seals_of_events_sealed_before_in_one_query() -> None:
+    """A consumer that asks for seals another consumer wrote first (the sealer, say) reads them in
+    one query for the whole message, not one per aggregate."""
+    from outbox import seals
+
+    registered(6)  # six items: six aggregates
+    first = seals(list(Event.objects.checked().order_by("id")))
+    again = list(Event.objects.checked().order_by("id"))
+    with CaptureQueriesContext(connection) as queries:
+        assert seals(again) == first
+    assert len(queries) == 2, [q["sql"] for q in queries]  # the aggregates' last seals, then the seals
+    assert Seal.objects.count() == 6
+
+
+def test_the_sealer_marks_done_what_another_consumer_sealed_without_loading_it() -> None:
+    """The journal seals the events it handles (outbox.seals()); the outbox's sealer, coming
+    after it, finds their seals in one query: their deliveries are done, the events are neither
+    loaded nor sealed again. An event nobody sealed yet is sealed as before."""
+    ids = registered(3)
+    testing.deliver("journal", ids[:2])
+    sealed_before = dict(Seal.objects.values_list("event_id", "seal"))
+    assert set(sealed_before) == set(ids[:2])
+
+    with CaptureQueriesContext(connection) as queries:
+        outcome = testing.deliver("outbox_seal", ids[:2])
+    assert sorted(outcome.done) == ids[:2]
+    assert not [q["sql"] for q in queries if 'FROM "outbox_event"' in q["sql"]]
+    assert set(Delivery.objects.filter(consumer="outbox_seal").values_list("event_id", "status")) == {
+        (ids[0], "done"),
+        (ids[1], "done"),
+    }
+
+    outcome = testing.deliver("outbox_seal", ids)
+    assert (outcome.done, sorted(outcome.skipped)) == ([ids[2]], ids[:2])
+    assert Seal.objects.filter(event_id__in=ids).count() == 3
+    assert dict(Seal.objects.filter(event_id__in=ids[:2]).values_list("event_id", "seal")) == sealed_before
+    assert verify().problems == []
