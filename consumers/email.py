@@ -30,6 +30,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import mail
+from django.db import connection as db_connection
 from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -171,6 +172,36 @@ def smtp_session(events: list[Event]) -> Iterator[Session]:
         session.broken()
 
 
+# One statement: a notice recorded before (a database restored to before a send) is brought up to
+# date. Written out rather than built by bulk_create(update_conflicts=True) on each call: it runs
+# inside the duplicate window, once per e-mail.
+_RECORD = """
+INSERT INTO email_notice (order_id, kind, event_id, recipient, subject, sends, token, sent_at, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP)
+ON CONFLICT (order_id, kind) DO UPDATE
+    SET event_id = EXCLUDED.event_id, recipient = EXCLUDED.recipient, subject = EXCLUDED.subject,
+        sends = EXCLUDED.sends, token = EXCLUDED.token, sent_at = EXCLUDED.sent_at
+"""
+
+
+def notice_row(
+    *, order_id: int, kind: str, event_id: int, recipient: str, subject: str, sends: int, token: uuid.UUID
+) -> list[Any]:
+    """The notice's row as notice_record() writes it, sent now, its values ready for the database."""
+    fields = EmailNotice._meta
+    prepared = [
+        fields.get_field(name).get_db_prep_save(value, db_connection)
+        for name, value in (("token", token), ("sent_at", timezone.now()))
+    ]
+    return [order_id, kind, event_id, recipient, subject, sends, *prepared]
+
+
+def notice_record(row: list[Any]) -> None:
+    """Record the notice the SMTP server accepted (in the transaction that marks it sent)."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(_RECORD, row)
+
+
 @consumer(
     CONSUMER,
     events=list(EVENT_TYPES),
@@ -217,23 +248,18 @@ def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], 
             raise PermanentError(f"The SMTP server refused the {kind} for order {order_id}: {exc}") from exc
         raise
 
+    # Made ready now: what record() runs is inside the duplicate window.
+    row = notice_row(
+        order_id=order_id,
+        kind=kind,
+        event_id=event.id,
+        recipient=message.to[0],
+        subject=str(message.subject),
+        sends=key.sends,
+        token=key.token,
+    )
+
     def record() -> None:
-        notice = EmailNotice(
-            order_id=order_id,
-            kind=kind,
-            event_id=event.id,
-            recipient=message.to[0],
-            subject=str(message.subject),
-            sends=key.sends,
-            token=key.token,
-            sent_at=timezone.now(),
-        )
-        # One statement: a notice recorded before (a database restored to before a send) is brought up to date.
-        EmailNotice.objects.bulk_create(
-            [notice],
-            update_conflicts=True,
-            unique_fields=["order_id", "kind"],
-            update_fields=["event_id", "recipient", "subject", "sends", "token", "sent_at"],
-        )
+        notice_record(row)
 
     return record

@@ -194,6 +194,26 @@ def test_a_notice_sent_again_after_the_window_carries_the_first_sends_message_id
     assert EmailNotice.objects.get().sends == 2
 
 
+def test_a_notice_recorded_before_is_brought_up_to_date_by_the_next_send(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """A database restored to between a notice's row and its dedupe record's `sent` (or edited by
+    hand) still has the row: the next send's record updates it, in the same one statement."""
+    place(customer, products)
+    ids = routed_ids("email")
+    send(ids)
+    EmailNotice.objects.update(subject="stale", sends=7, recipient="old@example.com")
+    Dedupe.objects.filter(consumer="email").update(status="sending", lease_until=timezone.now() - timedelta(seconds=1))
+    Delivery.objects.filter(consumer="email").update(status="published")
+    send(ids)
+
+    notice = EmailNotice.objects.get()
+    assert mailbox.count() == 2
+    assert (notice.subject, notice.recipient, notice.sends) == (mailbox.subjects()[-1], customer.email, 2)
+    assert notice.token == record().token
+    assert notice.sent_at is not None
+
+
 def test_each_notice_has_a_message_id_of_its_own_even_where_ids_repeat(
     mailbox: Mailbox, customer: Customer, products: list[Product]
 ) -> None:
@@ -288,15 +308,15 @@ def test_a_record_that_fails_once_in_the_mark_transaction_is_written_on_a_fresh_
     place(customer, products)
     ids = routed_ids("email")
     calls = {"n": 0}
-    real = EmailNotice.objects.bulk_create
+    real = email.notice_record
 
-    def flaky(*args: Any, **kwargs: Any) -> Any:
+    def flaky(row: list[Any]) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OperationalError("deadlock detected")
-        return real(*args, **kwargs)
+        real(row)
 
-    monkeypatch.setattr(EmailNotice.objects, "bulk_create", flaky)
+    monkeypatch.setattr(email, "notice_record", flaky)
     deliver("email", ids, attempt=Attempt(1, 6))
     assert mailbox.count() == 1
     assert (record().status, record().sends) == ("sent", 1)
@@ -312,11 +332,11 @@ def test_a_record_that_always_fails_marks_the_call_made_and_the_delivery_dead(
     place(customer, products)
     ids = routed_ids("email")
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
+    def broken(row: list[Any]) -> None:
         raise IntegrityError("value too long for type character varying(200)")
 
     with monkeypatch.context() as patched:
-        patched.setattr(EmailNotice.objects, "bulk_create", broken)
+        patched.setattr(email, "notice_record", broken)
         deliver("email", ids, attempt=Attempt(1, 3))
         delivery = Delivery.objects.get(consumer="email")
         assert delivery.status == "dead"
