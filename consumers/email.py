@@ -26,11 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parseaddr
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core import mail
 from django.db import connection as db_connection
+from django.db import models
 from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -188,12 +189,18 @@ def notice_row(
     *, order_id: int, kind: str, event_id: int, recipient: str, subject: str, sends: int, token: uuid.UUID
 ) -> list[Any]:
     """The notice's row as notice_record() writes it, sent now, its values ready for the database."""
-    fields = EmailNotice._meta
-    prepared = [
-        fields.get_field(name).get_db_prep_save(value, db_connection)
-        for name, value in (("token", token), ("sent_at", timezone.now()))
+    token_field = cast(models.UUIDField, EmailNotice._meta.get_field("token"))
+    sent_field = cast(models.DateTimeField, EmailNotice._meta.get_field("sent_at"))
+    return [
+        order_id,
+        kind,
+        event_id,
+        recipient,
+        subject,
+        sends,
+        token_field.get_db_prep_save(token, db_connection),
+        sent_field.get_db_prep_save(timezone.now(), db_connection),
     ]
-    return [order_id, kind, event_id, recipient, subject, sends, *prepared]
 
 
 def notice_record(row: list[Any]) -> None:
