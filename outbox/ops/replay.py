@@ -89,6 +89,21 @@ def select(criteria: Criteria) -> QuerySet[Delivery]:
         deliveries = deliveries.filter(id__in=criteria.delivery_ids)
     if criteria.event_ids:
         deliveries = deliveries.filter(event_id__in=criteria.event_ids)
+    events, narrowed = _events(criteria)
+    if narrowed:
+        deliveries = deliveries.filter(event_id__in=events.values("id"))
+    return deliveries.order_by("event_id", "consumer")
+
+
+def events_select(criteria: Criteria) -> QuerySet[Event]:
+    """Return the events the criteria's event filters select (ids, types, dates, aggregate), oldest first."""
+    events, _ = _events(criteria)
+    if criteria.event_ids:
+        events = events.filter(id__in=criteria.event_ids)
+    return events.order_by("id")
+
+
+def _events(criteria: Criteria) -> tuple[QuerySet[Event], bool]:
     events = Event.objects.all()
     narrowed = False
     if criteria.event_types:
@@ -102,9 +117,7 @@ def select(criteria: Criteria) -> QuerySet[Delivery]:
         events, narrowed = events.filter(aggregate_type=kind), True
         if ident:
             events = events.filter(aggregate_id=ident)
-    if narrowed:
-        deliveries = deliveries.filter(event_id__in=events.values("id"))
-    return deliveries.order_by("event_id", "consumer")
+    return events, narrowed
 
 
 def replay(

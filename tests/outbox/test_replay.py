@@ -99,6 +99,50 @@ def test_a_replay_to_a_consumer_that_does_not_exist_is_refused(deliveries: list[
     assert not Replay.objects.exists()
 
 
+def test_to_sends_events_to_a_consumer_creating_the_deliveries_it_had_none_of(deliveries: list[Delivery]) -> None:
+    """A consumer added after the fact, or an event it missed: --to sends the selected events to
+    it, creating the deliveries that do not exist; a dry run shows which would be created and
+    creates nothing."""
+    Item.objects.create(sku="C-new", name="New", price=1)
+    new = events().order_by("-id").values_list("id", flat=True)[0]
+    out = run("--to", "journal", "--type", "item.created", "--dry-run")
+    assert f"{new:>9}  item.created" in out
+    assert "none: created" in out
+    assert "Would send 3 events to journal: 1 with no delivery yet (created), 2 failed, dead or in flight" in out
+    assert "1 done, left out (--force sends them)" in out
+    assert Delivery.objects.filter(consumer="journal").count() == 3
+    assert queued() == []
+
+    out = run("--to", "journal", "--type", "item.created", "--reason", "the journal missed one")
+    assert "Sent 3 deliveries again (journal: 3); recorded as replay" in out
+    assert queued() == sorted([deliveries[0].event_id, deliveries[1].event_id, new])
+    assert Delivery.objects.get(event_id=new, consumer="journal").status == "published"
+    replay = Replay.objects.get()
+    assert replay.criteria == {"consumers": ["journal"], "event_types": ["item.created"]}
+    assert ReplayItem.objects.get(event_id=new).previous_status == "failed"  # as created, never sent
+
+
+def test_to_leaves_out_types_the_consumer_does_not_take_and_says_what_is_wrong(
+    deliveries: list[Delivery], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = run("--to", "stocktake", "--type", "item.created", "--dry-run")
+    assert "Left out 3 events of types stocktake does not take: item.created." in out
+    assert "No selected event is of a type stocktake takes; nothing to send." in out
+    with pytest.raises(CommandError, match="--to 'nobody': that consumer is not declared; nothing was sent"):
+        run("--to", "nobody", "--type", "item.created", "--dry-run")
+    with pytest.raises(CommandError, match="needs the events to send"):
+        run("--to", "journal", "--dry-run")
+    with pytest.raises(CommandError, match="does not combine with --consumer, --status or --delivery-id"):
+        run("--to", "journal", "--type", "item.created", "--consumer", "journal", "--dry-run")
+    from outbox.management.commands import outbox_replay
+
+    monkeypatch.setattr(outbox_replay, "TO_LIMIT", 2)
+    with pytest.raises(CommandError, match="More than 2 events match; nothing was sent"):
+        run("--to", "journal", "--type", "item.created", "--reason", "too many")
+    assert not Replay.objects.exists()
+    assert Delivery.objects.count() == 3
+
+
 @pytest.fixture
 def viewer(db: None) -> Client:
     """A staff user who may view the event log, the deliveries and the replays, and the outbox

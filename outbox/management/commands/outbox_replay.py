@@ -1,38 +1,29 @@
 """`python manage.py outbox_replay`: send failed or dead deliveries to their consumers again."""
 
+import dataclasses
 import getpass
-from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils.dateparse import parse_date, parse_datetime
-from django.utils.timezone import is_naive, make_aware
 from tqdm import tqdm
 
-from outbox.models import Delivery
-from outbox.ops.replay import Criteria, ReplayRefused, in_flight_note, replay, select
+from outbox.consume.declare import declaration, enabled, is_enabled
+from outbox.management.dates import parse_when
+from outbox.models import Delivery, Event
+from outbox.ops.replay import Criteria, ReplayRefused, deliveries_for, events_select, in_flight_note, replay, select
 from outbox.ops.replay import deliveries as count_deliveries
 
 STATUSES = [choice for choice, _ in Delivery.Status.choices]
 SHOWN = 50
-
-
-def _when(option: str, text: str | None) -> datetime | None:
-    if not text:
-        return None
-    moment = parse_datetime(text)
-    if moment is None:
-        day = parse_date(text)
-        moment = datetime(day.year, day.month, day.day) if day else None
-    if moment is None:
-        raise CommandError(f"{option} takes a date or a time, e.g. 2026-11-25 or 2026-11-25T14:00 (got {text!r}).")
-    return make_aware(moment) if is_naive(moment) else moment
+# Events one `--to` replay sends at most: more is a backfill's work, throttled and resumable.
+TO_LIMIT = 10_000
 
 
 class Command(BaseCommand):
     help = (
         "Send deliveries to their consumers again (default: failed and dead ones). Filters combine. "
-        "Use --dry-run to see what would be sent; a real replay needs --reason and is recorded."
+        "With --to CONSUMER, send the events the filters select to that consumer, creating the deliveries "
+        "it has none of. Use --dry-run to see what would be sent; a real replay needs --reason and is recorded."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -51,6 +42,14 @@ class Command(BaseCommand):
         parser.add_argument("--event-id", action="append", type=int, default=[], help="Event id (repeatable).")
         parser.add_argument("--delivery-id", action="append", type=int, default=[], help="Delivery id (repeatable).")
         parser.add_argument("--reason", default="", help="Why: recorded with the replay (required unless --dry-run).")
+        parser.add_argument(
+            "--to",
+            metavar="CONSUMER",
+            default="",
+            help="Send the selected events to this consumer, with deliveries created where it had none "
+            "(an event from before the consumer existed or took its type). Select events with --event-id, "
+            "--type, --aggregate, --since or --until.",
+        )
         parser.add_argument("--force", action="store_true", help="Include deliveries that are done.")
         parser.add_argument("--dry-run", action="store_true", help="Print what would be sent; send nothing.")
 
@@ -60,20 +59,26 @@ class Command(BaseCommand):
             consumers=options["consumer"],
             event_types=options["event_types"],
             statuses=statuses,
-            since=_when("--since", options["since"]),
-            until=_when("--until", options["until"]),
+            since=parse_when("--since", options["since"]),
+            until=parse_when("--until", options["until"]),
             aggregate=options["aggregate"],
             event_ids=options["event_id"],
             delivery_ids=options["delivery_id"],
         )
         if not options["dry_run"] and not options["reason"].strip():
             raise CommandError('Say why with --reason "...": every replay is recorded with its reason.')
+        if options["to"]:
+            self._to(options["to"], criteria, options)
+            return
         deliveries = list(select(criteria).select_related("event"))
         if not deliveries:
             self.stdout.write("No delivery matches these filters; nothing to send.")
             return
         if options["dry_run"]:
             self._show(deliveries, force=options["force"])
+        self._replay(deliveries, criteria, options)
+
+    def _replay(self, deliveries: list[Delivery], criteria: Criteria, options: dict[str, Any]) -> None:
         total = sum(1 for d in deliveries if d.status != "done" or options["force"])
         with tqdm(total=total, unit=" deliveries", disable=options["dry_run"] or total < 1000, file=self.stderr) as bar:
             try:
@@ -103,6 +108,71 @@ class Command(BaseCommand):
                 f"Left out {count_deliveries(summary.refused_done)} already done: their consumer has applied them. "
                 "Use --force to run them again anyway."
             )
+
+    def _to(self, name: str, criteria: Criteria, options: dict[str, Any]) -> None:
+        """Send the selected events to consumer `name`, creating the deliveries it lacks."""
+        declared = declaration(name)
+        if declared is None or not is_enabled(declared):
+            known = ", ".join(sorted(c.name for c in enabled())) or "none"
+            state = "is switched off (OUTBOX_CONSUMERS)" if declared is not None else "is not declared"
+            raise CommandError(f"--to {name!r}: that consumer {state}; nothing was sent. Enabled consumers: {known}.")
+        if options["consumer"] or options["status"] or options["delivery_id"]:
+            raise CommandError(
+                "--to sends events, chosen by --event-id, --type, --aggregate, --since and --until; it does not "
+                "combine with --consumer, --status or --delivery-id, which choose deliveries that exist."
+            )
+        if not (criteria.event_ids or criteria.event_types or criteria.aggregate or criteria.since or criteria.until):
+            raise CommandError(
+                f"--to {name} needs the events to send: name them with --event-id, --type, --aggregate, --since "
+                f"or --until (at most {TO_LIMIT:,} events)."
+            )
+        fields = ("id", "event_type", "aggregate_type", "aggregate_id")
+        events = list(events_select(criteria).only(*fields)[: TO_LIMIT + 1])
+        if len(events) > TO_LIMIT:
+            raise CommandError(
+                f"More than {TO_LIMIT:,} events match; nothing was sent. Narrow the filters (--since/--until, "
+                f"--type, --aggregate) and send them in parts, or give {name} the history with "
+                f"`outbox_backfill {name}` (throttled, resumable)."
+            )
+        taken = [event for event in events if declared.takes(event.event_type)]
+        if len(taken) < len(events):
+            others = sorted({event.event_type for event in events if not declared.takes(event.event_type)})
+            self.stdout.write(
+                f"Left out {len(events) - len(taken)} events of types {name} does not take: {', '.join(others)}."
+            )
+        if not taken:
+            self.stdout.write(f"No selected event is of a type {name} takes; nothing to send.")
+            return
+        ids = [event.id for event in taken]
+        if options["dry_run"]:
+            self._show_to(name, taken, force=options["force"])
+            return
+        deliveries = list(
+            Delivery.objects.filter(id__in=[d.id for d in deliveries_for(ids, name)]).select_related("event")
+        )
+        self._replay(deliveries, dataclasses.replace(criteria, consumers=[name], statuses=[]), options)
+
+    def _show_to(self, name: str, events: list[Event], *, force: bool) -> None:
+        rows = Delivery.objects.filter(event_id__in=[e.id for e in events], consumer=name)
+        statuses = dict(rows.values_list("event_id", "status"))
+        self.stdout.write(f"{'event':>9}  {'type':<22} {'aggregate':<16} delivery to {name}")
+        for event in events[:SHOWN]:
+            status = statuses.get(event.id)
+            shown = "none: created" if status is None else status
+            if status == "done" and not force:
+                shown += "  (done: left out)"
+            self.stdout.write(
+                f"{event.id:>9}  {event.event_type:<22} {event.aggregate_type + ':' + event.aggregate_id:<16} {shown}"
+            )
+        if len(events) > SHOWN:
+            self.stdout.write(f"… and {len(events) - SHOWN} more.")
+        done = sum(1 for status in statuses.values() if status == "done")
+        send = len(events) if force else len(events) - done
+        self.stdout.write(
+            f"Would send {send} events to {name}: {len(events) - len(statuses)} with no delivery yet (created), "
+            f"{len(statuses) - done} failed, dead or in flight"
+            + (f", {done} done (sent again: --force)." if force else f"; {done} done, left out (--force sends them).")
+        )
 
     def _show(self, deliveries: list[Delivery], *, force: bool) -> None:
         self.stdout.write(
