@@ -23,6 +23,7 @@ VIEWED = [
     "outbox.delivery",
     "outbox.replay",
     "outbox.replayitem",
+    "outbox.backfill",
 ]
 
 

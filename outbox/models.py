@@ -391,3 +391,55 @@ class Dedupe(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer} {self.key}: {self.status}"
+
+
+class Backfill(models.Model):
+    """A consumer given the retained history after the fact (`outbox_backfill`): its progress,
+    committed with each chunk of deliveries it creates, so that a killed run resumes where it was."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        ABANDONED = "abandoned", "Abandoned"
+
+    id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    # What it covers: events after `after` (an event id) or created since `since`, of `types`, up to
+    # `upto`, the newest event when it began (later ones reach the consumer through the relay).
+    after = models.BigIntegerField(default=0, help_text="Events with a greater id.")
+    since = models.DateTimeField(null=True, blank=True, help_text="Events created at or after this time.")
+    types = models.JSONField(default=list, help_text="The event types it sends.")
+    upto = models.BigIntegerField(help_text="The newest event when it began.")
+    rate = models.PositiveIntegerField(null=True, blank=True, help_text="Events per second at most.")
+    # The last event id looked at, and what came of the events up to it.
+    cursor = models.BigIntegerField(default=0)
+    created = models.PositiveBigIntegerField(default=0, help_text="Deliveries it created and published.")
+    skipped = models.PositiveBigIntegerField(default=0, help_text="Events that had a delivery already.")
+    requested_by = models.CharField(max_length=200)
+    # Who runs it now, and when it last made progress: a second run of it waits while this is fresh.
+    runner = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(db_default=Now())
+    beat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    outbox_privileges = ("SELECT", "INSERT", "UPDATE")
+
+    class Meta:
+        db_table = "outbox_backfill"
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer"], condition=models.Q(status="running"), name="outbox_backfill_one_running"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"backfill {self.pk} of {self.consumer}: {self.status}"
+
+    @property
+    def progress(self) -> float:
+        """The share of its range looked at, from 0 to 1."""
+        start = self.after
+        span = self.upto - start
+        return 1.0 if span <= 0 else min(1.0, max(0.0, (self.cursor - start) / span))

@@ -39,7 +39,7 @@ from outbox.admin.volume import (
     as_id,
 )
 from outbox.eventlog import selectors as eventlog
-from outbox.models import Delivery, Event, Replay, ReplayItem
+from outbox.models import Backfill, Delivery, Event, Replay, ReplayItem
 
 __all__ = ["Uncounted", "UncountedAdmin", "VersionCheckedAdmin", "VersionedForm", "as_id"]
 
@@ -337,3 +337,36 @@ class ReplayAdmin(UncountedAdmin):
     @admin.display(description="reason")
     def short_reason(self, record: Replay) -> str:
         return record.reason if len(record.reason) <= 80 else record.reason[:79] + "…"
+
+
+@admin.register(Backfill)
+class BackfillAdmin(UncountedAdmin):
+    """Each consumer given the history after the fact (`outbox_backfill`), and how far it got."""
+
+    list_display = ["id", "consumer", "status", "progress_shown", "created", "skipped", "rate", "started_at", "beat_at"]
+    list_display_links = ["id"]
+    list_filter = ["status", "consumer"]
+    ordering = ["-id"]
+    readonly_fields = fields = (
+        "id",
+        "consumer",
+        "status",
+        "progress_shown",
+        "types",
+        "after",
+        "since",
+        "upto",
+        "cursor",
+        "created",
+        "skipped",
+        "rate",
+        "requested_by",
+        "runner",
+        "started_at",
+        "beat_at",
+        "finished_at",
+    )
+
+    @admin.display(description="progress")
+    def progress_shown(self, record: Backfill) -> str:
+        return f"{record.progress:.0%} (event {record.cursor} of {record.upto})"

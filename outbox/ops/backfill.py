@@ -1,0 +1,294 @@
+"""Backfill: give a consumer declared after the fact the retained history, in order, while live
+traffic goes on.
+
+A backfill covers the events after an id (or created since a time) of the consumer's types, up to
+the newest event when it began: later events reach the consumer through the relay, which routes
+to it from its declaration on. It walks them in id order, a chunk at a time. For each chunk, one
+transaction creates the consumer's missing deliveries, `published`, and moves the backfill's
+cursor; the messages go out after the commit. So:
+
+- each event reaches the consumer once: a delivery is unique per (event, consumer), the backfill
+  creates only those that do not exist (a live delivery, or a replay's, is counted as skipped),
+  and events the relay has not published yet are left to it;
+- a run killed at any point loses nothing: rerun the command and it resumes at the cursor; a
+  chunk committed but not sent is `published` with no message, which the relay's sweeper sends
+  after the redelivery deadline, as for any lost message;
+- `--rate` throttles it, so the workers keep up with live traffic.
+
+A second run of a backfill that another process is running (progress in the last minute, from a
+process that is alive where it can be told) is refused.
+"""
+
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dramatiq
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, QuerySet
+from django.utils import timezone
+from dramatiq.brokers.stub import StubBroker
+
+from outbox import conf
+from outbox.consume.declare import ALL, Consumer, declaration, enabled, is_enabled
+from outbox.models import Backfill, Delivery, Event, Pending
+from outbox.relay import routing
+
+CHUNK = 1000
+# A backfill whose runner made no progress for this long is taken to be dead: another may resume it.
+STALE_SECONDS = 60.0
+
+
+class BackfillRefused(Exception):
+    """The backfill cannot start or resume: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a backfill would do, from a dry run."""
+
+    consumer: str
+    types: list[str]
+    after: int
+    upto: int
+    events: int  # of the consumer's types in the range, published
+    missing: int  # of those, the ones with no delivery to the consumer: what it would create
+
+
+def consumer_for(name: str) -> Consumer:
+    """The enabled consumer named `name`, or BackfillRefused naming the ones there are."""
+    declared = declaration(name)
+    if declared is None or not is_enabled(declared):
+        known = ", ".join(sorted(c.name for c in enabled())) or "none"
+        state = "is switched off (OUTBOX_CONSUMERS)" if declared is not None else "is not declared"
+        raise BackfillRefused(f"Consumer {name!r} {state}; nothing was done. Enabled consumers: {known}.")
+    return declared
+
+
+def types_for(declared: Consumer, types: Sequence[str]) -> list[str]:
+    """The event types to send: those asked for, each one the consumer takes; by default all it takes."""
+    if not types:
+        return [] if ALL in declared.events else sorted(declared.events)
+    refused = sorted(t for t in types if not declared.takes(t))
+    if refused:
+        raise BackfillRefused(
+            f"Consumer {declared.name!r} does not take {', '.join(refused)}; it takes "
+            f"{', '.join(sorted(declared.events))}. Leave those types out of --types."
+        )
+    return sorted(set(types))
+
+
+def start_after(*, after: int | None, since: datetime | None) -> int:
+    """The event id the range begins after: `after`, or the one before the first event created since `since`."""
+    if after is not None:
+        return after
+    if since is None:
+        return 0
+    first = Event.objects.filter(created_at__gte=since).order_by("id").values_list("id", flat=True).first()
+    if first is not None:
+        return first - 1
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _events(types: list[str], *, after: int, upto: int) -> QuerySet[Event]:
+    events = Event.objects.filter(id__gt=after, id__lte=upto)
+    if types:
+        events = events.filter(event_type__in=types)
+    # Not yet published: the relay sends it, to this consumer as to the others.
+    return events.filter(~Exists(Pending.objects.filter(event_id=OuterRef("id"))))
+
+
+def plan(name: str, *, types: Sequence[str] = (), after: int | None = None, since: datetime | None = None) -> Plan:
+    """What a backfill of `name` would send now, counted; nothing is written."""
+    declared = consumer_for(name)
+    chosen = types_for(declared, types)
+    start = start_after(after=after, since=since)
+    upto = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    events = _events(chosen, after=start, upto=upto)
+    missing = events.filter(~Exists(Delivery.objects.filter(event_id=OuterRef("id"), consumer=name)))
+    return Plan(name, chosen, start, upto, events.count(), missing.count())
+
+
+def _runner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def begin(
+    name: str,
+    *,
+    types: Sequence[str] = (),
+    after: int | None = None,
+    since: datetime | None = None,
+    rate: int | None = None,
+    requested_by: str,
+) -> tuple[Backfill, bool]:
+    """Start a backfill of `name`, or resume its unfinished one; return it and whether it resumed.
+
+    An unfinished backfill with other options is refused (finish it, or abandon it first), as is
+    one that another process is running.
+    """
+    declared = consumer_for(name)
+    chosen = types_for(declared, types)
+    with transaction.atomic():
+        running = Backfill.objects.select_for_update().filter(consumer=name, status=Backfill.Status.RUNNING).first()
+        if running is not None:
+            _may_resume(running, types=chosen, after=after, since=since)
+            running.runner, running.beat_at = _runner(), timezone.now()
+            if rate is not None:
+                running.rate = rate
+            running.save(update_fields=["runner", "beat_at", "rate"])
+            return running, True
+        start = start_after(after=after, since=since)
+        upto = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        try:
+            with transaction.atomic():
+                record = Backfill.objects.create(
+                    consumer=name,
+                    types=chosen,
+                    after=start,
+                    since=since,
+                    upto=upto,
+                    rate=rate,
+                    cursor=start,
+                    requested_by=requested_by,
+                    runner=_runner(),
+                    beat_at=timezone.now(),
+                )
+        except IntegrityError:  # another process began one this instant
+            raise BackfillRefused(
+                f"Another backfill of {name} began just now; run the command again to resume it."
+            ) from None
+    return record, False
+
+
+def _may_resume(running: Backfill, *, types: list[str], after: int | None, since: datetime | None) -> None:
+    other = (
+        sorted(running.types) != types
+        or (after is not None and after != running.after)
+        or (since is not None and since != running.since)
+    )
+    if other:
+        raise BackfillRefused(
+            f"Backfill {running.pk} of {running.consumer} is unfinished (after event {running.after}, types "
+            f"{', '.join(running.types) or 'all it takes'}; at event {running.cursor} of {running.upto}). Run the "
+            "command with its options to resume it, or with --abandon to give it up first."
+        )
+    fresh = running.beat_at is not None and timezone.now() - running.beat_at < timedelta(seconds=STALE_SECONDS)
+    if fresh and running.runner and running.runner != _runner() and _may_be_alive(running.runner):
+        raise BackfillRefused(
+            f"Backfill {running.pk} of {running.consumer} is being run by {running.runner} (progress at "
+            f"{running.beat_at:%H:%M:%S}); let it finish. If that process is gone, run this again after "
+            f"{STALE_SECONDS:.0f} s without progress."
+        )
+
+
+def _may_be_alive(runner: str) -> bool:
+    """Whether the process named `host:pid` may still run: on another host it may; here, only if its pid is."""
+    host, _, pid = runner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def abandon(name: str) -> Backfill | None:
+    """Give up the consumer's unfinished backfill (the deliveries it created stay); return it, or None."""
+    with transaction.atomic():
+        running = Backfill.objects.select_for_update().filter(consumer=name, status=Backfill.Status.RUNNING).first()
+        if running is None:
+            return None
+        running.status, running.finished_at = Backfill.Status.ABANDONED, timezone.now()
+        running.save(update_fields=["status", "finished_at"])
+        return running
+
+
+_CREATE = """
+INSERT INTO outbox_delivery
+    (event_id, consumer, status, publications, attempts, last_error, published_at, updated_at)
+SELECT e.id, %s, 'published', 1, 0, '', %s, CURRENT_TIMESTAMP FROM outbox_event e WHERE e.id IN ({ids})
+ON CONFLICT (event_id, consumer) DO NOTHING
+RETURNING event_id
+"""
+
+
+def run(
+    record: Backfill,
+    *,
+    chunk: int = CHUNK,
+    progress: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Backfill:
+    """Walk the backfill's range from its cursor to the end, chunk by chunk; return it, done.
+
+    `progress(n)` is told how far each chunk moved the cursor (in event ids); `stop()`, asked after each chunk,
+    ends the run early (the backfill stays `running`, to resume).
+    """
+    routing.load_actors()
+    broker = dramatiq.get_broker()
+    # The embedded default's broker is inside the relay: its sweeper sends them, due at once.
+    in_process = isinstance(broker, StubBroker)
+    limit = conf.message_max_ids()
+    while True:
+        started = time.monotonic()
+        ids = list(
+            _events(record.types, after=record.cursor, upto=record.upto)
+            .order_by("id")
+            .values_list("id", flat=True)[:chunk]
+        )
+        last = ids[-1] if ids else record.upto
+        with transaction.atomic():
+            created = _create(record.consumer, ids, in_process=in_process)
+            changed = Backfill.objects.filter(pk=record.pk, status=Backfill.Status.RUNNING).update(
+                cursor=last,
+                created=F("created") + len(created),
+                skipped=F("skipped") + len(ids) - len(created),
+                beat_at=timezone.now(),
+                runner=_runner(),
+            )
+            if not changed:
+                raise BackfillRefused(
+                    f"Backfill {record.pk} was abandoned meanwhile; it stopped at event {record.cursor}."
+                )
+        moved = last - record.cursor
+        record.cursor = last
+        record.created += len(created)
+        record.skipped += len(ids) - len(created)
+        if not in_process:
+            for start in range(0, len(created), limit):
+                broker.enqueue(routing.message(record.consumer, created[start : start + limit]))
+        if progress is not None:
+            progress(moved)
+        if not ids or last >= record.upto:
+            break
+        if stop is not None and stop():
+            return record
+        if record.rate:
+            pause = len(ids) / record.rate - (time.monotonic() - started)
+            if pause > 0:
+                time.sleep(pause)
+    record.status, record.finished_at = Backfill.Status.DONE, timezone.now()
+    Backfill.objects.filter(pk=record.pk, status=Backfill.Status.RUNNING).update(
+        status=record.status, finished_at=record.finished_at, cursor=record.upto
+    )
+    record.cursor = record.upto
+    return record
+
+
+def _create(consumer: str, ids: list[int], *, in_process: bool) -> list[int]:
+    """Create the consumer's missing deliveries of these events, published; return their ids in order."""
+    if not ids:
+        return []
+    now = timezone.now()
+    published_at = now - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else now
+    stamp = connection.ops.adapt_datetimefield_value(published_at)
+    with connection.cursor() as cursor:
+        cursor.execute(_CREATE.format(ids=", ".join(["%s"] * len(ids))), [consumer, stamp, *ids])
+        return sorted(row[0] for row in cursor.fetchall())
