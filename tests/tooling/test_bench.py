@@ -36,6 +36,9 @@ FIGURES = [
     "eventlog_changelist_ms_p50",
     "aggregate_timeline_ms_p95",
     "aggregate_timeline_ms_p50",
+    "backfill_events_per_s",
+    "backfill_events",
+    "backfill_seconds",
 ]
 
 
@@ -46,6 +49,7 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
         *("outbox_bench", "--json", "--samples", "20", "--backlog", "300", "--history", "300"),
         *("--rss-backlog", "300", "--latency-seconds", "1", "--pipeline-orders", "30"),
         *("--email-window-samples", "20", "--eventlog-events", "2000", "--eventlog-requests", "2"),
+        *("--backfill-events", "500"),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -62,6 +66,8 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
         result["eventlog_changelist_ms_p95_by_page"]
     )
     assert result["parameters"]["eventlog_events"] == 2000
+    # The new consumer got a delivery for each of the newest 500 events, and its messages were dropped.
+    assert result["backfill_events"] == 500
     # The event log's deliveries have every status, after the relay figures' events as alone: the
     # delivery filters' pages were measured over done, failed, dead and in-flight ones.
     statuses = result["eventlog_deliveries_by_status"]

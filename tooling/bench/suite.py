@@ -166,7 +166,7 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-GROUPS = ("save", "relay", "latency", "pipeline", "eventlog")
+GROUPS = ("save", "relay", "latency", "pipeline", "backfill", "eventlog")
 
 
 def backlog_discard() -> None:
@@ -200,11 +200,13 @@ def bench_run(
     email_window_samples: int,
     eventlog_events: int = 5_000_000,
     eventlog_requests: int = 20,
+    backfill_events: int = 1_000_000,
     groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run every figure in one scratch database and return them with the machine's facts."""
     from tooling.bench import pipeline as bench_pipeline
+    from tooling.bench.backfill import backfill_figures
     from tooling.bench.eventlog import eventlog_figures
     from tooling.bench.relay import e2e_latency, relay_figures
 
@@ -235,6 +237,9 @@ def bench_run(
             result.update(
                 relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size)
             )
+        # Over the relay figures' history, when they ran: the newest `backfill_events` of it.
+        if "backfill" in run:
+            result.update(backfill_figures(events=backfill_events))
         # Last: it empties the event log, then fills it with exactly `eventlog_events` events.
         if "eventlog" in run:
             result.update(eventlog_figures(events=eventlog_events, requests=eventlog_requests))
@@ -257,5 +262,6 @@ def bench_run(
             "email_window_samples": email_window_samples,
             "eventlog_events": eventlog_events,
             "eventlog_requests_per_page": eventlog_requests,
+            "backfill_events": backfill_events,
         }
     return result

@@ -76,6 +76,12 @@ class Command(BaseCommand):
             help="Events in the log whose admin pages are timed (default 5000000).",
         )
         parser.add_argument(
+            "--backfill-events",
+            type=int,
+            default=1_000_000,
+            help="Retained events a new consumer is backfilled over (default 1000000).",
+        )
+        parser.add_argument(
             "--eventlog-requests",
             type=int,
             default=20,
@@ -96,6 +102,7 @@ class Command(BaseCommand):
             "email_window_samples",
             "eventlog_events",
             "eventlog_requests",
+            "backfill_events",
         )
         for flag in positive:
             if options[flag] < 1:
@@ -120,6 +127,7 @@ class Command(BaseCommand):
             email_window_samples=options["email_window_samples"],
             eventlog_events=options["eventlog_events"],
             eventlog_requests=options["eventlog_requests"],
+            backfill_events=options["backfill_events"],
             groups=groups,
         )
         if options["json"]:
