@@ -15,8 +15,9 @@ from django.utils import timezone
 
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.ops import backfill
-from tests.outbox_app.models import Item
+from tests.outbox_app.models import Item, JournalEntry
 from tests.processes import processes, queued
+from tooling.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queues")]
 
@@ -147,3 +148,41 @@ def test_a_backfill_says_what_is_wrong_and_changes_nothing() -> None:
     assert Backfill.objects.get().status == "abandoned"
     assert "No backfill of journal is unfinished" in run("journal", "--abandon")
     assert Delivery.objects.count() == 0
+
+
+def test_a_backfill_under_live_traffic_killed_halfway_and_resumed_reaches_each_event_once(tmp_path: Path) -> None:
+    """A real relay and worker run the live traffic while the backfill gives the journal the
+    history; the backfill is SIGKILLed halfway and run again. Every event, of the history and of
+    the live traffic, ends with exactly one journal entry."""
+    history = items(150, prefix="H")
+    env = {"OUTBOX_RELAY_POLL_SECONDS": "0.2", "OUTBOX_REDELIVERY_SECONDS": "2", "REDIS_URL": settings.REDIS_URL}
+    with processes(tmp_path, **env) as started:
+        started.worker()
+        started.relay("live")
+        child = started.manage("outbox_backfill", "journal", "--rate", "100", "--chunk", "10", name="backfill")
+        made = 0
+        deadline = time.monotonic() + 60
+        while not Backfill.objects.filter(cursor__gte=history[70]).exists():
+            assert child.popen.poll() is None, child.output()
+            assert time.monotonic() < deadline, child.output()
+            Item.objects.create(sku=f"L-{made}", name=f"L{made}", price=1)  # live traffic meanwhile
+            made += 1
+            time.sleep(0.02)
+        child.stop(signal.SIGKILL)
+        assert Backfill.objects.get().status == "running"
+        for i in range(5):
+            Item.objects.create(sku=f"M-{i}", name=f"M{i}", price=1)
+        resumed = started.manage("outbox_backfill", "journal", "--chunk", "10", name="resume")
+        assert resumed.popen.wait(timeout=60) == 0, resumed.output()
+        assert "Resuming backfill" in resumed.output()
+        every = list(Event.objects.order_by("id").values_list("id", flat=True))
+        assert len(every) == len(history) + made + 5
+
+        def journalled() -> bool:
+            return JournalEntry.objects.count() >= len(every)
+
+        wait_until(journalled, timeout=90, what="a journal entry for every event")
+        time.sleep(1)  # a duplicate, if any, would land now
+    entries = sorted(JournalEntry.objects.values_list("event_id", flat=True))
+    assert entries == every
+    assert Backfill.objects.get().status == "done"
