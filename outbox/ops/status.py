@@ -18,7 +18,7 @@ from django.db.models.functions import Now, TruncMinute
 
 from outbox import conf
 from outbox.backends import ops
-from outbox.models import Delivery, Event, JobRun, Pending, RelayHeartbeat
+from outbox.models import Backfill, Delivery, Event, JobRun, Pending, RelayHeartbeat
 from outbox.ops.jobs import OUTCOME_OK, jobs_configured
 
 # Deliveries counted exactly: each status is bounded by a partial index (see Delivery.Meta).
@@ -59,6 +59,23 @@ class JobState:
 
 
 @dataclass
+class BackfillState:
+    """A backfill that has not finished (`outbox_backfill`), and how far it got."""
+
+    id: int
+    consumer: str
+    progress: float  # from 0 to 1, of its range of event ids
+    cursor: int
+    upto: int
+    created: int
+    skipped: int
+    runner: str
+    beat_at: datetime | None
+    # No progress for longer than a live run leaves between chunks: its process is gone.
+    stalled: bool
+
+
+@dataclass
 class OutboxStatus:
     """The outbox's state: backlog, deliveries, relays and jobs, and what needs attention."""
 
@@ -71,6 +88,7 @@ class OutboxStatus:
     done_estimate: int | None
     relays: list[RelayState]
     jobs: list[JobState]
+    backfills: list[BackfillState] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
 
     def total(self, status: str) -> int:
@@ -182,6 +200,30 @@ def job_states() -> list[JobState]:
     return states
 
 
+def backfill_states(*, now: datetime) -> list[BackfillState]:
+    """Return the unfinished backfills (one per consumer at most: a small, indexed read)."""
+    from outbox.ops.backfill import STALE_SECONDS
+
+    states = []
+    for record in Backfill.objects.filter(status=Backfill.Status.RUNNING).order_by("id"):
+        age = None if record.beat_at is None else (now - record.beat_at).total_seconds()
+        states.append(
+            BackfillState(
+                id=record.pk,
+                consumer=record.consumer,
+                progress=round(record.progress, 4),
+                cursor=record.cursor,
+                upto=record.upto,
+                created=record.created,
+                skipped=record.skipped,
+                runner=record.runner,
+                beat_at=record.beat_at,
+                stalled=age is None or age > STALE_SECONDS,
+            )
+        )
+    return states
+
+
 def outbox_status() -> OutboxStatus:
     """Return the outbox's state now, with the list of what needs an operator's attention."""
     now = database_now()
@@ -198,6 +240,7 @@ def outbox_status() -> OutboxStatus:
         done_estimate=done_estimate(counted),
         relays=relay_states(now=now),
         jobs=job_states(),
+        backfills=backfill_states(now=now),
     )
     status.attention = attention(status)
     return status
@@ -229,6 +272,16 @@ def attention(status: OutboxStatus) -> list[str]:
     for job in status.jobs:
         if job.failed:
             notes.append(f"Job {job.job} for {job.period}: {job.outcome}")
+    for backfill in status.backfills:
+        if backfill.stalled:
+            notes.append(
+                f"Backfill {backfill.id} of {backfill.consumer} stopped at event {backfill.cursor} of {backfill.upto} "
+                f"(no progress since {backfill.beat_at:%Y-%m-%d %H:%M:%S} UTC): run `outbox_backfill "
+                f"{backfill.consumer}` with its options to resume it, or with --abandon to give it up."
+                if backfill.beat_at
+                else f"Backfill {backfill.id} of {backfill.consumer} has not started: run `outbox_backfill "
+                f"{backfill.consumer}` to resume it."
+            )
     return notes
 
 

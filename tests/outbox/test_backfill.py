@@ -4,6 +4,7 @@ resumable after a kill, beside live traffic."""
 import json
 import signal
 import time
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -186,3 +187,23 @@ def test_a_backfill_under_live_traffic_killed_halfway_and_resumed_reaches_each_e
     entries = sorted(JournalEntry.objects.values_list("event_id", flat=True))
     assert entries == every
     assert Backfill.objects.get().status == "done"
+
+
+def test_outbox_status_shows_an_unfinished_backfill_and_names_a_stalled_one() -> None:
+    ids = items(10)
+    record, _ = backfill.begin("journal", requested_by="test")
+    Backfill.objects.filter(pk=record.pk).update(cursor=ids[4], created=5)
+    out = StringIO()
+    call_command("outbox_status", "--json", stdout=out)
+    (shown,) = json.loads(out.getvalue())["backfills"]
+    assert (shown["consumer"], shown["cursor"], shown["created"], shown["stalled"]) == ("journal", ids[4], 5, False)
+    assert 0 < shown["progress"] < 1
+
+    Backfill.objects.filter(pk=record.pk).update(beat_at=timezone.now() - timedelta(minutes=5))
+    out = StringIO()
+    call_command("outbox_status", stdout=out)
+    text = out.getvalue()
+    assert f"{record.pk} of journal: " in text
+    assert "STALLED" in text
+    assert f"Backfill {record.pk} of journal stopped at event {ids[4]}" in text
+    assert "run `outbox_backfill journal` with its options to resume it" in text

@@ -75,6 +75,14 @@ def render(status: OutboxStatus) -> str:
         lines.append(f"  {job.job} (daily at {job.daily_at} UTC): {last}")
     if not status.jobs:
         lines.append("  none")
+    if status.backfills:
+        lines += ["", "Backfills not finished:"]
+        for backfill in status.backfills:
+            lines.append(
+                f"  {backfill.id} of {backfill.consumer}: {backfill.progress:.0%} (event {backfill.cursor} of "
+                f"{backfill.upto}), {backfill.created} sent, {backfill.skipped} skipped, by {backfill.runner}"
+                + ("  STALLED" if backfill.stalled else "")
+            )
     lines.append("")
     if status.attention:
         lines.append("Needs attention:")
