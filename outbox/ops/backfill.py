@@ -29,10 +29,12 @@ from datetime import datetime, timedelta
 import dramatiq
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 from dramatiq.brokers.stub import StubBroker
 
 from outbox import conf
+from outbox.backends import ops
 from outbox.consume.declare import ALL, Consumer, declaration, enabled, is_enabled
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.relay import routing
@@ -136,10 +138,11 @@ def begin(
         running = Backfill.objects.select_for_update().filter(consumer=name, status=Backfill.Status.RUNNING).first()
         if running is not None:
             _may_resume(running, types=chosen, after=after, since=since)
-            running.runner, running.beat_at = _runner(), timezone.now()
+            running.runner, running.beat_at = _runner(), Now()
             if rate is not None:
                 running.rate = rate
             running.save(update_fields=["runner", "beat_at", "rate"])
+            running.refresh_from_db(fields=["beat_at"])
             return running, True
         start = start_after(after=after, since=since)
         upto = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -155,8 +158,9 @@ def begin(
                     cursor=start,
                     requested_by=requested_by,
                     runner=_runner(),
-                    beat_at=timezone.now(),
+                    beat_at=Now(),
                 )
+                record.refresh_from_db(fields=["beat_at", "started_at"])
         except IntegrityError:  # another process began one this instant
             raise BackfillRefused(
                 f"Another backfill of {name} began just now; run the command again to resume it."
@@ -176,7 +180,7 @@ def _may_resume(running: Backfill, *, types: list[str], after: int | None, since
             f"{', '.join(running.types) or 'all it takes'}; at event {running.cursor} of {running.upto}). Run the "
             "command with its options to resume it, or with --abandon to give it up first."
         )
-    fresh = running.beat_at is not None and timezone.now() - running.beat_at < timedelta(seconds=STALE_SECONDS)
+    fresh = running.beat_at is not None and ops().now() - running.beat_at < timedelta(seconds=STALE_SECONDS)
     if fresh and running.runner and running.runner != _runner() and _may_be_alive(running.runner):
         raise BackfillRefused(
             f"Backfill {running.pk} of {running.consumer} is being run by {running.runner} (progress at "
@@ -210,10 +214,11 @@ def abandon(name: str) -> Backfill | None:
         return running
 
 
+# publications: 1 for a message sent to the broker; 0 where the relay's sweeper sends it (in process).
 _CREATE = """
 INSERT INTO outbox_delivery
     (event_id, consumer, status, publications, attempts, last_error, published_at, updated_at)
-SELECT e.id, %s, 'published', 1, 0, '', %s, CURRENT_TIMESTAMP FROM outbox_event e WHERE e.id IN ({ids})
+SELECT e.id, %s, 'published', %s, 0, '', %s, CURRENT_TIMESTAMP FROM outbox_event e WHERE e.id IN ({ids})
 ON CONFLICT (event_id, consumer) DO NOTHING
 RETURNING event_id
 """
@@ -246,17 +251,14 @@ def run(
         last = ids[-1] if ids else record.upto
         with transaction.atomic():
             created = _create(record.consumer, ids, in_process=in_process)
-            changed = Backfill.objects.filter(pk=record.pk, status=Backfill.Status.RUNNING).update(
+            changed = _ours(record).update(
                 cursor=last,
                 created=F("created") + len(created),
                 skipped=F("skipped") + len(ids) - len(created),
-                beat_at=timezone.now(),
-                runner=_runner(),
+                beat_at=Now(),
             )
             if not changed:
-                raise BackfillRefused(
-                    f"Backfill {record.pk} was abandoned meanwhile; it stopped at event {record.cursor}."
-                )
+                raise _lost(record)
         moved = last - record.cursor
         record.cursor = last
         record.created += len(created)
@@ -271,15 +273,42 @@ def run(
         if stop is not None and stop():
             return record
         if record.rate:
-            pause = len(ids) / record.rate - (time.monotonic() - started)
-            if pause > 0:
-                time.sleep(pause)
+            _pause(record, len(ids) / record.rate - (time.monotonic() - started))
     record.status, record.finished_at = Backfill.Status.DONE, timezone.now()
-    Backfill.objects.filter(pk=record.pk, status=Backfill.Status.RUNNING).update(
-        status=record.status, finished_at=record.finished_at, cursor=record.upto
-    )
+    if not _ours(record).update(status=record.status, finished_at=record.finished_at, cursor=record.upto):
+        raise _lost(record)
     record.cursor = record.upto
     return record
+
+
+def _ours(record: Backfill) -> QuerySet[Backfill]:
+    """The backfill's row while this process runs it (not finished, abandoned or taken over)."""
+    return Backfill.objects.filter(pk=record.pk, status=Backfill.Status.RUNNING, runner=_runner())
+
+
+def _lost(record: Backfill) -> BackfillRefused:
+    """Why a run may not go on with its backfill: the row says what became of it."""
+    row = Backfill.objects.filter(pk=record.pk).values_list("status", "runner").first()
+    if row is None:
+        return BackfillRefused(f"Backfill {record.pk} no longer exists; it stopped at event {record.cursor}.")
+    status, runner = row
+    if status != Backfill.Status.RUNNING:
+        return BackfillRefused(
+            f"Backfill {record.pk} was {status} meanwhile; this run stopped at event {record.cursor}."
+        )
+    return BackfillRefused(
+        f"Backfill {record.pk} was taken over by {runner} (this run made no progress for {STALE_SECONDS:.0f} s); "
+        f"this run stopped at event {record.cursor}, and the other goes on."
+    )
+
+
+def _pause(record: Backfill, seconds: float) -> None:
+    """Sleep for the throttle, beating meanwhile, so that a slow rate never looks like a dead run."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, STALE_SECONDS / 4))
+        if left > STALE_SECONDS / 4 and not _ours(record).update(beat_at=Now()):
+            raise _lost(record)
 
 
 def _create(consumer: str, ids: list[int], *, in_process: bool) -> list[int]:
@@ -290,5 +319,7 @@ def _create(consumer: str, ids: list[int], *, in_process: bool) -> list[int]:
     published_at = now - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else now
     stamp = connection.ops.adapt_datetimefield_value(published_at)
     with connection.cursor() as cursor:
-        cursor.execute(_CREATE.format(ids=", ".join(["%s"] * len(ids))), [consumer, stamp, *ids])
+        cursor.execute(
+            _CREATE.format(ids=", ".join(["%s"] * len(ids))), [consumer, 0 if in_process else 1, stamp, *ids]
+        )
         return sorted(row[0] for row in cursor.fetchall())

@@ -3,6 +3,7 @@ resumable after a kill, beside live traffic."""
 
 import json
 import signal
+import threading
 import time
 from datetime import timedelta
 from io import StringIO
@@ -12,10 +13,12 @@ import pytest
 import redis
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.ops import backfill
+from outbox.ops.status import backfill_states, database_now
 from tests.outbox_app.models import Item, JournalEntry
 from tests.processes import processes, queued
 from tooling.processes import wait_until
@@ -135,8 +138,10 @@ def test_a_backfill_says_what_is_wrong_and_changes_nothing() -> None:
         run("stocktake", "--types", "item.created")
     with pytest.raises(CommandError, match="--rate is events per second, at least 1"):
         run("journal", "--rate", "0")
-    with pytest.raises(CommandError, match="--since takes a date or a time"):
+    with pytest.raises(CommandError, match=r"--since takes an event id \(digits only, e.g. 41000\) or a date"):
         run("journal", "--since", "last week")
+    far = str(10**9)
+    assert f"No event after event {far}: nothing to send to journal." in run("journal", "--since", far, "--dry-run")
     assert not Backfill.objects.exists()
 
     record, _ = backfill.begin("journal", types=["item.created"], requested_by="test")
@@ -207,3 +212,30 @@ def test_outbox_status_shows_an_unfinished_backfill_and_names_a_stalled_one() ->
     assert "STALLED" in text
     assert f"Backfill {record.pk} of journal stopped at event {ids[4]}" in text
     assert "run `outbox_backfill journal` with its options to resume it" in text
+
+
+def test_a_slow_rate_beats_while_it_waits_so_it_never_looks_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At one event a second the throttle sleeps longer than a stalled run's silence: the run
+    beats during the sleep, so no status calls it stalled and no second run takes it over."""
+    items(3)
+    monkeypatch.setattr(backfill, "STALE_SECONDS", 0.4)
+    record, _ = backfill.begin("journal", rate=1, requested_by="test")
+
+    def walk() -> None:
+        try:
+            backfill.run(record, chunk=1)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=walk)
+    worker.start()
+    try:
+        time.sleep(1.5)  # inside the second chunk's pause
+        beat = Backfill.objects.values_list("beat_at", flat=True).get()
+        assert beat is not None
+        assert (timezone.now() - beat).total_seconds() < 0.4
+        (state,) = backfill_states(now=database_now())
+        assert state.stalled is False
+    finally:
+        worker.join(timeout=30)
+    assert Backfill.objects.get().status == "done"

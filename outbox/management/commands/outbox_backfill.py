@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("consumer", help="The consumer, as declared with @consumer.")
         parser.add_argument(
             "--since",
-            help="Events after this event id (an integer), or created at or after this date/time (2026-11-25, "
+            help="Events after this event id (digits only), or created at or after this date/time (2026-11-25, "
             "2026-11-25T14:00). Default: every retained event.",
         )
         parser.add_argument(
@@ -57,6 +57,9 @@ class Command(BaseCommand):
         try:
             if options["dry_run"]:
                 plan = backfill.plan(name, types=options["types"], after=after, since=since)
+                if plan.after >= plan.upto:
+                    self.stdout.write(f"No event after event {plan.after}: nothing to send to {name}.")
+                    return
                 types = ", ".join(plan.types) if options["types"] else "every type it takes"
                 self.stdout.write(
                     f"Would send {plan.missing} of {plan.events} events ({types}; events {plan.after + 1} to "
@@ -111,4 +114,10 @@ class Command(BaseCommand):
             return None, None
         if text.strip().isdigit():
             return int(text), None
-        return None, parse_when("--since", text)
+        try:
+            return None, parse_when("--since", text)
+        except CommandError:
+            raise CommandError(
+                f"--since takes an event id (digits only, e.g. 41000) or a date or a time (2026-11-25, "
+                f"2026-11-25T14:00); got {text!r}."
+            ) from None
