@@ -168,6 +168,7 @@ def replay(
     for start in range(0, len(wanted), MESSAGE_SIZE):
         chunk = wanted[start : start + MESSAGE_SIZE]
         with transaction.atomic():
+            _create_missing(chunk)
             chunk = _not_in_flight(chunk, summary)
             if not chunk:
                 continue
@@ -261,14 +262,36 @@ def in_flight_note(summary: Summary) -> str:
 
 
 def deliveries_for(event_ids: Sequence[int], consumer: str) -> list[Delivery]:
-    """Return the deliveries of these events to `consumer`, creating the ones that do not exist
-    (an event published before the consumer was routed to it), unsaved ones marked with id None."""
+    """Return the deliveries of these events to `consumer`, in the events' order. Those that do
+    not exist (an event published before the consumer was routed to it) are unsaved, id None:
+    replay() creates them in the transaction that records and sends them, so that nothing is
+    created when nothing is sent. Ids that name no event are left out."""
     existing = {d.event_id: d for d in Delivery.objects.filter(event_id__in=event_ids, consumer=consumer)}
-    missing = [i for i in event_ids if i not in existing and Event.objects.filter(pk=i).exists()]
-    if missing:
-        Delivery.objects.bulk_create(
-            [Delivery(event_id=i, consumer=consumer, status=Delivery.Status.FAILED, last_error="") for i in missing],
-            ignore_conflicts=True,
-        )
-        existing.update({d.event_id: d for d in Delivery.objects.filter(event_id__in=missing, consumer=consumer)})
-    return [existing[i] for i in event_ids if i in existing]
+    absent = [i for i in event_ids if i not in existing]
+    known = set(Event.objects.filter(pk__in=absent).values_list("id", flat=True)) if absent else set()
+    return [
+        existing[i] if i in existing else Delivery(event_id=i, consumer=consumer, status="", last_error="")
+        for i in event_ids
+        if i in existing or i in known
+    ]
+
+
+def _create_missing(chunk: list[Delivery]) -> None:
+    """Create the chunk's unsaved deliveries (deliveries_for()), and give each its id; one made
+    meanwhile by someone else (the relay) is taken as it is."""
+    missing = [d for d in chunk if d.pk is None]
+    if not missing:
+        return
+    Delivery.objects.bulk_create(
+        [
+            Delivery(event_id=d.event_id, consumer=d.consumer, status=Delivery.Status.FAILED, last_error="")
+            for d in missing
+        ],
+        ignore_conflicts=True,
+    )
+    for consumer in {d.consumer for d in missing}:
+        mine = [d for d in missing if d.consumer == consumer]
+        rows = Delivery.objects.filter(consumer=consumer, event_id__in=[d.event_id for d in mine])
+        ids = dict(rows.values_list("event_id", "id"))
+        for d in mine:
+            d.pk = d.id = ids[d.event_id]

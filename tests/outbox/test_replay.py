@@ -119,7 +119,7 @@ def test_to_sends_events_to_a_consumer_creating_the_deliveries_it_had_none_of(de
     assert Delivery.objects.get(event_id=new, consumer="journal").status == "published"
     replay = Replay.objects.get()
     assert replay.criteria == {"consumers": ["journal"], "event_types": ["item.created"]}
-    assert ReplayItem.objects.get(event_id=new).previous_status == "failed"  # as created, never sent
+    assert ReplayItem.objects.get(event_id=new).previous_status == ""  # it had none
 
 
 def test_to_leaves_out_types_the_consumer_does_not_take_and_says_what_is_wrong(

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from outbox.consume.declare import declaration, enabled, is_enabled
+from outbox.consume.declare import ALL, declaration, enabled, is_enabled
 from outbox.management.dates import parse_when
 from outbox.models import Delivery, Event
 from outbox.ops.replay import Criteria, ReplayRefused, deliveries_for, events_select, in_flight_note, replay, select
@@ -126,30 +126,33 @@ class Command(BaseCommand):
                 f"--to {name} needs the events to send: name them with --event-id, --type, --aggregate, --since "
                 f"or --until (at most {TO_LIMIT:,} events)."
             )
+        selected = events_select(criteria)
+        taken_types = None if ALL in declared.events else list(declared.events)
+        if taken_types is not None:
+            others = list(
+                selected.exclude(event_type__in=taken_types).values_list("event_type", flat=True)[: TO_LIMIT + 1]
+            )
+            if others:
+                count = f"more than {TO_LIMIT:,}" if len(others) > TO_LIMIT else str(len(others))
+                self.stdout.write(
+                    f"Left out {count} events of types {name} does not take: {', '.join(sorted(set(others)))}."
+                )
+            selected = selected.filter(event_type__in=taken_types)
         fields = ("id", "event_type", "aggregate_type", "aggregate_id")
-        events = list(events_select(criteria).only(*fields)[: TO_LIMIT + 1])
-        if len(events) > TO_LIMIT:
+        taken = list(selected.only(*fields)[: TO_LIMIT + 1])
+        if len(taken) > TO_LIMIT:
             raise CommandError(
                 f"More than {TO_LIMIT:,} events match; nothing was sent. Narrow the filters (--since/--until, "
                 f"--type, --aggregate) and send them in parts, or give {name} the history with "
                 f"`outbox_backfill {name}` (throttled, resumable)."
             )
-        taken = [event for event in events if declared.takes(event.event_type)]
-        if len(taken) < len(events):
-            others = sorted({event.event_type for event in events if not declared.takes(event.event_type)})
-            self.stdout.write(
-                f"Left out {len(events) - len(taken)} events of types {name} does not take: {', '.join(others)}."
-            )
         if not taken:
             self.stdout.write(f"No selected event is of a type {name} takes; nothing to send.")
             return
-        ids = [event.id for event in taken]
         if options["dry_run"]:
             self._show_to(name, taken, force=options["force"])
             return
-        deliveries = list(
-            Delivery.objects.filter(id__in=[d.id for d in deliveries_for(ids, name)]).select_related("event")
-        )
+        deliveries = deliveries_for([event.id for event in taken], name)
         self._replay(deliveries, dataclasses.replace(criteria, consumers=[name], statuses=[]), options)
 
     def _show_to(self, name: str, events: list[Event], *, force: bool) -> None:
