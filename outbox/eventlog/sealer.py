@@ -12,6 +12,8 @@ that a consumer sealed first (the audit log, through `outbox.seals()`) are found
 neither loaded nor checked again.
 """
 
+from django.db.models import Exists, OuterRef
+
 from outbox.consume.declare import ALL, consumer
 from outbox.eventlog.sealing import seal_many
 from outbox.models import Event, Seal
@@ -21,8 +23,15 @@ COALESCE_SECONDS = 0.5
 
 
 def sealed(event_ids: list[int]) -> list[int]:
-    """The events among `event_ids` sealed already (by outbox.seals(), or an earlier message)."""
-    return list(Seal.objects.filter(event_id__in=event_ids, purged_at__isnull=True).values_list("event_id", flat=True))
+    """The events among `event_ids` sealed already (by outbox.seals(), or an earlier message), and
+    in the log still under the id and UUID they were sealed with; any other id takes the consumers'
+    usual path (an id that names no event is refused, a row that is no writer's is forged)."""
+    in_log = Event.objects.filter(id=OuterRef("event_id"), event_id=OuterRef("event_uuid"))
+    return list(
+        Seal.objects.filter(event_id__in=event_ids, purged_at__isnull=True)
+        .filter(Exists(in_log))
+        .values_list("event_id", flat=True)
+    )
 
 
 @consumer(

@@ -185,7 +185,7 @@ def test_the_sealer_marks_done_what_another_consumer_sealed_without_loading_it()
     with CaptureQueriesContext(connection) as queries:
         outcome = testing.deliver("outbox_seal", ids[:2])
     assert sorted(outcome.done) == ids[:2]
-    assert not [q["sql"] for q in queries if 'FROM "outbox_event"' in q["sql"]]
+    assert not [q["sql"] for q in queries if '"outbox_event"."payload"' in q["sql"]]  # no event was loaded
     assert set(Delivery.objects.filter(consumer="outbox_seal").values_list("event_id", "status")) == {
         (ids[0], "done"),
         (ids[1], "done"),
