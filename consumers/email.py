@@ -34,7 +34,6 @@ from django.db import connection as db_connection
 from django.db import models
 from django.db.models import Prefetch
 from django.template.loader import render_to_string
-from django.utils import timezone
 
 from consumers.models import EmailNotice
 from core.models import Order, OrderLine
@@ -175,10 +174,11 @@ def smtp_session(events: list[Event]) -> Iterator[Session]:
 
 # One statement: a notice recorded before (a database restored to before a send) is brought up to
 # date. Written out rather than built by bulk_create(update_conflicts=True) on each call: it runs
-# inside the duplicate window, once per e-mail.
+# inside the duplicate window, once per e-mail. sent_at is the database's clock in the transaction
+# that marks the notice sent, right after the SMTP server's accept.
 _RECORD = """
 INSERT INTO email_notice (order_id, kind, event_id, recipient, subject, sends, token, sent_at, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP)
+VALUES (%s, %s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)
 ON CONFLICT (order_id, kind) DO UPDATE
     SET event_id = EXCLUDED.event_id, recipient = EXCLUDED.recipient, subject = EXCLUDED.subject,
         sends = EXCLUDED.sends, token = EXCLUDED.token, sent_at = EXCLUDED.sent_at
@@ -188,9 +188,8 @@ ON CONFLICT (order_id, kind) DO UPDATE
 def notice_row(
     *, order_id: int, kind: str, event_id: int, recipient: str, subject: str, sends: int, token: uuid.UUID
 ) -> list[Any]:
-    """The notice's row as notice_record() writes it, sent now, its values ready for the database."""
+    """The notice's row as notice_record() writes it, its values ready for the database."""
     token_field = cast(models.UUIDField, EmailNotice._meta.get_field("token"))
-    sent_field = cast(models.DateTimeField, EmailNotice._meta.get_field("sent_at"))
     return [
         order_id,
         kind,
@@ -199,7 +198,6 @@ def notice_row(
         subject,
         sends,
         token_field.get_db_prep_save(token, db_connection),
-        sent_field.get_db_prep_save(timezone.now(), db_connection),
     ]
 
 
@@ -237,6 +235,17 @@ def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], 
     except Exception as exc:
         raise NotRendered(f"The {kind} for order {order_id} could not be written: {type(exc).__name__}: {exc}") from exc
     message.extra_headers["Message-ID"] = message_id(token=key.token)
+    # Made ready before the send: from the SMTP server's accept on, a worker's death is the
+    # duplicate window, and the record runs in it.
+    row = notice_row(
+        order_id=order_id,
+        kind=kind,
+        event_id=event.id,
+        recipient=message.to[0],
+        subject=str(message.subject),
+        sends=key.sends,
+        token=key.token,
+    )
     try:
         session.open()
         if session.connection is not None:
@@ -254,17 +263,6 @@ def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], 
         ):
             raise PermanentError(f"The SMTP server refused the {kind} for order {order_id}: {exc}") from exc
         raise
-
-    # Made ready now: what record() runs is inside the duplicate window.
-    row = notice_row(
-        order_id=order_id,
-        kind=kind,
-        event_id=event.id,
-        recipient=message.to[0],
-        subject=str(message.subject),
-        sends=key.sends,
-        token=key.token,
-    )
 
     def record() -> None:
         notice_record(row)
