@@ -212,6 +212,20 @@ def enabled() -> list[Consumer]:
     return [c for c in _declared.values() if is_enabled(c)]
 
 
+class NoSuchConsumer(LookupError):
+    """No enabled consumer has the name asked for; the message names the ones there are."""
+
+
+def enabled_consumer(name: str) -> Consumer:
+    """Return the enabled consumer named `name`, or raise NoSuchConsumer saying why and naming the others."""
+    declared = _declared.get(name)
+    if declared is not None and is_enabled(declared):
+        return declared
+    known = ", ".join(sorted(c.name for c in enabled())) or "none"
+    state = "is switched off (OUTBOX_CONSUMERS)" if declared is not None else "is not declared"
+    raise NoSuchConsumer(f"Consumer {name!r} {state}. Enabled consumers: {known}.")
+
+
 def consumer_records() -> list[str]:
     """Return the models ("app_label.model", lower case) holding the declared consumers' effects."""
     return sorted({label.lower() for c in _declared.values() for label in c.records})

@@ -35,7 +35,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from outbox import conf
 from outbox.backends import ops
-from outbox.consume.declare import ALL, Consumer, declaration, enabled, is_enabled
+from outbox.consume.declare import ALL, Consumer, NoSuchConsumer, enabled_consumer
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.relay import routing
 
@@ -62,12 +62,10 @@ class Plan:
 
 def consumer_for(name: str) -> Consumer:
     """The enabled consumer named `name`, or BackfillRefused naming the ones there are."""
-    declared = declaration(name)
-    if declared is None or not is_enabled(declared):
-        known = ", ".join(sorted(c.name for c in enabled())) or "none"
-        state = "is switched off (OUTBOX_CONSUMERS)" if declared is not None else "is not declared"
-        raise BackfillRefused(f"Consumer {name!r} {state}; nothing was done. Enabled consumers: {known}.")
-    return declared
+    try:
+        return enabled_consumer(name)
+    except NoSuchConsumer as exc:
+        raise BackfillRefused(f"{exc} Nothing was done.") from None
 
 
 def types_for(declared: Consumer, types: Sequence[str]) -> list[str]:

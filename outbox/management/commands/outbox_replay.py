@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from outbox.consume.declare import ALL, declaration, enabled, is_enabled
+from outbox.consume.declare import ALL, NoSuchConsumer, enabled_consumer
 from outbox.management.dates import parse_when
 from outbox.models import Delivery, Event
 from outbox.ops.replay import Criteria, ReplayRefused, deliveries_for, events_select, in_flight_note, replay, select
@@ -111,11 +111,10 @@ class Command(BaseCommand):
 
     def _to(self, name: str, criteria: Criteria, options: dict[str, Any]) -> None:
         """Send the selected events to consumer `name`, creating the deliveries it lacks."""
-        declared = declaration(name)
-        if declared is None or not is_enabled(declared):
-            known = ", ".join(sorted(c.name for c in enabled())) or "none"
-            state = "is switched off (OUTBOX_CONSUMERS)" if declared is not None else "is not declared"
-            raise CommandError(f"--to {name!r}: that consumer {state}; nothing was sent. Enabled consumers: {known}.")
+        try:
+            declared = enabled_consumer(name)
+        except NoSuchConsumer as exc:
+            raise CommandError(f"--to: {exc} Nothing was sent.") from None
         if options["consumer"] or options["status"] or options["delivery_id"]:
             raise CommandError(
                 "--to sends events, chosen by --event-id, --type, --aggregate, --since and --until; it does not "
