@@ -31,13 +31,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
-from dramatiq.brokers.stub import StubBroker
 
 from outbox import conf
 from outbox.backends import ops
 from outbox.consume.declare import ALL, Consumer, NoSuchConsumer, enabled_consumer
 from outbox.models import Backfill, Delivery, Event, Pending
-from outbox.relay import routing
+from outbox.relay import routing, sweeper
 
 CHUNK = 1000
 # A backfill whose runner made no progress for this long is taken to be dead: another may resume it.
@@ -88,8 +87,10 @@ def start_after(*, after: int | None, since: datetime | None) -> int:
     if since is None:
         return 0
     first = Event.objects.filter(created_at__gte=since).order_by("id").values_list("id", flat=True).first()
-    if first is not None:
-        return first - 1
+    return first - 1 if first is not None else _newest_event_id()
+
+
+def _newest_event_id() -> int:
     return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
@@ -106,7 +107,7 @@ def plan(name: str, *, types: Sequence[str] = (), after: int | None = None, sinc
     declared = consumer_for(name)
     chosen = types_for(declared, types)
     start = start_after(after=after, since=since)
-    upto = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    upto = _newest_event_id()
     events = _events(chosen, after=start, upto=upto)
     missing = events.filter(~Exists(Delivery.objects.filter(event_id=OuterRef("id"), consumer=name)))
     return Plan(name, chosen, start, upto, events.count(), missing.count())
@@ -143,7 +144,7 @@ def begin(
             running.refresh_from_db(fields=["beat_at"])
             return running, True
         start = start_after(after=after, since=since)
-        upto = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        upto = _newest_event_id()
         try:
             with transaction.atomic():
                 record = Backfill.objects.create(
@@ -178,13 +179,18 @@ def _may_resume(running: Backfill, *, types: list[str], after: int | None, since
             f"{', '.join(running.types) or 'all it takes'}; at event {running.cursor} of {running.upto}). Run the "
             "command with its options to resume it, or with --abandon to give it up first."
         )
-    fresh = running.beat_at is not None and ops().now() - running.beat_at < timedelta(seconds=STALE_SECONDS)
-    if fresh and running.runner and running.runner != _runner() and _may_be_alive(running.runner):
+    elsewhere = bool(running.runner) and running.runner != _runner()
+    if elsewhere and not stalled(running, now=ops().now()) and _may_be_alive(running.runner):
         raise BackfillRefused(
             f"Backfill {running.pk} of {running.consumer} is being run by {running.runner} (progress at "
             f"{running.beat_at:%H:%M:%S}); let it finish. If that process is gone, run this again after "
             f"{STALE_SECONDS:.0f} s without progress."
         )
+
+
+def stalled(record: Backfill, *, now: datetime) -> bool:
+    """Whether the backfill's runner made no progress for STALE_SECONDS: taken to be dead."""
+    return record.beat_at is None or now - record.beat_at > timedelta(seconds=STALE_SECONDS)
 
 
 def _may_be_alive(runner: str) -> bool:
@@ -237,7 +243,7 @@ def run(
     routing.load_actors()
     broker = dramatiq.get_broker()
     # The embedded default's broker is inside the relay: its sweeper sends them, due at once.
-    in_process = isinstance(broker, StubBroker)
+    in_process = sweeper.sends_for(broker)
     limit = conf.message_max_ids()
     while True:
         started = time.monotonic()
@@ -313,9 +319,7 @@ def _create(consumer: str, ids: list[int], *, in_process: bool) -> list[int]:
     """Create the consumer's missing deliveries of these events, published; return their ids in order."""
     if not ids:
         return []
-    now = timezone.now()
-    published_at = now - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else now
-    stamp = connection.ops.adapt_datetimefield_value(published_at)
+    stamp = connection.ops.adapt_datetimefield_value(sweeper.published_now(by_sweeper=in_process))
     with connection.cursor() as cursor:
         cursor.execute(
             _CREATE.format(ids=", ".join(["%s"] * len(ids))), [consumer, 0 if in_process else 1, stamp, *ids]

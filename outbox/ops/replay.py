@@ -17,11 +17,10 @@ import dramatiq
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
-from dramatiq.brokers.stub import StubBroker
 
 from outbox import conf
 from outbox.models import Delivery, Event, Replay, ReplayItem
-from outbox.relay import routing
+from outbox.relay import routing, sweeper
 
 REPLAYABLE = (Delivery.Status.FAILED, Delivery.Status.DEAD, Delivery.Status.PUBLISHED)
 MESSAGE_SIZE = 1000
@@ -162,8 +161,7 @@ def replay(
         )
     # The in-process broker (embedded default) exists only inside the relay: hand the deliveries
     # to its sweeper, due at once, instead of to a broker no worker reads here.
-    in_process = isinstance(broker, StubBroker)
-    published_at = timezone.now() - timedelta(seconds=conf.redelivery_seconds() + 1) if in_process else None
+    in_process = sweeper.sends_for(broker)
     counts.clear()
     for start in range(0, len(wanted), MESSAGE_SIZE):
         chunk = wanted[start : start + MESSAGE_SIZE]
@@ -190,7 +188,7 @@ def replay(
             )
             Delivery.objects.filter(id__in=[d.id for d in chunk]).update(
                 status=Delivery.Status.PUBLISHED,
-                published_at=published_at or timezone.now(),
+                published_at=sweeper.published_now(by_sweeper=in_process),
                 publications=F("publications") + (0 if in_process else 1),
                 updated_at=timezone.now(),
             )

@@ -19,6 +19,7 @@ from django.db.models.functions import Now, TruncMinute
 from outbox import conf
 from outbox.backends import ops
 from outbox.models import Backfill, Delivery, Event, JobRun, Pending, RelayHeartbeat
+from outbox.ops.backfill import stalled
 from outbox.ops.jobs import OUTCOME_OK, jobs_configured
 
 # Deliveries counted exactly: each status is bounded by a partial index (see Delivery.Meta).
@@ -202,11 +203,8 @@ def job_states() -> list[JobState]:
 
 def backfill_states(*, now: datetime) -> list[BackfillState]:
     """Return the unfinished backfills (one per consumer at most: a small, indexed read)."""
-    from outbox.ops.backfill import STALE_SECONDS
-
     states = []
     for record in Backfill.objects.filter(status=Backfill.Status.RUNNING).order_by("id"):
-        age = None if record.beat_at is None else (now - record.beat_at).total_seconds()
         states.append(
             BackfillState(
                 id=record.pk,
@@ -218,7 +216,7 @@ def backfill_states(*, now: datetime) -> list[BackfillState]:
                 skipped=record.skipped,
                 runner=record.runner,
                 beat_at=record.beat_at,
-                stalled=age is None or age > STALE_SECONDS,
+                stalled=stalled(record, now=now),
             )
         )
     return states

@@ -10,11 +10,29 @@ idempotent, so a delivery that was only slow costs a duplicate message and nothi
 """
 
 from collections import defaultdict
+from datetime import datetime, timedelta
 
+import dramatiq
 from django.utils import timezone
+from dramatiq.brokers.stub import StubBroker
 
+from outbox import conf
 from outbox.backends import Overdue, ops
 from outbox.models import Delivery
+
+
+def sends_for(broker: dramatiq.Broker) -> bool:
+    """Whether deliveries published outside the relay go to its sweeper rather than to `broker`:
+    the embedded default's in-process broker exists only inside the relay, and no worker reads it
+    anywhere else (a replay, a backfill)."""
+    return isinstance(broker, StubBroker)
+
+
+def published_now(*, by_sweeper: bool) -> datetime:
+    """The `published_at` of a delivery published now: now, or, for the sweeper to send, just past
+    the redelivery deadline, so that its next pass does."""
+    now = timezone.now()
+    return now - timedelta(seconds=conf.redelivery_seconds() + 1) if by_sweeper else now
 
 
 def take_overdue(*, deadline: float, limit: int) -> Overdue:
