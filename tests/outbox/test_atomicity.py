@@ -10,6 +10,7 @@ from django.test import Client
 
 from outbox.emit.writer import NewEvent, events_write
 from outbox.errors import NotInTransactionError
+from outbox.relay import claims
 from tests.outbox.helpers import SHIPMENT_ADD_URL, committed_count, events, failing_insert, shipment_form
 from tests.outbox_app import services
 from tests.outbox_app.models import Item, Shipment
@@ -99,6 +100,24 @@ def test_connection_is_usable_after_a_failed_commit() -> None:
     Item(sku="AC-5", name="Accepted", price=Decimal("1.00")).save()
     assert committed_count("outbox_app_item") == 1
     assert committed_count("outbox_event") == 1
+
+
+@pytest.mark.parametrize("savepoint", [False, True], ids=["rollback", "savepoint-rollback"])
+def test_saves_go_on_after_a_rollback_on_a_connection_that_ran_relay_statements(savepoint: bool) -> None:
+    """psycopg deallocates every prepared statement of the session, the event insert's too, at a
+    rollback that follows one of its own prepared statements (the relay's): the next commit
+    prepares the insert again instead of failing (a process that relays and consumes, such as the
+    embedded relay, or a test, runs both on one connection)."""
+    Item.objects.create(sku="PS-1", name="First", price=Decimal("1.00"))  # prepares the insert
+    claims.claim(relay="t", limit=10, lease=30)  # a statement psycopg prepares and tracks
+    with pytest.raises(RuntimeError), transaction.atomic():
+        if savepoint:
+            with transaction.atomic():
+                Item.objects.create(sku="PS-2", name="Rolled back", price=Decimal("1.00"))
+                raise RuntimeError("rolled back")
+        raise RuntimeError("rolled back")
+    Item.objects.create(sku="PS-3", name="After", price=Decimal("1.00"))
+    assert committed_count("outbox_event") == 2
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared-with-commit", "plain-insert"])

@@ -24,6 +24,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self.outbox_pending: list[Any] = []
         self._outbox_marks: dict[str, int] = {}
         self._outbox_prepared = False
+        # psycopg deallocates every prepared statement of the session (ours too) when a rollback,
+        # to a savepoint or not, follows one of its own (the relay's statements, operations.py):
+        # after a rollback, the next commit with events checks that the insert is still prepared.
+        self._outbox_recheck = False
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         connection = super().get_new_connection(conn_params)
@@ -49,6 +53,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # If the insert fails, the COMMIT is not run and Django's atomic block rolls the
             # transaction back: neither the change nor its events are kept.
             if conf.prepared_statements():
+                if self._outbox_prepared and self._outbox_recheck:
+                    self._outbox_prepared = insert.is_prepared(self.connection)
+                self._outbox_recheck = False
                 if not self._outbox_prepared:
                     insert.prepare(self.connection)
                     self._outbox_prepared = True
@@ -59,6 +66,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _rollback(self) -> None:
         self._outbox_discard()
+        self._outbox_recheck = True
         super()._rollback()  # type: ignore[misc]  # private in the stubs
 
     def _savepoint(self, sid: str) -> None:
@@ -69,6 +77,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         mark = self._outbox_marks.pop(sid, None)
         if mark is not None:
             del self.outbox_pending[mark:]
+        self._outbox_recheck = True
         super()._savepoint_rollback(sid)  # type: ignore[misc]  # private in the stubs
 
     def _savepoint_commit(self, sid: str) -> None:

@@ -69,6 +69,13 @@ def prepare(pg_connection: psycopg.Connection[Any]) -> None:
         cursor.execute(PREPARE.encode())
 
 
+def is_prepared(pg_connection: psycopg.Connection[Any]) -> bool:
+    """Whether the insert statement is still prepared on this session."""
+    with psycopg.Cursor(pg_connection) as cursor:
+        cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (PREPARE_NAME,))
+        return cursor.fetchone() is not None
+
+
 def insert_and_commit(pg_connection: psycopg.Connection[Any], rows: Sequence[Row]) -> None:
     """Insert the rows and COMMIT in a single round trip (errors are psycopg's).
 
