@@ -133,11 +133,13 @@ class Delivery(models.Model):
 
     Written by the relay when it publishes (published), and by the consumer when it has applied the
     event (done, in the same transaction as the effect: this row is the consumer's tracking record)
-    or given up on it (failed, then dead).
+    or given up on it (failed, then dead). An ordered consumer's event whose predecessor is not done
+    yet is waiting (outbox/consume/ordering.py), until that one is.
     """
 
     class Status(models.TextChoices):
         PUBLISHED = "published", "Published"
+        WAITING = "waiting", "Waiting for an earlier event"
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
         DEAD = "dead", "Dead"
@@ -181,6 +183,12 @@ class Delivery(models.Model):
                 fields=["consumer", "status", "updated_at"],
                 name="outbox_delivery_unsettled_idx",
                 condition=models.Q(status__in=["failed", "dead"]),
+            ),
+            # The sweeper's re-examination of ordered consumers' waiting deliveries, oldest first.
+            models.Index(
+                fields=["updated_at"],
+                name="outbox_delivery_waiting_idx",
+                condition=models.Q(status="waiting"),
             ),
         ]
 

@@ -151,7 +151,7 @@ class Operations:
                             "published_at": now,
                         },
                     )
-                    if not created and delivery.status == Delivery.Status.PUBLISHED:
+                    if not created and delivery.status in (Delivery.Status.PUBLISHED, Delivery.Status.WAITING):
                         Delivery.objects.filter(pk=delivery.pk).update(
                             publications=F("publications") + claims[event_id], published_at=now, updated_at=now
                         )

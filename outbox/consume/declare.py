@@ -78,6 +78,11 @@ class Consumer:
     # query (the sealer's: events that outbox.seals() sealed first). Their deliveries are marked
     # done without loading the events or running the handler.
     settled: Callable[[list[int]], Iterable[int]] | None = None
+    # Handle each aggregate's events in version order (outbox/consume/ordering.py); settings may
+    # switch it on or off.
+    ordered: bool = False
+    # An ordered consumer's dead event: "block" its aggregate until it is replayed, or "skip" it.
+    on_dead: str = "block"
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -106,6 +111,8 @@ def consumer(
     lease: float | Callable[[], float] | None = None,
     coalesce: float = 0.0,
     settled: Callable[[list[int]], Iterable[int]] | None = None,
+    ordered: bool = False,
+    on_dead: str = "block",
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -122,6 +129,7 @@ def consumer(
         raise RegistrationError(
             f"Consumer {name!r}: kind must be one of {[k.value for k in Kind]}, not {kind!r}."
         ) from None
+    _check_on_dead(f"Consumer {name!r}", on_dead)
     if not 0 <= coalesce <= 60:
         raise RegistrationError(f"Consumer {name!r}: coalesce is seconds from 0 to 60, not {coalesce!r}.")
     if dedupe_key is not None and chosen is not Kind.EXTERNAL:
@@ -158,6 +166,8 @@ def consumer(
             lease=lease,
             coalesce=coalesce,
             settled=settled,
+            ordered=ordered,
+            on_dead=on_dead,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):
@@ -175,13 +185,28 @@ def _origin(handler: Callable[..., Any]) -> str:
     return f"{handler.__module__}.{handler.__qualname__}"
 
 
+ON_DEAD = ("block", "skip")
+OVERRIDABLE = ("queue", "enabled", "ordered", "on_dead")
+
+
+def _check_on_dead(where: str, value: object) -> None:
+    if value not in ON_DEAD:
+        raise RegistrationError(
+            f"{where}: on_dead must be 'block' (a dead event holds back its aggregate's later events until it "
+            f"is replayed) or 'skip' (they go on without it), not {value!r}."
+        )
+
+
 def _overrides(name: str) -> dict[str, Any]:
     found = getattr(settings, "OUTBOX_CONSUMERS", {}).get(name, {})
-    unknown = set(found) - {"queue", "enabled"}
+    unknown = set(found) - set(OVERRIDABLE)
     if unknown:
         raise RegistrationError(
-            f"OUTBOX_CONSUMERS[{name!r}] has unknown keys {sorted(unknown)}: only 'queue' and 'enabled' may be set."
+            f"OUTBOX_CONSUMERS[{name!r}] has unknown keys {sorted(unknown)}: only {', '.join(map(repr, OVERRIDABLE))} "
+            "may be set."
         )
+    if "on_dead" in found:
+        _check_on_dead(f"OUTBOX_CONSUMERS[{name!r}]", found["on_dead"])
     return dict(found)
 
 
@@ -200,6 +225,16 @@ def retries_of(declared: Consumer | None) -> int:
 def is_enabled(declared: Consumer) -> bool:
     """Whether the relay routes events to the consumer (settings may switch it off, or on)."""
     return bool(_overrides(declared.name).get("enabled", declared.enabled))
+
+
+def is_ordered(declared: Consumer) -> bool:
+    """Whether the consumer handles each aggregate's events in version order (settings may say)."""
+    return bool(_overrides(declared.name).get("ordered", declared.ordered))
+
+
+def on_dead_of(declared: Consumer) -> str:
+    """What an ordered consumer does after a dead event of an aggregate: "block" or "skip"."""
+    return str(_overrides(declared.name).get("on_dead", declared.on_dead))
 
 
 def declared() -> list[Consumer]:

@@ -23,6 +23,8 @@ from django.db import connection, transaction
 from dramatiq.middleware import CurrentMessage
 
 from outbox import conf
+from outbox.consume import ordering
+from outbox.consume.declare import is_ordered, on_dead_of
 from outbox.consume.deliveries import deliveries_begin, delivery_fail
 from outbox.consume.drops import excerpt, message_drop_count
 from outbox.eventlog.keys import seal_key
@@ -70,6 +72,9 @@ class Outcome:
     dead: dict[int, str] = field(default_factory=dict)
     # External consumers: per event called, the duplicate window in seconds (outside call → mark).
     windows: dict[int, float] = field(default_factory=dict)
+    # Ordered consumers: events recorded waiting for their predecessors, and waiting events released.
+    waiting: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ def consume(
     attempt: Attempt | None = None,
     prepare: Callable[[list[Event]], object] | None = None,
     settled: Callable[[list[int]], Iterable[int]] | None = None,
+    ordered: "Consumer | None" = None,
 ) -> Outcome:
     """Apply `handle` to the message's events not yet done by `consumer`.
 
@@ -151,6 +157,10 @@ def consume(
 
     `settled`, if given, takes the ids about to be loaded and returns those whose effect is
     already there: their deliveries are marked done, and they are neither loaded nor handled.
+
+    `ordered`, the declaration of an ordered consumer: each aggregate's events run in version
+    order, an event only after its predecessor for the consumer (outbox/consume/ordering.py);
+    the others are recorded waiting, and what is finished releases what waited for it.
 
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
@@ -172,7 +182,10 @@ def consume(
     outcome.skipped.extend(i for i in ids if i not in wanted)
     if settled is not None and wanted:
         wanted = _settle(consumer, wanted, settled, outcome)
-    events = {event.id: event for event in Event.objects.checked().filter(id__in=wanted)}
+    loaded = Event.objects.checked().filter(id__in=wanted)
+    if ordered is not None:
+        loaded = ordering.with_predecessors(loaded, ordered)
+    events = {event.id: event for event in loaded}
     permanent: set[int] = set()
     outcome.unknown = [i for i in wanted if i not in events]
     if outcome.unknown and attempt.number == 1:  # a retry of the message names the same ones again
@@ -184,6 +197,10 @@ def consume(
             outcome.failed[event_id] = forged_reason(event)
             permanent.add(event_id)
     runnable = [events[i] for i in sorted(events) if i not in outcome.failed]
+    gate = None
+    if ordered is not None:
+        gate = ordering.Gate.over(runnable, skip=on_dead_of(ordered) == "skip")
+        runnable.sort(key=lambda e: (e.aggregate_version, e.id))  # each aggregate's in version order
     if prepare is not None:
         prepare(runnable)
     if atomic:
@@ -200,12 +217,14 @@ def consume(
             return list(groups.values())
 
         for group in [runnable] if together and len(runnable) > 1 else split(runnable):
-            _run_group(consumer, group, handle, outcome, permanent, split)
+            _run_group(consumer, group, handle, outcome, permanent, split, gate)
     else:
         for event in runnable:
-            _run_alone(event, handle, outcome, permanent)
+            _run_alone(event, handle, outcome, permanent, gate)
     if outcome.failed:
         _record_failures(consumer, outcome, permanent, attempt, events)
+    if ordered is not None and gate is not None:
+        _settle_order(ordered, gate, outcome, events)
     retry = [i for i in outcome.failed if i not in outcome.dead]
     if retry:
         raise dramatiq.Retry(f"{consumer}: {len(retry)} of {len(ids)} events failed; retrying them")
@@ -265,7 +284,12 @@ def _run_group(
     outcome: Outcome,
     permanent: set[int],
     split: Callable[[list[Event]], list[list[Event]]],
+    gate: "ordering.Gate | None" = None,
 ) -> None:
+    if gate is not None:
+        group = gate.admit(group)
+        if not group:
+            return
     try:
         with transaction.atomic():
             begun = deliveries_begin(event_ids=[e.id for e in group], consumer=consumer)
@@ -275,21 +299,53 @@ def _run_group(
     except Exception as exc:
         if len(group) > 1:
             for part in split(group):  # find the poison: smaller groups, down to each event alone
-                _run_group(consumer, part, handle, outcome, permanent, split)
+                _run_group(consumer, part, handle, outcome, permanent, split, gate)
             return
         _failure(exc, group[0].id, outcome, permanent)
         return
     outcome.done.extend(e.id for e in todo)
     outcome.skipped.extend(e.id for e in group if e.id not in begun)
+    if gate is not None:
+        gate.finished(e.id for e in group)
 
 
-def _run_alone(event: Event, handle: Handler, outcome: Outcome, permanent: set[int]) -> None:
+def _run_alone(
+    event: Event, handle: Handler, outcome: Outcome, permanent: set[int], gate: "ordering.Gate | None" = None
+) -> None:
+    if gate is not None and not gate.admit([event]):
+        return
     try:
         handle([event])
     except Exception as exc:
         _failure(exc, event.id, outcome, permanent)
     else:
         outcome.done.append(event.id)
+        if gate is not None:
+            gate.finished([event.id])
+
+
+def _settle_order(declared: "Consumer", gate: "ordering.Gate", outcome: Outcome, events: dict[int, Event]) -> None:
+    """After the message's transactions committed: record the held events waiting, then publish
+    the waiting events of the aggregates this run moved on that may now run (the parked ones
+    included: their predecessor may have finished meanwhile)."""
+    held = sorted(set(gate.held) - gate.done - set(outcome.failed))
+    ordering.park(declared.name, held)
+    outcome.waiting = held
+    after: dict[tuple[str, str], int] = {}
+
+    def note(event: Event, version: int) -> None:
+        key = (event.aggregate_type, event.aggregate_id)
+        after[key] = min(after.get(key, version), version)
+
+    skip = on_dead_of(declared) == "skip"
+    for event_id in held:
+        note(events[event_id], events[event_id].aggregate_version - 1)
+    moved = list(gate.done) + (list(outcome.dead) if skip else [])
+    for event_id in moved:
+        event = events.get(event_id)
+        if event is not None:
+            note(event, event.aggregate_version)
+    outcome.released = ordering.release(declared, after)
 
 
 def _record_failures(
@@ -359,6 +415,7 @@ def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> 
         together=declared.together,
         attempt=attempt,
         settled=declared.settled,
+        ordered=declared if is_ordered(declared) else None,
     )
 
 
@@ -394,6 +451,7 @@ def _deliver_external(declared: "Consumer", event_ids: object, attempt: Attempt 
             atomic=False,
             attempt=attempt,
             prepare=runnable.extend,
+            ordered=declared if is_ordered(declared) else None,
         )
     outcome.windows = windows
     return outcome

@@ -79,6 +79,8 @@ def check_consumers(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
 
 def _check_overrides(names: set[str]) -> list[checks.CheckMessage]:
     """OUTBOX_CONSUMERS names declared consumers only, and sets only what may be overridden."""
+    from outbox.consume.declare import ON_DEAD, OVERRIDABLE
+
     overrides = getattr(settings, "OUTBOX_CONSUMERS", {})
     if not isinstance(overrides, dict):
         return [
@@ -99,13 +101,22 @@ def _check_overrides(names: set[str]) -> list[checks.CheckMessage]:
                     id="outbox.E005",
                 )
             )
-        unknown = sorted(set(values) - {"queue", "enabled"}) if isinstance(values, dict) else None
+        unknown = sorted(set(values) - set(OVERRIDABLE)) if isinstance(values, dict) else None
         if unknown is None or unknown:
             what = f"unknown keys {unknown}" if unknown else f"a {type(values).__name__}, not a dict"
             found.append(
                 checks.Error(
-                    f"OUTBOX_CONSUMERS[{name!r}] has {what}: only 'queue' and 'enabled' may be set.",
+                    f"OUTBOX_CONSUMERS[{name!r}] has {what}: only {', '.join(map(repr, OVERRIDABLE))} may be set.",
                     hint='For example OUTBOX_CONSUMERS = {"email": {"queue": "mail"}}.',
+                    id="outbox.E006",
+                )
+            )
+        elif values.get("on_dead", "block") not in ON_DEAD:
+            found.append(
+                checks.Error(
+                    f"OUTBOX_CONSUMERS[{name!r}]['on_dead'] is {values['on_dead']!r}: it must be 'block' or 'skip'.",
+                    hint="'block' holds back a dead event's aggregate until the event is replayed; 'skip' goes on "
+                    "without it.",
                     id="outbox.E006",
                 )
             )

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from outbox import conf
 from outbox.backends import InsertListener, ops
+from outbox.consume import ordering
 from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.ops.jobs import JobRunner
 from outbox.relay import claims, routing, sweeper
@@ -164,7 +165,27 @@ class Relay:
             self._held = {}
 
     def sweep(self) -> int:
-        """Publish again the deliveries overdue for the redelivery deadline; return how many."""
+        """Publish again the deliveries overdue for the redelivery deadline, and the ordered
+        consumers' waiting deliveries whose predecessors let them run; return how many."""
+        return self._sweep_overdue() + self._sweep_waiting()
+
+    def _sweep_waiting(self) -> int:
+        released = ordering.recheck(limit=self.batch_size)
+        if not released:
+            return 0
+        limit = conf.message_max_ids()
+        messages = [
+            routing.message(consumer, ids[start : start + limit])
+            for consumer, ids in released.items()
+            for start in range(0, len(ids), limit)
+        ]
+        # On a broker error they are published already: the overdue sweep sends them after the deadline.
+        self._publish(messages, give_back=lambda _: None)
+        count = sum(map(len, released.values()))
+        logger.info("Released %d waiting deliveries whose earlier events are done", count)
+        return count
+
+    def _sweep_overdue(self) -> int:
         overdue = sweeper.take_overdue(deadline=self.redelivery, limit=self.batch_size)
         if not overdue:
             return 0

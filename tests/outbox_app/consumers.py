@@ -1,5 +1,5 @@
 """The outbox tests' consumers: two transactional ones (a journal of every event, the stock of
-the items) and an external one (a notice by e-mail)."""
+the items), an external one (a notice by e-mail) and an ordered one (the tallies' sequence)."""
 
 import logging
 from typing import Any
@@ -9,8 +9,9 @@ from django.db import transaction
 from django.db.models import F
 
 from outbox import DedupeKey, Event, PermanentError, consumer, seals
+from outbox.models import Delivery
 from tests.outbox_app.events import ALL_EVENTS
-from tests.outbox_app.models import Item, JournalEntry, Shipment, ShipmentLine
+from tests.outbox_app.models import Item, JournalEntry, SequenceEntry, Shipment, ShipmentLine, Tally
 
 logger = logging.getLogger("tests.outbox_app.journal")
 
@@ -100,3 +101,20 @@ def notice_send(event: Event, key: DedupeKey) -> None:
         to=[state["recipient"]],
         headers={"Message-ID": f"<{key.token.hex}@outbox-app.example>"},
     ).send()
+
+
+@consumer("sequence", events=["tally.created", "tally.changed"], ordered=True, records=["outbox_app.SequenceEntry"])
+def sequence_record(event: Event) -> None:
+    """Record each tally's events in the order handled. A count of -1 is poison while the tally's
+    count is still -1 (changing it is the fix; then replay), -3 is poison for good, and -2 fails
+    its first attempt."""
+    state = _state(event)
+    fixed = not Tally.objects.filter(pk=int(event.aggregate_id), count=-1).exists()
+    if state["count"] == -3 or (state["count"] == -1 and not fixed):
+        raise PermanentError(f"Tally {event.aggregate_id} version {event.aggregate_version} is poison.")
+    # In the delivery's transaction, which counted this attempt: the first has attempts 1.
+    if state["count"] == -2 and Delivery.objects.filter(event_id=event.id, consumer="sequence", attempts__lte=1):
+        raise RuntimeError(f"Tally {event.aggregate_id} version {event.aggregate_version} fails its first attempt.")
+    SequenceEntry.objects.create(
+        event_id=event.id, tally_id=int(event.aggregate_id), version=event.aggregate_version, count=state["count"]
+    )

@@ -1,7 +1,7 @@
 """Which of the outbox tests' records emit which events."""
 
 from outbox import Change, ChangeKind, by_kind, register
-from tests.outbox_app.models import Item, Restock, Shipment, ShipmentLine
+from tests.outbox_app.models import Item, Restock, Shipment, ShipmentLine, Tally
 
 SHIPMENT_STATUS_EVENTS = {
     Shipment.Status.DRAFT: "shipment.drafted",
@@ -13,6 +13,8 @@ RESTOCK_EVENTS = ("item.restocked", "item.restock_corrected", "item.restock_remo
 SHIPMENT_EVENTS = (*SHIPMENT_STATUS_EVENTS.values(), "shipment.updated", "shipment.deleted")
 LINE_EVENTS = ("shipment_line.added", "shipment_line.changed", "shipment_line.removed")
 ALL_EVENTS = (*ITEM_EVENTS, *RESTOCK_EVENTS, *SHIPMENT_EVENTS, *LINE_EVENTS)
+# Only the ordered `sequence` consumer takes these (not in ALL_EVENTS: the journal does not).
+TALLY_EVENTS = ("tally.created", "tally.changed", "tally.deleted")
 
 
 def shipment_event_type(change: Change) -> str | None:
@@ -48,4 +50,9 @@ def register_all() -> None:
         event_type=by_kind(
             created="shipment_line.added", updated="shipment_line.changed", deleted="shipment_line.removed"
         ),
+    )
+    register(
+        Tally,
+        aggregate_type="tally",
+        event_type=by_kind(created="tally.created", updated="tally.changed", deleted="tally.deleted"),
     )

@@ -75,3 +75,31 @@ class JournalEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.aggregate}"
+
+
+class Tally(EmittingModel):
+    """A counter whose changes the ordered `sequence` consumer takes, one aggregate per tally.
+
+    Its `count` tells that consumer how to fail, for the tests of order and poison
+    (tests/outbox_app/consumers.py: `sequence_record`)."""
+
+    name = models.CharField(max_length=100)
+    count = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SequenceEntry(models.Model):
+    """One event the ordered `sequence` consumer handled, in the order it handled them."""
+
+    event_id = models.BigIntegerField(unique=True)
+    tally_id = models.BigIntegerField()
+    version = models.PositiveIntegerField()
+    count = models.IntegerField()
+
+    class Meta:
+        verbose_name_plural = "sequence entries"
+
+    def __str__(self) -> str:
+        return f"tally {self.tally_id} v{self.version}"

@@ -52,7 +52,8 @@ SELECT event_id, type FROM u ORDER BY event_id
 """
 # Deletes the claim and records a published delivery per routed consumer, unless the claim was
 # lost (its lease ran out and another relay took it: that relay records its own publication).
-# A consumer that finished first keeps its done row. The routes arrive as (type, consumer)
+# A consumer that finished first keeps its done row; one waiting for an earlier event (an ordered
+# consumer's, outbox/consume/ordering.py) stays waiting, its publication counted. The routes arrive as (type, consumer)
 # pairs, each once, for exactly the types in the batch.
 _MARK = """
 WITH d AS (
@@ -66,7 +67,7 @@ ORDER BY d.event_id, r.consumer
 ON CONFLICT (event_id, consumer) DO UPDATE
     SET publications = outbox_delivery.publications + EXCLUDED.publications,
         published_at = EXCLUDED.published_at, updated_at = EXCLUDED.updated_at
-    WHERE outbox_delivery.status = 'published'
+    WHERE outbox_delivery.status IN ('published', 'waiting')
 """
 _RELEASE = """
 UPDATE outbox_pending
