@@ -41,13 +41,21 @@ class OutboxCollector:
         )
         deliveries = GaugeMetricFamily(
             "outbox_deliveries",
-            "Unsettled deliveries per consumer and status (published, failed, dead), counted exactly.",
+            "Unsettled deliveries per consumer and status (published, waiting, failed, dead), counted exactly.",
             labels=["consumer", "status"],
         )
         for consumer, counts in status.deliveries.items():
             for state in COUNTED_STATUSES:
                 deliveries.add_metric([consumer, state], counts[state])
         yield deliveries
+        blocked = GaugeMetricFamily(
+            "outbox_blocked_aggregates",
+            "Aggregates an ordered consumer holds back behind a dead event, until it is replayed.",
+            labels=["consumer"],
+        )
+        for consumer, state in status.blocked_aggregates.items():
+            blocked.add_metric([consumer], state.count)
+        yield blocked
         if status.done_estimate is not None:
             yield GaugeMetricFamily(
                 "outbox_deliveries_done_estimate",

@@ -18,12 +18,14 @@ from django.db.models.functions import Now, TruncMinute
 
 from outbox import conf
 from outbox.backends import ops
+from outbox.consume import ordering
 from outbox.models import Backfill, Delivery, Event, JobRun, Pending, RelayHeartbeat
 from outbox.ops.backfill import stalled
 from outbox.ops.jobs import OUTCOME_OK, jobs_configured
 
 # Deliveries counted exactly: each status is bounded by a partial index (see Delivery.Meta).
-COUNTED_STATUSES = (Delivery.Status.PUBLISHED, Delivery.Status.FAILED, Delivery.Status.DEAD)
+COUNTED_STATUSES = (Delivery.Status.PUBLISHED, Delivery.Status.WAITING, Delivery.Status.FAILED, Delivery.Status.DEAD)
+BLOCKED_SHOWN = 20
 LATENCY_SAMPLE_EVENTS = 1000
 
 
@@ -77,6 +79,15 @@ class BackfillState:
 
 
 @dataclass
+class BlockedState:
+    """An ordered consumer's aggregates held back by dead events (outbox/consume/ordering.py)."""
+
+    # Aggregates blocked (counted up to ordering.BLOCKED_COUNT_CAP), and the first of them.
+    count: int
+    aggregates: list[dict[str, Any]]
+
+
+@dataclass
 class OutboxStatus:
     """The outbox's state: backlog, deliveries, relays and jobs, and what needs attention."""
 
@@ -90,6 +101,8 @@ class OutboxStatus:
     relays: list[RelayState]
     jobs: list[JobState]
     backfills: list[BackfillState] = field(default_factory=list)
+    # Per ordered consumer that blocks on dead events: the aggregates blocked, with the blocking event.
+    blocked_aggregates: dict[str, BlockedState] = field(default_factory=dict)
     attention: list[str] = field(default_factory=list)
 
     def total(self, status: str) -> int:
@@ -102,6 +115,7 @@ class OutboxStatus:
         data["dead"] = self.total(Delivery.Status.DEAD)
         data["failed"] = self.total(Delivery.Status.FAILED)
         data["published"] = self.total(Delivery.Status.PUBLISHED)
+        data["waiting"] = self.total(Delivery.Status.WAITING)
         for job, state in zip(data["jobs"], self.jobs, strict=True):
             job["failed"] = state.failed
         return _jsonable(data)
@@ -143,11 +157,15 @@ def oldest_pending_created_at() -> datetime | None:
 def delivery_counts() -> dict[str, dict[str, int]]:
     """Return consumer → status → number of deliveries, for published, failed and dead.
 
-    Two queries, each matching one partial index's condition exactly, so that each reads only
-    the index's rows (in flight; failed or dead), never the settled history.
+    Three queries, each matching one partial index's condition exactly, so that each reads only
+    the index's rows (in flight; waiting; failed or dead), never the settled history.
     """
     counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTED_STATUSES, 0))
-    for statuses in ([Delivery.Status.PUBLISHED], [Delivery.Status.FAILED, Delivery.Status.DEAD]):
+    for statuses in (
+        [Delivery.Status.PUBLISHED],
+        [Delivery.Status.WAITING],
+        [Delivery.Status.FAILED, Delivery.Status.DEAD],
+    ):
         rows = (
             Delivery.objects.filter(status__in=statuses)
             .values_list("consumer", "status")
@@ -222,6 +240,39 @@ def backfill_states(*, now: datetime) -> list[BackfillState]:
     return states
 
 
+def blocked_states(deliveries: dict[str, dict[str, int]]) -> dict[str, BlockedState]:
+    """Return, per ordered consumer with dead deliveries that block, its blocked aggregates.
+
+    Only consumers with a dead delivery are asked (the counts are at hand): each question reads
+    that consumer's dead deliveries, by the partial index of failed and dead ones.
+    """
+    from outbox.consume.declare import declaration, is_ordered, on_dead_of
+
+    states = {}
+    for consumer, counts in deliveries.items():
+        declared = declaration(consumer)
+        if not counts.get(Delivery.Status.DEAD) or declared is None:
+            continue
+        if not is_ordered(declared) or on_dead_of(declared) != "block":
+            continue
+        count, rows = ordering.blocked(declared, limit=BLOCKED_SHOWN)
+        states[consumer] = BlockedState(
+            count=count,
+            aggregates=[
+                {
+                    "aggregate": f"{row.aggregate_type}:{row.aggregate_id}",
+                    "event_id": row.event_id,
+                    "event_type": row.event_type,
+                    "aggregate_version": row.aggregate_version,
+                    "waiting": row.waiting,
+                    "error": row.error,
+                }
+                for row in rows
+            ],
+        )
+    return states
+
+
 def outbox_status() -> OutboxStatus:
     """Return the outbox's state now, with the list of what needs an operator's attention."""
     now = database_now()
@@ -239,6 +290,7 @@ def outbox_status() -> OutboxStatus:
         relays=relay_states(now=now),
         jobs=job_states(),
         backfills=backfill_states(now=now),
+        blocked_aggregates=blocked_states(deliveries),
     )
     status.attention = attention(status)
     return status
@@ -253,6 +305,14 @@ def attention(status: OutboxStatus) -> list[str]:
         notes.append(
             f"{sum(dead.values())} dead deliveries ({per_consumer}): fix the cause, then replay them (outbox_replay)."
         )
+    for consumer, blocked in status.blocked_aggregates.items():
+        if blocked.count:
+            first = blocked.aggregates[0]
+            notes.append(
+                f"{consumer} is ordered and {blocked.count} of its aggregates wait behind a dead event (first: "
+                f"{first['aggregate']} at event {first['event_id']}, {first['waiting']} waiting): fix the cause, then "
+                "replay the dead events; what waits follows in order."
+            )
     for relay in status.relays:
         if relay.stale:
             notes.append(

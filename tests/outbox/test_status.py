@@ -63,9 +63,9 @@ def test_status_reports_backlog_oldest_pending_and_unsettled_deliveries_per_cons
     assert status["backlog"] == 3
     assert status["oldest_pending_age_seconds"] >= 0
     assert status["deliveries"] == {
-        "courier": {"published": 1, "failed": 2, "dead": 0},
-        "journal": {"published": 0, "failed": 0, "dead": 1},
-        "stocktake": {"published": 0, "failed": 0, "dead": 1},
+        "courier": {"published": 1, "waiting": 0, "failed": 2, "dead": 0},
+        "journal": {"published": 0, "waiting": 0, "failed": 0, "dead": 1},
+        "stocktake": {"published": 0, "waiting": 0, "failed": 0, "dead": 1},
     }
     assert (status["dead"], status["failed"], status["published"]) == (2, 2, 1)
     assert any("2 dead deliveries (journal 1, stocktake 1)" in note for note in status["attention"])
@@ -108,10 +108,11 @@ def test_unsettled_counts_read_only_the_partial_indexes() -> None:
         for query in queries.captured_queries:
             cursor.execute("EXPLAIN " + query["sql"])
             plans.append("\n".join(row[0] for row in cursor.fetchall()))
-    assert len(plans) == 2
+    assert len(plans) == 3
     assert "outbox_delivery_inflight_idx" in plans[0], plans[0]
+    assert "outbox_delivery_waiting_idx" in plans[1], plans[1]
     # Either partial index over failed and dead deliveries serves it (the event log has one too).
-    assert any(name in plans[1] for name in ("outbox_delivery_unsettled_idx", "outbox_delivery_failed_event_idx"))
+    assert any(name in plans[2] for name in ("outbox_delivery_unsettled_idx", "outbox_delivery_failed_event_idx"))
     assert not any("Seq Scan" in plan for plan in plans), plans
 
 

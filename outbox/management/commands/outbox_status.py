@@ -83,6 +83,15 @@ def render(status: OutboxStatus) -> str:
                 f"{backfill.upto}), {backfill.created} sent, {backfill.skipped} skipped, by {backfill.runner}"
                 + ("  STALLED" if backfill.stalled else "")
             )
+    if status.blocked_aggregates:
+        lines += ["", "Blocked aggregates (ordered consumers; each waits behind its dead event until it is replayed):"]
+        for consumer, blocked in status.blocked_aggregates.items():
+            lines.append(f"  {consumer}: {blocked.count}")
+            for row in blocked.aggregates:
+                lines.append(
+                    f"    {row['aggregate']} at event {row['event_id']} ({row['event_type']}, version "
+                    f"{row['aggregate_version']}), {row['waiting']} waiting: {row['error']}"
+                )
     lines.append("")
     if status.attention:
         lines.append("Needs attention:")
