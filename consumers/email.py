@@ -218,6 +218,8 @@ def notice_record(row: list[Any]) -> None:
     not_sent=not_taken,
     lease=lease_seconds,
     records=["consumers.EmailNotice"],
+    # A customer never gets an order's cancellation before its confirmation.
+    ordered=True,
 )
 def send_notice(event: Event, key: DedupeKey, session: Session) -> Callable[[], None]:
     """Send the event's notice; return what records it once the SMTP server accepted it."""
