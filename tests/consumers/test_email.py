@@ -406,3 +406,24 @@ def test_a_notice_for_a_deleted_order_is_dead_and_not_counted_as_a_send(
     assert delivery.status == "dead"
     assert "no longer exists" in delivery.last_error
     assert (mailbox.count(), record().sends) == (0, 0)
+
+
+def test_a_cancellation_waits_for_its_orders_confirmation_that_is_retried(
+    mailbox: Mailbox, customer: Customer, products: list[Product]
+) -> None:
+    """The e-mail consumer is ordered: while the confirmation waits for its retry, the cancellation
+    that reached a worker first waits too, and is released (sent after it) when the retry succeeds."""
+    order = place(customer, products)
+    services.order_set_status(order=order, status="cancelled")
+    confirmation, cancellation = routed_ids("email")
+    mailbox.refuse_with = "451 4.3.0 Try again later"
+    with pytest.raises(dramatiq.Retry):
+        deliver("email", [confirmation], attempt=Attempt(1, 6))
+    assert Delivery.objects.get(consumer="email", event_id=confirmation).status == "failed"
+    assert deliver("email", [cancellation], attempt=Attempt(1, 6)).waiting == [cancellation]
+    assert Delivery.objects.get(consumer="email", event_id=cancellation).status == "waiting"
+    assert mailbox.count() == 0
+    mailbox.refuse_with = ""
+    assert deliver("email", [confirmation], attempt=Attempt(2, 6)).released == [cancellation]
+    assert deliver("email", [cancellation], attempt=Attempt(1, 6)).done == [cancellation]  # the released message
+    assert mailbox.subjects() == [f"Your order #{order.pk} is confirmed", f"Your order #{order.pk} has been cancelled"]
