@@ -5,6 +5,7 @@ With no environment at all the project runs on the *embedded default*: SQLite an
 in-process broker, so that a laptop with nothing but Python can run it.
 """
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -221,6 +222,31 @@ OUTBOX_MESSAGE_MAX_BYTES = env.int("OUTBOX_MESSAGE_MAX_BYTES", default=256 * 102
 CONSUMER_MAX_RETRIES = env.int("CONSUMER_MAX_RETRIES", default=5)
 CONSUMER_MIN_BACKOFF_MS = env.int("CONSUMER_MIN_BACKOFF_MS", default=1_000)
 CONSUMER_MAX_BACKOFF_MS = env.int("CONSUMER_MAX_BACKOFF_MS", default=30_000)
+
+
+def _consumer_overrides() -> dict[str, Any]:
+    """OUTBOX_CONSUMERS, per consumer its overrides of what its declaration says (queue, enabled,
+    ordered, on_dead; docs/extending.md), from the environment as JSON. The system check outbox.E006
+    checks the names and values; here only the JSON's shape."""
+    raw = os.environ.get("OUTBOX_CONSUMERS", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ImproperlyConfigured(
+            f"OUTBOX_CONSUMERS is not valid JSON ({e}): give an object of consumer names to their "
+            'overrides, for example OUTBOX_CONSUMERS=\'{"email": {"queue": "mail"}, "audit_log": {"enabled": false}}\'.'
+        ) from e
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ImproperlyConfigured(
+            f"OUTBOX_CONSUMERS must be a JSON object of consumer names to objects of overrides, not {raw!r}: "
+            'for example OUTBOX_CONSUMERS=\'{"email": {"ordered": false}}\'.'
+        )
+    return value
+
+
+OUTBOX_CONSUMERS = _consumer_overrides()
 
 # --- E-mail (Django's own setting names) ----------------------------------------------------------
 # SMTP, except on the embedded default without an EMAIL_HOST: there the e-mail consumer writes

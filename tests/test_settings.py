@@ -465,3 +465,52 @@ def test_a_secret_naming_another_variable_is_refused_not_taken_as_its_text(tmp_p
     assert result.returncode != 0, output
     assert "SECRET_KEY is '$VAULT_SECRET', the name of another environment variable" in output, output
     assert "Set SECRET_KEY to the value itself." in output, output
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"email": {"ordered": false, "queue": "mail"}}', "OVERRIDES={'email': {'ordered': False, 'queue': 'mail'}}"),
+        ("", "OVERRIDES={}"),
+    ],
+)
+def test_consumer_overrides_come_from_the_environment_as_json(tmp_path: Path, value: str, expected: str) -> None:
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value)
+    result = _manage(
+        "shell", "-c", "from django.conf import settings; print('OVERRIDES=' + repr(settings.OUTBOX_CONSUMERS))", env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert expected in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('{"email": {"ordered": fals}}', "OUTBOX_CONSUMERS is not valid JSON"),
+        ('["email"]', "OUTBOX_CONSUMERS must be a JSON object of consumer names to objects of overrides"),
+        ('{"email": "mail"}', "OUTBOX_CONSUMERS must be a JSON object of consumer names to objects of overrides"),
+    ],
+)
+def test_malformed_consumer_overrides_stop_every_command_saying_what_to_give(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value)
+    result = _manage("check", env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert says in output, output
+    assert "for example OUTBOX_CONSUMERS=" in output, output
+
+
+def test_a_wrong_override_from_the_environment_stops_every_command_naming_it(tmp_path: Path) -> None:
+    """Checked where the worker declares its actors, before any command runs."""
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local",
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        OUTBOX_CONSUMERS='{"email": {"on_dead": "drop"}}',
+    )
+    result = _manage("check", env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "OUTBOX_CONSUMERS['email']: on_dead must be 'block'" in output, output
+    assert "not 'drop'" in output, output
