@@ -19,12 +19,14 @@ A second run of a backfill that another process is running (progress in the last
 process that is alive where it can be told) is refused.
 """
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from django.db import IntegrityError, connection, transaction
@@ -37,6 +39,9 @@ from outbox.backends import ops
 from outbox.consume.declare import ALL, Consumer, NoSuchConsumer, enabled_consumer
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.relay import routing, sweeper
+from outbox.relay.loop import BROKER_ERRORS
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 1000
 # A backfill whose runner made no progress for this long is taken to be dead: another may resume it.
@@ -268,8 +273,11 @@ def run(
         record.created += len(created)
         record.skipped += len(ids) - len(created)
         if not in_process:
-            for start in range(0, len(created), limit):
-                broker.enqueue(routing.message(record.consumer, created[start : start + limit]))
+            _send(
+                record,
+                broker,
+                [routing.message(record.consumer, created[i : i + limit]) for i in range(0, len(created), limit)],
+            )
         if progress is not None:
             progress(moved)
         if not ids or last >= record.upto:
@@ -283,6 +291,34 @@ def run(
         raise _lost(record)
     record.cursor = record.upto
     return record
+
+
+def _send(record: Backfill, broker: dramatiq.Broker, messages: list[dramatiq.Message[Any]]) -> None:
+    """Enqueue a chunk's messages. While the broker is unreachable (a restart), try again with a
+    growing pause, beating meanwhile, for up to the redelivery deadline; then go on without them:
+    their deliveries are committed `published`, so the relay's sweeper sends them, as it does any
+    lost message."""
+    deadline = time.monotonic() + conf.redelivery_seconds()
+    pause = 0.5
+    pending = list(messages)
+    while pending:
+        try:
+            broker.enqueue(pending[0])
+        except BROKER_ERRORS as e:
+            if time.monotonic() + pause > deadline:
+                logger.warning(
+                    "Backfill %s: the broker is unreachable (%s); the relay's sweeper will send the %d messages "
+                    "left of this chunk after its redelivery deadline",
+                    record.pk,
+                    e,
+                    len(pending),
+                )
+                return
+            logger.warning("Backfill %s: the broker is unreachable (%s); trying again in %.1f s", record.pk, e, pause)
+            _pause(record, pause)
+            pause = min(pause * 2, 5.0)
+            continue
+        pending.pop(0)
 
 
 def _ours(record: Backfill) -> QuerySet[Backfill]:

@@ -20,7 +20,7 @@ from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.ops import backfill
 from outbox.ops.status import backfill_states, database_now
 from tests.outbox_app.models import Item, JournalEntry
-from tests.processes import processes, queued
+from tests.processes import private_redis, processes, queued
 from tooling.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queues")]
@@ -240,3 +240,34 @@ def test_a_slow_rate_beats_while_it_waits_so_it_never_looks_stalled(monkeypatch:
     finally:
         worker.join(timeout=30)
     assert Backfill.objects.get().status == "done"
+
+
+def test_a_backfill_rides_out_a_broker_restart_and_loses_nothing(tmp_path: Path) -> None:
+    """Redis goes away in the middle of a backfill: the backfill waits and tries again instead of
+    dying, and every chunk after the restart reaches the new Redis; the deliveries of the messages
+    the restart lost stay `published`, for the relay's sweeper."""
+    ids = items(60)
+    with private_redis(tmp_path) as server, processes(tmp_path, REDIS_URL=server.url) as started:
+        child = started.manage("outbox_backfill", "journal", "--rate", "40", "--chunk", "10", name="backfill")
+        wait_until(
+            lambda: Backfill.objects.filter(cursor__gte=ids[10]).exists() or child.popen.poll() is not None,
+            timeout=30,
+            what="the backfill's second chunk",
+        )
+        server.stop()
+        wait_until(lambda: "the broker is unreachable" in child.output(), timeout=30, what="the backfill to wait")
+        assert child.popen.poll() is None, child.output()
+        server.start()
+        assert child.popen.wait(timeout=60) == 0, child.output()
+        assert "trying again in" in child.output()
+        after = Backfill.objects.get().cursor
+        sent = sorted(
+            i
+            for raw in redis.Redis.from_url(server.url).hvals("dramatiq:journal.msgs")
+            for i in json.loads(raw)["args"][0]
+        )
+    assert after == ids[-1]
+    assert sorted(Delivery.objects.filter(consumer="journal").values_list("event_id", flat=True)) == ids
+    assert sent, "nothing reached Redis after its restart"
+    assert sent == ids[ids.index(sent[0]) :], "a chunk after the restart did not reach Redis"
+    assert set(sent) < set(ids)  # the messages sent before the restart were lost with its data
