@@ -103,16 +103,31 @@ class NoticeCounter:
         self.received = 0
         self.notices: Counter[tuple[str, str]] = Counter()
         self.recipients: Counter[str] = Counter()
+        # Per order, its notices in the order they first arrived.
+        self.arrivals: dict[str, list[str]] = {}
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         head = envelope.content.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
         fields = dict(line.split(": ", 1) for line in head.split("\r\n") if ": " in line)
         with self.lock:
             self.received += 1
-            self.notices[(fields.get("X-Order-Id", "?"), fields.get("X-Notice", "?"))] += 1
+            order, notice = fields.get("X-Order-Id", "?"), fields.get("X-Notice", "?")
+            self.notices[(order, notice)] += 1
+            seen = self.arrivals.setdefault(order, [])
+            if notice not in seen:
+                seen.append(notice)
             for rcpt in envelope.rcpt_tos:
                 self.recipients[rcpt] += 1
         return "250 OK"
+
+    def arrived_before(self, later: str, earlier: str) -> int:
+        """Return how many orders' `later` notice arrived before their `earlier` one."""
+        with self.lock:
+            return sum(
+                1
+                for seen in self.arrivals.values()
+                if later in seen and earlier in seen and seen.index(later) < seen.index(earlier)
+            )
 
     def duplicates(self) -> int:
         """Return how many notices arrived more than once, counting each extra copy."""

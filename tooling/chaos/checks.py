@@ -6,7 +6,12 @@
 - stock_mismatches: products whose stock differs from receipts minus placed lines, or from their ledger;
 - duplicate_emails: notices the SMTP server received more than once (the design's one window);
 - rolled_back_published: events or e-mails of transactions rolled back on purpose;
-- version_regressions: a source's ledger applying a lower version after a higher one.
+- version_regressions: a source's ledger applying a lower version after a higher one;
+- ordering_violations: an ordered consumer finishing an aggregate's event before an earlier one
+  (by the deliveries' done times), and an order's cancellation notice reaching the SMTP server
+  before its confirmation;
+- backfill_missing, backfill_duplicates: events that the consumer added halfway and backfilled
+  (tooling/consumers.py) never handled, or handled more than once.
 """
 
 from typing import Any
@@ -14,8 +19,10 @@ from typing import Any
 from django.db import connection
 
 from core.models import Customer
+from outbox.consume.declare import enabled, is_ordered
 from outbox.models import Delivery, Event
 from tooling.database import undone_deliveries
+from tooling.models import BackfillReceipt
 from tooling.processes import NoticeCounter
 
 SKU_PREFIX = "CHAOS-"
@@ -44,6 +51,30 @@ SELECT count(*) FROM (
 ) t WHERE back
 """
 
+# A delivery done before the one of an earlier version of its aggregate. An ordered consumer starts
+# an event only once its predecessor's done row has committed, so its own done time, read from its
+# transaction's start, can equal the predecessor's (one transaction for both) but never be earlier.
+_OUT_OF_ORDER = """
+SELECT count(*) FROM (
+    SELECT d.done_at < lag(d.done_at) OVER (
+        PARTITION BY d.consumer, e.aggregatetype, e.aggregateid ORDER BY e.aggregate_version, e.id
+    ) AS back
+    FROM outbox_delivery d JOIN outbox_event e ON e.id = d.event_id
+    WHERE d.consumer = ANY(%s) AND d.status = 'done' AND d.event_id > %s
+) t WHERE back
+"""
+
+_BACKFILL_MISSING = """
+SELECT count(*) FROM outbox_event e
+WHERE NOT EXISTS (SELECT 1 FROM tooling_backfillreceipt r WHERE r.event_id = e.id)
+"""
+
+_BACKFILL_TWICE = """
+SELECT coalesce(sum(n - 1), 0) FROM (
+    SELECT count(*) AS n FROM tooling_backfillreceipt GROUP BY event_id HAVING count(*) > 1
+) t
+"""
+
 _STOCK = """
 SELECT p.sku, p.stock,
        coalesce((SELECT sum(quantity) FROM core_stockreceipt r WHERE r.product_id = p.id), 0)
@@ -54,10 +85,18 @@ FROM core_product p WHERE p.sku LIKE %s
 """
 
 
-def check(first_event: int, counter: NoticeCounter) -> dict[str, Any]:
-    """Check the invariants over everything written since `first_event`."""
+def check(first_event: int, counter: NoticeCounter, *, backfilled: bool) -> dict[str, Any]:
+    """Check the invariants over everything written since `first_event`; with `backfilled`, also
+    that the consumer added halfway handled every event of the database once."""
     doomed = Customer.objects.filter(email=ROLLBACK_EMAIL).values_list("id", flat=True).first()
+    ordered = [c.name for c in enabled() if is_ordered(c)]
     with connection.cursor() as cursor:
+        cursor.execute(_OUT_OF_ORDER, [ordered, first_event])
+        out_of_order = int(cursor.fetchone()[0])
+        cursor.execute(_BACKFILL_MISSING)
+        backfill_missing = int(cursor.fetchone()[0]) if backfilled else 0
+        cursor.execute(_BACKFILL_TWICE)
+        backfill_twice = int(cursor.fetchone()[0])
         cursor.execute(_TWICE)
         twice = int(cursor.fetchone()[0])
         cursor.execute(_OVER_APPLIED)
@@ -86,6 +125,12 @@ def check(first_event: int, counter: NoticeCounter) -> dict[str, Any]:
         "stock_mismatches": len(stock_mismatches),
         "rolled_back_published": rolled_back,
         "version_regressions": regressions,
+        "ordering_violations": out_of_order
+        + counter.arrived_before(later="order_cancellation", earlier="order_confirmation"),
+        "ordered_consumers": ordered,
+        "backfill_missing": backfill_missing,
+        "backfill_duplicates": backfill_twice,
+        "backfill_receipts": BackfillReceipt.objects.count(),
         "dead_deliveries": dead,
         "emails_received": emails,
         "events": Event.objects.filter(id__gt=first_event).count(),

@@ -2,11 +2,14 @@
 
 While orders are placed, edited and cancelled (and some transactions rolled back on purpose),
 relays and workers are SIGKILLed at random and started again, Redis is restarted once with its
-data lost, and PostgreSQL is restarted once. Then the run waits for the pipeline to drain, and
-measures `drain_seconds` (from the last fault to every delivery done); `tooling.chaos.checks`
-checks the invariants.
+data lost, and PostgreSQL is restarted once. Halfway, a deploy adds a consumer
+(tooling/consumers.py: every process restarted with it switched on) and `outbox_backfill` gives it
+the history while the traffic goes on; the backfill is SIGKILLed once and resumed. Then the run
+waits for the pipeline to drain, and measures `drain_seconds` (from the last fault to every
+delivery done); `tooling.chaos.checks` checks the invariants.
 """
 
+import json
 import logging
 import os
 import random
@@ -24,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.test.utils import override_settings
 
 from core import services
 from core.models import Customer
 from tooling.chaos.checks import ROLLBACK_EMAIL, SKU_PREFIX, check
+from tooling.consumers import CONSUMER as BACKFILLED
 from tooling.database import max_event_id, undone_deliveries
 from tooling.processes import (
     LocalRedis,
@@ -58,6 +63,7 @@ class Scale:
     redelivery_seconds: float = 10.0
     drain_timeout: float = 600.0
     restart_postgres: bool = True
+    backfill: bool = True
     seed: int = 1
 
 
@@ -66,6 +72,7 @@ class Faults:
     kills: int = 0
     redis_restarts: int = 0
     postgres_restarts: int = 0
+    backfill_kills: int = 0
     last_at: float = 0.0
     log: list[str] = field(default_factory=list)
 
@@ -119,11 +126,15 @@ class Fleet:
             self.specs[f"worker{i}"] = ["rundramatiq", "--processes", "1", "--threads", "4"]
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.generation: Counter[str] = Counter()
+        # The monkey's thread and the traffic's (the deploy) both start and kill processes.
+        self.lock = threading.RLock()
 
-    def start(self, name: str) -> None:
-        self.generation[name] += 1
-        log = self.logs / f"{name}.{self.generation[name]}.log"
-        self.running[name] = manage_start(self.specs[name], env=self.env, log=log)
+    def start(self, name: str, args: list[str] | None = None) -> None:
+        """Start the named process (`args` for one outside the fleet's relays and workers)."""
+        with self.lock:
+            self.generation[name] += 1
+            log = self.logs / f"{name}.{self.generation[name]}.log"
+            self.running[name] = manage_start(args or self.specs[name], env=self.env, log=log)
 
     def start_all(self) -> None:
         for name in self.specs:
@@ -131,9 +142,18 @@ class Fleet:
 
     def kill(self, name: str) -> None:
         """SIGKILL the process and everything it started, as a crashed machine would."""
-        with suppress(ProcessLookupError):
-            os.killpg(self.running[name].pid, signal.SIGKILL)
-        self.running[name].wait(timeout=10)
+        with self.lock:
+            with suppress(ProcessLookupError):
+                os.killpg(self.running[name].pid, signal.SIGKILL)
+            self.running[name].wait(timeout=10)
+
+    def deploy(self, **env: str) -> None:
+        """Restart every relay and worker with `env` added, as a deploy of new settings would."""
+        with self.lock:
+            self.env = {**self.env, **env}
+            for name in self.specs:
+                self.kill(name)
+                self.start(name)
 
     def stop_all(self) -> None:
         stop_children(list(self.running.values()))
@@ -161,6 +181,58 @@ def _retrying(action: Callable[[], Any]) -> Any:
 
 class Rollback(Exception):
     """Raised inside a transaction to roll it back on purpose."""
+
+
+# The deploy's setting, for the relays and workers (from the environment) and for this process,
+# which counts the deliveries routed to the consumer from then on.
+BACKFILL_ON_SETTINGS = {"OUTBOX_CONSUMERS": {BACKFILLED: {"enabled": True}}}
+BACKFILL_ON = {name: json.dumps(value) for name, value in BACKFILL_ON_SETTINGS.items()}
+
+
+class Backfill:
+    """The backfill of the consumer the deploy adds: started right after it, SIGKILLed once by the
+    monkey, and run again until it finishes (it resumes at its cursor)."""
+
+    NAME = "backfill"
+
+    def __init__(self, fleet: Fleet, scale: Scale) -> None:
+        self.fleet, self.scale = fleet, scale
+        self.args: list[str] = []
+        self.runs = 0
+
+    @property
+    def started(self) -> bool:
+        return bool(self.args)
+
+    def start(self) -> None:
+        """Start it; the first time, throttled to last about ten fault intervals, so that the
+        kill halfway through the rest of the traffic finds it running."""
+        if not self.args:
+            rate = max(10, int(max_event_id() / (10 * self.scale.kill_interval)))
+            self.args = ["outbox_backfill", BACKFILLED, "--chunk", "100", "--rate", str(rate)]
+        self.runs += 1
+        self.fleet.start(self.NAME, self.args)
+
+    def running(self) -> bool:
+        process = self.fleet.running.get(self.NAME)
+        return process is not None and process.poll() is None
+
+    def revive(self) -> None:
+        """Start it again if it failed (PostgreSQL's restart ends it with an error)."""
+        process = self.fleet.running.get(self.NAME)
+        if process is not None and process.poll() not in (None, 0) and self.runs < 20:
+            self.start()
+
+    def finish(self, timeout: float) -> bool:
+        """Wait for the backfill to end, running it again after a failure (PostgreSQL's restart);
+        return whether it finished."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.runs < 20:
+            if self.fleet.running[self.NAME].poll() == 0:
+                return True
+            self.revive()
+            time.sleep(0.5)
+        return False
 
 
 def traffic(scale: Scale, rng: random.Random, progress: Callable[[int], None] | None) -> dict[str, int]:
@@ -203,8 +275,10 @@ class Monkey:
     `kill_interval` seconds, Redis restarted once (data lost) and PostgreSQL once, each at a
     random point of the traffic."""
 
-    def __init__(self, scale: Scale, rng: random.Random, fleet: Fleet, redis_server: LocalRedis) -> None:
-        self.scale, self.rng, self.fleet, self.redis = scale, rng, fleet, redis_server
+    def __init__(
+        self, scale: Scale, rng: random.Random, fleet: Fleet, redis_server: LocalRedis, backfill: Backfill
+    ) -> None:
+        self.scale, self.rng, self.fleet, self.redis, self.backfill = scale, rng, fleet, redis_server, backfill
         self.restart_pg = postgres_restart_command() if scale.restart_postgres else None
         self.redis_at = rng.uniform(0.25, 0.4)
         self.postgres_at = rng.uniform(0.6, 0.75)
@@ -228,6 +302,12 @@ class Monkey:
         self.faults.postgres_restarts += 1
         self._record("PostgreSQL restarted")
 
+    def kill_backfill(self) -> None:
+        self.fleet.kill(Backfill.NAME)
+        self.backfill.start()
+        self.faults.backfill_kills += 1
+        self._record("SIGKILL the backfill, started again")
+
     def kill_one(self) -> None:
         name = self.rng.choice(sorted(self.fleet.specs))
         self.fleet.kill(name)
@@ -238,6 +318,7 @@ class Monkey:
     def _loop(self) -> None:
         while not self.stopping.wait(self.rng.uniform(0.5, 1.5) * self.scale.kill_interval):
             share = self.orders_done / self.scale.orders
+            self.backfill.revive()
             if self.faults.redis_restarts == 0 and share >= self.redis_at:
                 self.restart_redis()
             elif self.restart_pg and self.faults.postgres_restarts == 0 and share >= self.postgres_at:
@@ -281,11 +362,25 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             fleet = Fleet(env, workdir, scale)
             stack.callback(fleet.kill_all)
             fleet.start_all()
-            monkey = Monkey(scale, rng, fleet, redis_server)
+            backfill = Backfill(fleet, scale)
+            monkey = Monkey(scale, rng, fleet, redis_server, backfill)
             monkey.start()
 
             def counted(n: int) -> None:
                 monkey.orders_done += n
+                if scale.backfill and not backfill.started and monkey.orders_done >= scale.orders / 2:
+                    # The deploy: from here on the relays route to the consumer, and the backfill
+                    # gives it what came before.
+                    fleet.deploy(**BACKFILL_ON)
+                    stack.enter_context(override_settings(**BACKFILL_ON_SETTINGS))
+                    backfill.start()
+                    monkey._record("deploy: the backfilled consumer switched on, its backfill started")
+                elif (
+                    monkey.faults.backfill_kills == 0
+                    and monkey.orders_done >= scale.orders * 0.6
+                    and backfill.running()
+                ):
+                    monkey.kill_backfill()  # once, halfway through it (it is throttled to outlast the traffic)
                 if progress:
                     progress(n)
 
@@ -299,10 +394,11 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             except ProcessError as e:
                 raise ChaosError(str(e)) from e
             traffic_seconds = time.monotonic() - started
+            backfilled = backfill.finish(scale.drain_timeout) if backfill.started else False
             drained = _drain(first_event, scale.drain_timeout)
             drain_seconds = time.monotonic() - monkey.faults.last_at
             fleet.stop_all()
-            figures = check(first_event, smtp.handler)
+            figures = check(first_event, smtp.handler, backfilled=backfill.started)
     finally:
         with suppress(ProcessError):
             redis_server.stop()
@@ -321,6 +417,9 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             "kills": faults.kills,
             "redis_restarts": faults.redis_restarts,
             "postgres_restarts": faults.postgres_restarts,
+            "backfill_finished": backfilled,
+            "backfill_runs": backfill.runs,
+            "backfill_kills": faults.backfill_kills,
             "logs": str(workdir),
         }
     )

@@ -16,14 +16,18 @@ INVARIANTS = (
     "stock_mismatches",
     "rolled_back_published",
     "version_regressions",
+    "ordering_violations",
+    "backfill_missing",
+    "backfill_duplicates",
 )
 
 
 class Command(BaseCommand):
     help = (
         "Place orders while relays and workers are SIGKILLed at random, Redis is restarted once (its data "
-        "lost) and PostgreSQL once; then check that nothing was lost or applied twice. Runs in a scratch "
-        "database (<name>_chaos) and a Redis of its own. Exits 1 if an invariant is broken."
+        "lost) and PostgreSQL once, and a consumer added halfway is backfilled; then check that nothing was "
+        "lost, applied twice or out of order. Runs in a scratch database (<name>_chaos) and a Redis of its "
+        "own. Exits 1 if an invariant is broken."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,6 +40,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=1, help="Random seed for traffic and faults.")
         parser.add_argument(
             "--no-postgres-restart", action="store_true", help="Skip the PostgreSQL restart (another host's server)."
+        )
+        parser.add_argument(
+            "--no-backfill", action="store_true", help="Skip the deploy halfway that adds a consumer and backfills it."
         )
         parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
 
@@ -53,6 +60,7 @@ class Command(BaseCommand):
             redelivery_seconds=options["redelivery_seconds"],
             drain_timeout=options["drain_timeout"],
             restart_postgres=not options["no_postgres_restart"],
+            backfill=not options["no_backfill"],
             seed=options["seed"],
         )
         with (
@@ -65,6 +73,8 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             connection.close()  # PostgreSQL was restarted: drop the scratch database on a fresh connection
         broken = [name for name in INVARIANTS if figures[name]] + ([] if figures["drained"] else ["drained"])
+        if scale.backfill and not figures["backfill_finished"]:
+            broken.append("backfill_finished")
         figures["ok"] = not broken
         if options["json"]:
             self.stdout.write(json.dumps(figures, indent=2))
