@@ -39,6 +39,9 @@ FIGURES = [
     "backfill_events_per_s",
     "backfill_events",
     "backfill_seconds",
+    "ordered_pipeline_ratio",
+    "ordered_pipeline_events_per_s",
+    "unordered_pipeline_events_per_s",
 ]
 
 
@@ -49,7 +52,7 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
         *("outbox_bench", "--json", "--samples", "20", "--backlog", "300", "--history", "300"),
         *("--rss-backlog", "300", "--latency-seconds", "1", "--pipeline-orders", "30"),
         *("--email-window-samples", "20", "--eventlog-events", "2000", "--eventlog-requests", "2"),
-        *("--backfill-events", "500"),
+        *("--backfill-events", "500", "--ordered-rounds", "1"),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -60,6 +63,12 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
     # 30 confirmations, and a cancellation notice for one order in ten.
     assert result["pipeline_emails_received"] == 33
     assert result["pipeline_failed_deliveries"] == 0
+    # One drain with every consumer ordered, one with none (a failed delivery in either fails the run).
+    assert {arm: len(rates) for arm, rates in result["ordered_pipeline_rates"].items()} == {
+        "unordered": 1,
+        "ordered": 1,
+    }
+    assert {"email", "inventory", "audit_log"} <= set(result["ordered_pipeline_consumers"])
     # Every event-log page was requested and answered (a page that did not answer 200 fails the run).
     assert all(ms > 0 for ms in result["eventlog_changelist_ms_p95_by_page"].values())
     assert {"list", "type_rare", "actor_rare", "date_day", "search_event_uuid", "delivery_inventory_dead"} <= set(

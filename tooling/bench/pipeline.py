@@ -1,5 +1,5 @@
-"""Pipeline figures for `outbox_bench`: events handled end to end per second, and the e-mail
-consumer's duplicate window.
+"""Pipeline figures for `outbox_bench`: events handled end to end per second, the same with
+every consumer ordered (`ordered_pipeline_ratio`), and the e-mail consumer's duplicate window.
 
 The traffic is made through the services, as the admin makes it: products with their stock
 receipts, customers, then orders placed with three lines each, one in ten cancelled. Its events
@@ -7,7 +7,9 @@ are a backlog that one relay and two workers, each its own process, drain throug
 three consumers; their e-mails go to a real SMTP server (aiosmtpd) running in this process.
 """
 
+import json
 import random
+import statistics
 import subprocess
 import tempfile
 import time
@@ -90,12 +92,14 @@ def orders_place(*, count: int, skus: list[str], rng: random.Random, label: str)
     ]
 
 
-def traffic_create(*, orders: int, seed: int = 1) -> tuple[int, int]:
-    """Make the pipeline's traffic through the services; return (orders placed, orders cancelled)."""
+def traffic_create(*, orders: int, seed: int = 1, label: str = "pipeline") -> tuple[int, int]:
+    """Make the pipeline's traffic through the services; return (orders placed, orders cancelled).
+    Each `label` makes products and customers of its own."""
     rng = random.Random(seed)  # noqa: S311 - reproducible traffic, not security
     # Stock for every line at the largest quantity: no backorder warnings in the workers' logs.
-    skus = catalogue_create(prefix="PIPE", count=PRODUCTS, stock=orders * LINES_PER_ORDER * 3, rng=rng)
-    placed = orders_place(count=orders, skus=skus, rng=rng, label="pipeline")
+    prefix = "PIPE" if label == "pipeline" else f"PIPE-{label}"
+    skus = catalogue_create(prefix=prefix, count=PRODUCTS, stock=orders * LINES_PER_ORDER * 3, rng=rng)
+    placed = orders_place(count=orders, skus=skus, rng=rng, label=label)
     cancelled = placed[::CANCEL_EVERY]
     for order in cancelled:
         services.order_set_status(order=order, status=Order.Status.CANCELLED)
@@ -174,10 +178,18 @@ def bench_redis_url() -> str:
 
 
 def pipeline_throughput(
-    *, orders: int, processes: int, threads: int, inventory_threads: int, smtp: Smtp
+    *,
+    orders: int,
+    processes: int,
+    threads: int,
+    inventory_threads: int,
+    smtp: Smtp,
+    label: str = "pipeline",
+    env_extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Drain the events of `orders` orders' traffic with a relay and the workers in their own
     processes; return events per second, counted until every routed delivery is done.
+    `env_extra` adds to the children's environment (OUTBOX_CONSUMERS, for the ordered arm).
 
     The clock starts when the relay reports it has started, the workers being up by then: what is
     timed is the draining, not Python's start-up.
@@ -185,7 +197,7 @@ def pipeline_throughput(
     if connection.vendor != "postgresql" or not settings.REDIS_URL:
         raise PipelineError("The pipeline group needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL).")
     after = max_event_id()
-    placed, cancelled = traffic_create(orders=orders)
+    placed, cancelled = traffic_create(orders=orders, label=label)
     events, expected = routed_deliveries(after=after)
     settle_tables()
     received_before = smtp.handler.received
@@ -195,6 +207,7 @@ def pipeline_throughput(
         EMAIL_HOST=smtp.host,
         EMAIL_PORT=str(smtp.port),
         PYTHONUNBUFFERED="1",
+        **(env_extra or {}),
     )
     # Inventory has a worker of its own, as in compose.yaml; the other serves every other queue the
     # declarations name (e-mail, the audit log and the outbox's own seal chain among them).
@@ -237,6 +250,47 @@ def pipeline_throughput(
     }
 
 
+# --- ordered consumers ------------------------------------------------------------------------
+
+
+def every_consumer(*, ordered: bool) -> dict[str, str]:
+    """The children's OUTBOX_CONSUMERS: every enabled consumer ordered, or none of them."""
+    return {"OUTBOX_CONSUMERS": json.dumps({declared.name: {"ordered": ordered} for declared in enabled()})}
+
+
+def ordered_ratio(
+    *, orders: int, processes: int, threads: int, inventory_threads: int, rounds: int, smtp: Smtp
+) -> dict[str, Any]:
+    """Drain the same traffic with every consumer ordered and with none, `rounds` times each,
+    interleaved (the arm that goes first alternates, so that a drift of the machine weighs on both);
+    return the ratio of the medians of their events per second."""
+    rates: dict[str, list[int]] = {"unordered": [], "ordered": []}
+    for n in range(rounds):
+        arms = ("unordered", "ordered") if n % 2 == 0 else ("ordered", "unordered")
+        for arm in arms:
+            figures = pipeline_throughput(
+                orders=orders,
+                processes=processes,
+                threads=threads,
+                inventory_threads=inventory_threads,
+                smtp=smtp,
+                label=f"{arm}-{n}",
+                env_extra=every_consumer(ordered=arm == "ordered"),
+            )
+            if figures["pipeline_failed_deliveries"]:
+                raise PipelineError(f"The {arm} arm left {figures['pipeline_failed_deliveries']} deliveries failed.")
+            rates[arm].append(figures["pipeline_events_per_s"])
+        settle_tables()
+    ordered, unordered = statistics.median(rates["ordered"]), statistics.median(rates["unordered"])
+    return {
+        "ordered_pipeline_ratio": round(ordered / unordered, 3),
+        "ordered_pipeline_events_per_s": round(ordered),
+        "unordered_pipeline_events_per_s": round(unordered),
+        "ordered_pipeline_rates": rates,
+        "ordered_pipeline_consumers": sorted(declared.name for declared in enabled()),
+    }
+
+
 # --- the e-mail duplicate window --------------------------------------------------------------
 
 
@@ -272,13 +326,24 @@ def email_duplicate_window(*, samples: int, smtp: Smtp) -> dict[str, float]:
 
 
 def pipeline_figures(
-    *, orders: int, processes: int, threads: int, inventory_threads: int, window_samples: int
+    *,
+    orders: int,
+    processes: int,
+    threads: int,
+    inventory_threads: int,
+    window_samples: int,
+    ordered_rounds: int = 0,
+    throughput: bool = True,
 ) -> dict[str, Any]:
-    """Measure the pipeline's throughput, then the e-mail duplicate window, with one SMTP server."""
+    """Measure the pipeline's throughput, with `ordered_rounds` the ordered against the unordered
+    one, then the e-mail duplicate window, with one SMTP server."""
+    sizes = {"orders": orders, "processes": processes, "threads": threads, "inventory_threads": inventory_threads}
+    result: dict[str, Any] = {}
     with smtp_server(NoticeCounter()) as smtp:
-        result = pipeline_throughput(
-            orders=orders, processes=processes, threads=threads, inventory_threads=inventory_threads, smtp=smtp
-        )
-        # After the workers are stopped: none of them sends these confirmations meanwhile.
-        result.update(email_duplicate_window(samples=window_samples, smtp=smtp))
+        if throughput:
+            result.update(pipeline_throughput(**sizes, smtp=smtp))
+            # After the workers are stopped: none of them sends these confirmations meanwhile.
+            result.update(email_duplicate_window(samples=window_samples, smtp=smtp))
+        if ordered_rounds:
+            result.update(ordered_ratio(**sizes, rounds=ordered_rounds, smtp=smtp))
     return result

@@ -166,7 +166,7 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-GROUPS = ("save", "relay", "latency", "pipeline", "backfill", "eventlog")
+GROUPS = ("save", "relay", "latency", "pipeline", "ordered", "backfill", "eventlog")
 
 
 def backlog_discard() -> None:
@@ -201,6 +201,7 @@ def bench_run(
     eventlog_events: int = 5_000_000,
     eventlog_requests: int = 20,
     backfill_events: int = 1_000_000,
+    ordered_rounds: int = 2,
     groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def bench_run(
                 backlog_discard()
                 settle_tables()
             result.update(e2e_latency(rate=100, seconds=latency_seconds))
-        if "pipeline" in run:
+        if "pipeline" in run or "ordered" in run:
             result.update(
                 bench_pipeline.pipeline_figures(
                     orders=pipeline_orders,
@@ -231,6 +232,8 @@ def bench_run(
                     threads=pipeline_threads,
                     inventory_threads=pipeline_inventory_threads,
                     window_samples=email_window_samples,
+                    ordered_rounds=ordered_rounds if "ordered" in run else 0,
+                    throughput="pipeline" in run,
                 )
             )
         if "relay" in run:
@@ -263,5 +266,6 @@ def bench_run(
             "eventlog_events": eventlog_events,
             "eventlog_requests_per_page": eventlog_requests,
             "backfill_events": backfill_events,
+            "ordered_rounds": ordered_rounds,
         }
     return result

@@ -82,6 +82,12 @@ class Command(BaseCommand):
             help="Retained events a new consumer is backfilled over (default 1000000).",
         )
         parser.add_argument(
+            "--ordered-rounds",
+            type=int,
+            default=2,
+            help="Drains of the pipeline with every consumer ordered, and as many without, interleaved (default 2).",
+        )
+        parser.add_argument(
             "--eventlog-requests",
             type=int,
             default=20,
@@ -103,6 +109,7 @@ class Command(BaseCommand):
             "eventlog_events",
             "eventlog_requests",
             "backfill_events",
+            "ordered_rounds",
         )
         for flag in positive:
             if options[flag] < 1:
@@ -128,6 +135,7 @@ class Command(BaseCommand):
             eventlog_events=options["eventlog_events"],
             eventlog_requests=options["eventlog_requests"],
             backfill_events=options["backfill_events"],
+            ordered_rounds=options["ordered_rounds"],
             groups=groups,
         )
         if options["json"]:
