@@ -14,7 +14,10 @@ priority and retries, and its kind:
 The framework makes the Dramatiq actor, routes events to it (the relay reads the declarations),
 batches events into messages and transactions, tracks, retries and records dead deliveries. The
 handler sees one event (or, with `batch=True`, a list, for a consumer whose effect is cheaper in
-bulk). Settings may move a consumer to another queue or switch it off:
+bulk). With `ordered=True` it sees each aggregate's events in version order, an early one
+waiting for its predecessor (outbox/consume/ordering.py); `on_dead` says whether a dead event
+holds back its aggregate's later events (`block`) or not (`skip`). Settings may move a consumer
+to another queue, switch it off, order it or change `on_dead`:
 `OUTBOX_CONSUMERS = {"email": {"queue": "mail"}, "audit_log": {"enabled": False}}`.
 """
 

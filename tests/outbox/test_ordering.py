@@ -164,3 +164,14 @@ def test_the_sweeper_releases_what_a_lost_release_left_waiting() -> None:
     )
     assert ordering.recheck(limit=100) == {"sequence": [v2]}
     assert status(v2) == "published"
+
+
+def test_drain_runs_an_ordered_consumer_through_a_retry_and_what_waited_behind_it() -> None:
+    from outbox.testing import drain
+
+    row = Tally.objects.create(name="drained", count=0)
+    for count in (-2, 5):
+        row.count = count
+        row.save()
+    drain()
+    assert handled("drained") == [1, 2, 3]
