@@ -1,10 +1,14 @@
 """Ordered consumers: each aggregate's events in version order, whatever order they arrive in;
 waiting recorded, not held; a dead event blocks only its aggregate, until replayed."""
 
+import json
 from datetime import timedelta
+from io import StringIO
 
 import pytest
-from django.test import override_settings
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client, override_settings
 
 from outbox.consume import ordering
 from outbox.consume.declare import declaration
@@ -175,3 +179,27 @@ def test_drain_runs_an_ordered_consumer_through_a_retry_and_what_waited_behind_i
         row.save()
     drain()
     assert handled("drained") == [1, 2, 3]
+
+
+def test_a_blocked_aggregate_shows_in_status_json_the_dashboard_and_metrics(admin_client: Client) -> None:
+    ids = tally("stuck", 1, -3, 2)
+    deliver("sequence", ids, attempt=FIRST)
+    assert status(ids[2]) == "dead" and status(ids[3]) == "waiting"
+    stuck = f"tally:{Tally.objects.get(name='stuck').pk}"
+
+    out = StringIO()
+    call_command("outbox_status", "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    assert data["waiting"] == 1
+    (row,) = data["blocked_aggregates"]["sequence"]["aggregates"]
+    assert (row["aggregate"], row["event_id"], row["aggregate_version"], row["waiting"]) == (stuck, ids[2], 3, 1)
+    assert any(f"sequence is ordered and 1 of its aggregates wait behind a dead event" in n for n in data["attention"])
+
+    page = admin_client.get("/admin/outbox/dashboard/").content.decode()
+    assert f"<td>{stuck}</td>" in page
+    assert f'href="/admin/outbox/event/{ids[2]}/change/"' in page
+
+    admin_client.force_login(User.objects.create_user("ops", is_staff=True))
+    metrics = admin_client.get("/metrics").content.decode()
+    assert 'outbox_blocked_aggregates{consumer="sequence"} 1.0' in metrics
+    assert 'outbox_deliveries{consumer="sequence",status="waiting"} 1.0' in metrics
