@@ -184,7 +184,8 @@ def test_drain_runs_an_ordered_consumer_through_a_retry_and_what_waited_behind_i
 def test_a_blocked_aggregate_shows_in_status_json_the_dashboard_and_metrics(admin_client: Client) -> None:
     ids = tally("stuck", 1, -3, 2)
     deliver("sequence", ids, attempt=FIRST)
-    assert status(ids[2]) == "dead" and status(ids[3]) == "waiting"
+    assert status(ids[2]) == "dead"
+    assert status(ids[3]) == "waiting"
     stuck = f"tally:{Tally.objects.get(name='stuck').pk}"
 
     out = StringIO()
@@ -193,7 +194,7 @@ def test_a_blocked_aggregate_shows_in_status_json_the_dashboard_and_metrics(admi
     assert data["waiting"] == 1
     (row,) = data["blocked_aggregates"]["sequence"]["aggregates"]
     assert (row["aggregate"], row["event_id"], row["aggregate_version"], row["waiting"]) == (stuck, ids[2], 3, 1)
-    assert any(f"sequence is ordered and 1 of its aggregates wait behind a dead event" in n for n in data["attention"])
+    assert any("sequence is ordered and 1 of its aggregates wait behind a dead event" in n for n in data["attention"])
 
     page = admin_client.get("/admin/outbox/dashboard/").content.decode()
     assert f"<td>{stuck}</td>" in page
