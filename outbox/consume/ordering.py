@@ -45,6 +45,8 @@ WAITING_RECHECK_SECONDS = 5.0
 BLOCKED_COUNT_CAP = 10_000
 # Aggregates per release query (each is one condition of its WHERE).
 RELEASE_CHUNK = 200
+# Up to this many waiting deliveries of a consumer, a release reads them all and picks its own.
+WAITING_SCAN = 1000
 
 Aggregate = tuple[str, str]
 
@@ -180,7 +182,24 @@ def flip(consumer: str, event_ids: list[int]) -> list[int]:
 
 
 def waiting_after(declared: "Consumer", after: dict[Aggregate, int]) -> list[Event]:
-    """The consumer's waiting events of these aggregates with a version above the one given, annotated."""
+    """The consumer's waiting events of these aggregates with a version above the one given, annotated.
+
+    Asked after every message, so it starts from the consumer's waiting deliveries, which are few
+    (none, mostly: one query of the partial index of waiting ones). Only when more than
+    WAITING_SCAN wait does it ask by aggregate instead.
+    """
+    rows = list(
+        Delivery.objects.filter(consumer=declared.name, status=Delivery.Status.WAITING).values_list(
+            "event_id", "event__aggregate_type", "event__aggregate_id", "event__aggregate_version"
+        )[: WAITING_SCAN + 1]
+    )
+    if len(rows) <= WAITING_SCAN:
+        ids = [
+            event_id
+            for event_id, aggregate_type, aggregate_id, version in rows
+            if version > after.get((aggregate_type, aggregate_id), version)
+        ]
+        return list(with_predecessors(Event.objects.filter(id__in=ids), declared)) if ids else []
     found: list[Event] = []
     items = list(after.items())
     for start in range(0, len(items), RELEASE_CHUNK):

@@ -204,3 +204,13 @@ def test_a_blocked_aggregate_shows_in_status_json_the_dashboard_and_metrics(admi
     metrics = admin_client.get("/metrics").content.decode()
     assert 'outbox_blocked_aggregates{consumer="sequence"} 1.0' in metrics
     assert 'outbox_deliveries{consumer="sequence",status="waiting"} 1.0' in metrics
+
+
+def test_with_many_waiting_a_release_asks_by_aggregate_and_releases_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ordering, "WAITING_SCAN", 0)
+    v1, v2, v3 = tally("many", 1, 2)
+    deliver("sequence", [v3], attempt=FIRST)
+    deliver("sequence", [v2], attempt=FIRST)
+    assert deliver("sequence", [v1], attempt=FIRST).released == [v2, v3]
+    deliver("sequence", [v2, v3], attempt=FIRST)
+    assert handled("many") == [1, 2, 3]
