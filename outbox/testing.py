@@ -128,9 +128,7 @@ def drain(*, rounds: int = 50, allow_dead: bool = False) -> Drained:
 def _stuck_report(rounds: int) -> str:
     pending = Pending.objects.count()
     open_ = list(
-        Delivery.objects.filter(
-            status__in=[Delivery.Status.PUBLISHED, Delivery.Status.FAILED, Delivery.Status.WAITING]
-        )
+        Delivery.objects.filter(status__in=[Delivery.Status.PUBLISHED, Delivery.Status.FAILED, Delivery.Status.WAITING])
         .order_by("event_id")
         .values_list("consumer", "event_id", "status", "last_error")[:20]
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import dramatiq
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from dramatiq.middleware import CurrentMessage
 
 from outbox import conf
@@ -182,7 +183,7 @@ def consume(
     outcome.skipped.extend(i for i in ids if i not in wanted)
     if settled is not None and wanted:
         wanted = _settle(consumer, wanted, settled, outcome)
-    loaded = Event.objects.checked().filter(id__in=wanted)
+    loaded: QuerySet[Event] = Event.objects.checked().filter(id__in=wanted)
     if ordered is not None:
         loaded = ordering.with_predecessors(loaded, ordered)
     events = {event.id: event for event in loaded}

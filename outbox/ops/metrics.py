@@ -53,8 +53,8 @@ class OutboxCollector:
             "Aggregates an ordered consumer holds back behind a dead event, until it is replayed.",
             labels=["consumer"],
         )
-        for consumer, state in status.blocked_aggregates.items():
-            blocked.add_metric([consumer], state.count)
+        for consumer, held in status.blocked_aggregates.items():
+            blocked.add_metric([consumer], held.count)
         yield blocked
         if status.done_estimate is not None:
             yield GaugeMetricFamily(

@@ -337,13 +337,25 @@ def pipeline_figures(
 ) -> dict[str, Any]:
     """Measure the pipeline's throughput, with `ordered_rounds` the ordered against the unordered
     one, then the e-mail duplicate window, with one SMTP server."""
-    sizes = {"orders": orders, "processes": processes, "threads": threads, "inventory_threads": inventory_threads}
     result: dict[str, Any] = {}
     with smtp_server(NoticeCounter()) as smtp:
         if throughput:
-            result.update(pipeline_throughput(**sizes, smtp=smtp))
+            result.update(
+                pipeline_throughput(
+                    orders=orders, processes=processes, threads=threads, inventory_threads=inventory_threads, smtp=smtp
+                )
+            )
             # After the workers are stopped: none of them sends these confirmations meanwhile.
             result.update(email_duplicate_window(samples=window_samples, smtp=smtp))
         if ordered_rounds:
-            result.update(ordered_ratio(**sizes, rounds=ordered_rounds, smtp=smtp))
+            result.update(
+                ordered_ratio(
+                    orders=orders,
+                    processes=processes,
+                    threads=threads,
+                    inventory_threads=inventory_threads,
+                    rounds=ordered_rounds,
+                    smtp=smtp,
+                )
+            )
     return result
