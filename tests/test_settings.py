@@ -475,9 +475,14 @@ def test_a_secret_naming_another_variable_is_refused_not_taken_as_its_text(tmp_p
     ],
 )
 def test_consumer_overrides_come_from_the_environment_as_json(tmp_path: Path, value: str, expected: str) -> None:
-    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value)
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value
+    )
     result = _manage(
-        "shell", "-c", "from django.conf import settings; print('OVERRIDES=' + repr(settings.OUTBOX_CONSUMERS))", env=env
+        "shell",
+        "-c",
+        "from django.conf import settings; print('OVERRIDES=' + repr(settings.OUTBOX_CONSUMERS))",
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert expected in result.stdout
@@ -494,7 +499,9 @@ def test_consumer_overrides_come_from_the_environment_as_json(tmp_path: Path, va
 def test_malformed_consumer_overrides_stop_every_command_saying_what_to_give(
     tmp_path: Path, value: str, says: str
 ) -> None:
-    env = _env(DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value)
+    env = _env(
+        DJANGO_SETTINGS_MODULE="settings.local", SQLITE_PATH=str(tmp_path / "db.sqlite3"), OUTBOX_CONSUMERS=value
+    )
     result = _manage("check", env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output

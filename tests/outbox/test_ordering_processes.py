@@ -73,9 +73,10 @@ def test_two_relays_and_four_threads_keep_each_tally_in_order_and_a_dead_event_b
 
         def flowed() -> bool:
             handled = SequenceEntry.objects.exclude(tally_id=poison.pk).count()
-            return handled >= sum(map(len, expected.values())) and Delivery.objects.filter(
-                consumer="sequence", event_id=dead_event.id, status="dead"
-            ).exists()
+            return (
+                handled >= sum(map(len, expected.values()))
+                and Delivery.objects.filter(consumer="sequence", event_id=dead_event.id, status="dead").exists()
+            )
 
         wait_until(flowed, timeout=120, what="every other tally's events handled, the poison one dead")
         for row in tallies:
