@@ -210,6 +210,11 @@ def _overrides(name: str) -> dict[str, Any]:
         )
     if "on_dead" in found:
         _check_on_dead(f"OUTBOX_CONSUMERS[{name!r}]", found["on_dead"])
+    for key in ("enabled", "ordered"):
+        if key in found and not isinstance(found[key], bool):
+            raise RegistrationError(
+                f"OUTBOX_CONSUMERS[{name!r}][{key!r}] is {found[key]!r}: give true or false (a boolean, not a string)."
+            )
     return dict(found)
 
 

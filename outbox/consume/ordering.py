@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from django.db import connection, transaction
-from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import BooleanField, Case, Count, Exists, Min, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
 from outbox import conf
@@ -55,11 +55,14 @@ def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> "Query
     """Annotate each event with its predecessor for the consumer and that one's state for it.
 
     `pred_id` (None: the event is the aggregate's first for the consumer), `pred_status` (its
-    delivery's status, None without one), `pred_pending` (still in the relay's backlog) and
-    `pred_backfill` (a running backfill of the consumer may yet deliver it). One query, with the
-    events; every lookup is by index.
+    delivery's status, None without one), `pred_pending` (still in the relay's backlog),
+    `pred_backfill` (a running backfill of the consumer has yet to reach it) and, only for a
+    predecessor that has no delivery, `pred_gap`: an earlier event of the aggregate whose
+    delivery to the consumer is not settled (the predecessor never reached the consumer, so
+    "the predecessor is done" says nothing of the events before it). One query, with the events;
+    every lookup is by index, and the last runs only where the predecessor has no delivery.
     """
-    from outbox.consume.declare import ALL
+    from outbox.consume.declare import ALL, on_dead_of
 
     earlier = Event.objects.filter(
         aggregate_type=OuterRef("aggregate_type"),
@@ -68,18 +71,34 @@ def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> "Query
     )
     if ALL not in declared.events:
         earlier = earlier.filter(event_type__in=declared.events)
-    return events.annotate(
-        pred_id=Subquery(earlier.order_by("-aggregate_version").values("id")[:1]),
-    ).annotate(
-        pred_status=Subquery(
-            Delivery.objects.filter(event_id=OuterRef("pred_id"), consumer=declared.name).values("status")[:1]
-        ),
-        pred_pending=Exists(Pending.objects.filter(event_id=OuterRef("pred_id"))),
-        pred_backfill=Exists(
-            Backfill.objects.filter(
-                consumer=declared.name, status=Backfill.Status.RUNNING, upto__gte=OuterRef("pred_id")
-            )
-        ),
+    settled = [Delivery.Status.DONE, *([Delivery.Status.DEAD] if on_dead_of(declared) == "skip" else [])]
+    unsettled = Delivery.objects.filter(event_id=OuterRef("id"), consumer=declared.name).exclude(status__in=settled)
+    return (
+        events.annotate(
+            pred_id=Subquery(earlier.order_by("-aggregate_version").values("id")[:1]),
+        )
+        .annotate(
+            pred_status=Subquery(
+                Delivery.objects.filter(event_id=OuterRef("pred_id"), consumer=declared.name).values("status")[:1]
+            ),
+            pred_pending=Exists(Pending.objects.filter(event_id=OuterRef("pred_id"))),
+            pred_backfill=Exists(
+                Backfill.objects.filter(
+                    consumer=declared.name,
+                    status=Backfill.Status.RUNNING,
+                    upto__gte=OuterRef("pred_id"),
+                    cursor__lt=OuterRef("pred_id"),
+                )
+            ),
+        )
+        .annotate(
+            # CASE evaluates the subquery only for the rows that reach its default.
+            pred_gap=Case(
+                When(Q(pred_id__isnull=True) | Q(pred_status__isnull=False), then=Value(False)),
+                default=Exists(earlier.filter(Exists(unsettled))),
+                output_field=BooleanField(),
+            ),
+        )
     )
 
 
@@ -90,8 +109,12 @@ def ready(event: Event, *, skip: bool) -> bool:
         return True
     if status == Delivery.Status.DEAD:
         return skip
-    if status is None:  # never routed to the consumer, unless it is on its way
-        return not (getattr(event, "pred_pending", False) or getattr(event, "pred_backfill", False))
+    if status is None:  # never routed to the consumer, unless it is on its way; then the one before decides
+        return not (
+            getattr(event, "pred_pending", False)
+            or getattr(event, "pred_backfill", False)
+            or getattr(event, "pred_gap", False)
+        )
     return False
 
 
@@ -252,11 +275,14 @@ def recheck(*, limit: int) -> dict[str, list[int]]:
     Returns {consumer: event ids} released (made published), for the caller to publish; those still
     waiting are touched, so that the next pass looks at others first.
     """
-    from outbox.consume.declare import declaration, is_enabled, is_ordered, on_dead_of
+    from outbox.consume.declare import declaration, enabled, is_ordered, on_dead_of
 
     due = timezone.now() - timedelta(seconds=WAITING_RECHECK_SECONDS)
+    # Only the consumers that can run: the waiting rows of one removed or switched off stay as
+    # they are (a replay sends them once it is back), and never crowd out the others.
+    names = [c.name for c in enabled()]
     rows = list(
-        Delivery.objects.filter(status=Delivery.Status.WAITING, updated_at__lt=due)
+        Delivery.objects.filter(status=Delivery.Status.WAITING, updated_at__lt=due, consumer__in=names)
         .order_by("updated_at")
         .values_list("consumer", "event_id")[:limit]
     )
@@ -266,8 +292,8 @@ def recheck(*, limit: int) -> dict[str, list[int]]:
     released: dict[str, list[int]] = {}
     for consumer, ids in by_consumer.items():
         declared = declaration(consumer)
-        if declared is None or not is_enabled(declared):
-            continue  # left waiting; a replay (once the consumer is back) sends it
+        if declared is None:
+            continue
         if is_ordered(declared):
             events = list(with_predecessors(Event.objects.filter(id__in=ids), declared))
             chosen = releasable(events, skip=on_dead_of(declared) == "skip")

@@ -111,6 +111,15 @@ def _check_overrides(names: set[str]) -> list[checks.CheckMessage]:
                     id="outbox.E006",
                 )
             )
+        elif any(key in values and not isinstance(values[key], bool) for key in ("enabled", "ordered")):
+            key = next(k for k in ("enabled", "ordered") if k in values and not isinstance(values[k], bool))
+            found.append(
+                checks.Error(
+                    f"OUTBOX_CONSUMERS[{name!r}][{key!r}] is {values[key]!r}: it must be True or False.",
+                    hint="A string such as 'false' would count as true.",
+                    id="outbox.E006",
+                )
+            )
         elif values.get("on_dead", "block") not in ON_DEAD:
             found.append(
                 checks.Error(

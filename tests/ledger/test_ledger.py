@@ -106,6 +106,8 @@ def test_a_consumer_of_a_type_nothing_emits_fails_the_check() -> None:
         ({"ledgr": {"enabled": False}}, r"outbox\.E005.*OUTBOX_CONSUMERS names 'ledgr', but no consumer is declared"),
         ({"ledger": {"queues": "books"}}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\] has unknown keys \['queues'\]"),
         ({"ledger": "books"}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\] has a str, not a dict"),
+        ({"ledger": {"ordered": "false"}}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\]\['ordered'\] is 'false'"),
+        ({"ledger": {"on_dead": "drop"}}, r"outbox\.E006.*OUTBOX_CONSUMERS\['ledger'\]\['on_dead'\] is 'drop'"),
     ],
 )
 def test_settings_that_name_no_consumer_or_no_setting_fail_the_check(overrides: object, expected: str) -> None:

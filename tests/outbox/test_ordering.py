@@ -9,11 +9,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client, override_settings
+from django.utils import timezone
 
 from outbox.consume import ordering
 from outbox.consume.declare import declaration
 from outbox.consume.run import Attempt, deliver
-from outbox.models import Delivery, Event
+from outbox.models import Delivery, Event, Pending
 from outbox.relay import claims
 from tests.outbox_app.models import SequenceEntry, Tally
 from tests.processes import queued
@@ -214,3 +215,57 @@ def test_with_many_waiting_a_release_asks_by_aggregate_and_releases_the_same(mon
     assert deliver("sequence", [v1], attempt=FIRST).released == [v2, v3]
     deliver("sequence", [v2, v3], attempt=FIRST)
     assert handled("many") == [1, 2, 3]
+
+
+def test_a_removed_consumers_waiting_rows_never_crowd_out_the_recheck() -> None:
+    v1, v2 = tally("crowded", 1)
+    deliver("sequence", [v2], attempt=FIRST)
+    deliver("sequence", [v1], attempt=FIRST)
+    Delivery.objects.filter(event_id=v2, consumer="sequence").update(status="waiting")  # a lost release
+    old = timezone.now() - timedelta(seconds=ordering.WAITING_RECHECK_SECONDS + 60)
+    for event_id in (v1, v2):  # older rows of a consumer that no longer exists
+        Delivery.objects.create(event_id=event_id, consumer="gone", status="waiting", updated_at=old)
+    Delivery.objects.filter(consumer="gone").update(updated_at=old)
+    Delivery.objects.filter(event_id=v2, consumer="sequence").update(updated_at=old + timedelta(seconds=1))
+    assert ordering.recheck(limit=2) == {"sequence": [v2]}
+    assert Delivery.objects.filter(consumer="gone", status="waiting").count() == 2
+
+
+def test_an_event_waits_behind_an_unsettled_one_even_when_the_event_between_never_reached_the_consumer() -> None:
+    v1, v2, v3, v4 = tally("gap", -2, 3, 4)
+    with pytest.raises(Exception, match="1 of 2 events failed"):
+        deliver("sequence", [v1, v2], attempt=FIRST)
+    assert status(v2) == "failed"
+    Delivery.objects.filter(event_id=v3, consumer="sequence").delete()  # v3 never routed to it
+    assert deliver("sequence", [v4], attempt=FIRST).waiting == [v4]
+    assert handled("gap") == [1]
+    assert deliver("sequence", [v2], attempt=RETRY).released == [v4]
+    deliver("sequence", [v4], attempt=FIRST)
+    assert handled("gap") == [1, 2, 4]
+
+
+def test_a_backfill_holds_only_what_it_has_yet_to_reach() -> None:
+    from outbox.models import Backfill
+
+    v1, v2 = tally("reached", 1)
+    Delivery.objects.filter(event_id=v1, consumer="sequence").delete()
+    Pending.objects.filter(event_id=v1).delete()
+    backfill = Backfill.objects.create(consumer="sequence", upto=v2, cursor=0, requested_by="test")
+    assert deliver("sequence", [v2], attempt=FIRST).waiting == [v2]  # v1 is still ahead of it
+    Backfill.objects.filter(pk=backfill.pk).update(cursor=v1)  # it passed v1 (and found it not its to send)
+    Delivery.objects.filter(event_id=v2, consumer="sequence").update(status="published")
+    assert deliver("sequence", [v2], attempt=FIRST).done == [v2]
+
+
+@pytest.mark.parametrize("key", ["ordered", "enabled"])
+def test_a_string_where_a_boolean_belongs_is_refused(key: str) -> None:
+    from outbox.consume.declare import is_ordered
+    from outbox.errors import RegistrationError
+
+    with (
+        override_settings(OUTBOX_CONSUMERS={"sequence": {key: "false"}}),
+        pytest.raises(
+            RegistrationError, match=rf"OUTBOX_CONSUMERS\['sequence'\]\['{key}'\] is 'false': give true or false"
+        ),
+    ):
+        is_ordered(declaration("sequence"))  # type: ignore[arg-type]
