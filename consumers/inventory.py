@@ -147,8 +147,8 @@ def _order_steps(todo: list[Event], applied_version: int) -> list[Step]:
         for row in Event.objects.checked().filter(
             aggregate_type=first.aggregate_type, aggregate_id=first.aggregate_id, aggregate_version__in=missing
         ):
-            if row.is_authentic():
-                read[row.aggregate_version] = (row.event_type, row.payload)
+            if row.is_authentic():  # at the current schema version, as the handler's own events are
+                read[row.aggregate_version] = (row.event_type, row.upcast().payload)
             else:  # not written by the writer: it changes nothing
                 refused.add(row.aggregate_version)
         if len(read) + len(refused) != len(missing):

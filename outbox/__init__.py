@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from outbox.emit.context import event_context
     from outbox.emit.model import EmittingModel
     from outbox.emit.registry import Change, ChangeKind, by_kind, register
+    from outbox.emit.schemas import upcaster
     from outbox.errors import OutboxError, RegistrationError
     from outbox.eventlog.sealing import seal_many as seals
     from outbox.models import Event
@@ -33,6 +34,7 @@ _EXPORTS = {
     "by_kind": ("outbox.emit.registry", "by_kind"),
     "Change": ("outbox.emit.registry", "Change"),
     "ChangeKind": ("outbox.emit.registry", "ChangeKind"),
+    "upcaster": ("outbox.emit.schemas", "upcaster"),
     "event_context": ("outbox.emit.context", "event_context"),
     "consumer": ("outbox.consume.declare", "consumer"),
     "Kind": ("outbox.consume.declare", "Kind"),
@@ -65,6 +67,7 @@ __all__ = [
     "register",
     "seals",
     "testing",
+    "upcaster",
 ]
 
 

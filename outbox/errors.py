@@ -15,3 +15,7 @@ class BulkWriteError(OutboxError):
 
 class RegistrationError(OutboxError):
     """A model's event declaration is invalid."""
+
+
+class UpcastError(OutboxError):
+    """An event's payload could not be brought to its type's current schema version."""

@@ -106,9 +106,12 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
     actions = [export_events_csv, export_events_jsonl, "deliver_again"]
     inlines = [DeliveryInline]
     fieldsets = [
-        (None, {"fields": ["id", "event_id", "event_type", "aggregate", "aggregate_version", "created_at"]}),
+        (
+            None,
+            {"fields": ["id", "event_id", "event_type", "aggregate", "aggregate_version", "schema", "created_at"]},
+        ),
         ("Who", {"fields": ["actor", "source", "correlation_id"]}),
-        ("What changed", {"fields": ["changed_fields", "payload_pretty"]}),
+        ("What changed", {"fields": ["changed_fields", "payload_pretty", "payload_written"]}),
     ]
     readonly_fields = [
         "id",
@@ -116,12 +119,14 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
         "event_type",
         "aggregate",
         "aggregate_version",
+        "schema",
         "created_at",
         "actor",
         "source",
         "correlation_id",
         "changed_fields",
         "payload_pretty",
+        "payload_written",
     ]
 
     def get_urls(self) -> list[URLPattern]:
@@ -146,6 +151,13 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
 
     def search_exact(self, request: HttpRequest, queryset: QuerySet[Event], term: str) -> QuerySet[Event]:
         return queryset.filter(eventlog.event_search(term))
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Event | None:
+        # The change page shows the payload at its type's current schema version, as readers get it.
+        event = super().get_object(request, object_id, from_field)
+        if event is not None:
+            eventlog.readable(event)
+        return event
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return admin_replay.can_replay(request)
@@ -172,6 +184,23 @@ class EventAdmin(admin_replay.ReplayGuard, UncountedAdmin):
     @admin.display(description="payload")
     def payload_pretty(self, event: Event) -> str:
         return format_html('<pre class="outbox-payload">{}</pre>', eventlog.payload_pretty(event))
+
+    @admin.display(description="schema version")
+    def schema(self, event: Event) -> str:
+        written, _ = event.stored()
+        error = eventlog.readable(event)  # what get_object() found: the same answer every time
+        if error:
+            return f"{written}, shown as written: it cannot be brought to the current version. {error}"
+        if written != event.schema_version:
+            return f"{event.schema_version}: written at version {written}, shown upcast (the row is unchanged)"
+        return str(written)
+
+    @admin.display(description="payload as written")
+    def payload_written(self, event: Event) -> str:
+        written, _ = event.stored()
+        if written == event.schema_version:
+            return "The payload above, as written."
+        return format_html('<pre class="outbox-payload">{}</pre>', eventlog.payload_pretty(event, written=True))
 
     def timeline_view(self, request: HttpRequest, aggregate_type: str, aggregate_id: str) -> HttpResponse:
         """An aggregate's events in version order, a page at a time, each with what it changed."""

@@ -16,8 +16,8 @@ below for what it hands out:
 - the statements: the writer's event insert, the relay's claim, mark and release of a batch,
   the sweeper's take and give-back of overdue deliveries, the relay's heartbeat and session, the
   event log's last seals, distinct values and checkpoint statements, the purge's delete, the
-  external consumers' dedupe claim and mark, and the status's clock and estimate of settled
-  deliveries;
+  external consumers' dedupe claim and mark, the status's clock and estimate of settled
+  deliveries, and the schema versions above 1 that the log holds (for a system check);
 - capabilities, which the callers ask instead of naming a database: whether the insert takes
   whole events as JSON (`whole_event_rows`), whether inserts are notified so that an idle relay
   can LISTEN instead of polling (`notifies_inserts`, `insert_listener()`, `listener_errors`), and

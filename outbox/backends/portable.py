@@ -39,8 +39,9 @@ SELECT id, type, '', 0 FROM outbox_event WHERE event_id IN ({})
 
 _EVENT = """
 INSERT INTO outbox_event
-    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, schema_version, actor, correlation_id,
+     source, tag)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
@@ -97,6 +98,7 @@ class Operations:
                         *key,
                         next_version[key],
                         r.doc.decode(),
+                        r.schema_version,
                         r.actor,
                         r.correlation_id,
                         r.source,
@@ -232,6 +234,14 @@ class Operations:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT DISTINCT {column} FROM outbox_event ORDER BY 1 LIMIT %s", [limit])  # noqa: S608
             return [row[0] for row in cursor.fetchall()]
+
+    def schema_versions(self, cursor: "CursorWrapper", *, limit: int) -> list[tuple[str, int]]:
+        """Return up to `limit` (type, schema version) pairs of the log's events above version 1, in order."""
+        cursor.execute(
+            "SELECT DISTINCT type, schema_version FROM outbox_event WHERE schema_version > 1 ORDER BY 1, 2 LIMIT %s",
+            [limit],
+        )
+        return [(row[0], row[1]) for row in cursor.fetchall()]
 
     def checkpoint_lock(self) -> bool:
         """Take the checkpoint lock for the transaction; False when another process holds it.

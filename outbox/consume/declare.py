@@ -86,6 +86,9 @@ class Consumer:
     ordered: bool = False
     # An ordered consumer's dead event: "block" its aggregate until it is replayed, or "skip" it.
     on_dead: str = "block"
+    # Bring each payload to its type's current schema version before the handler (outbox/emit/
+    # schemas.py); False: the handler reads payloads as stored (the sealer, which seals them).
+    upcast: bool = True
 
     def takes(self, event_type: str) -> bool:
         """Whether this consumer receives events of the type."""
@@ -116,6 +119,7 @@ def consumer(
     settled: Callable[[list[int]], Iterable[int]] | None = None,
     ordered: bool = False,
     on_dead: str = "block",
+    upcast: bool = True,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of consumer `name`; return it unchanged."""
     if isinstance(events, str):
@@ -171,6 +175,7 @@ def consumer(
             settled=settled,
             ordered=ordered,
             on_dead=on_dead,
+            upcast=upcast,
         )
         known = _declared.get(name)
         if known is not None and _origin(known.handler) != _origin(handler):

@@ -28,6 +28,8 @@ from outbox.consume import ordering
 from outbox.consume.declare import is_ordered, on_dead_of
 from outbox.consume.deliveries import deliveries_begin, delivery_fail
 from outbox.consume.drops import excerpt, message_drop_count
+from outbox.emit.schemas import upcast_event
+from outbox.errors import UpcastError
 from outbox.eventlog.keys import seal_key
 from outbox.eventlog.tagging import forged_reason, tag_valid
 from outbox.models import Delivery, Event, MessageDrop
@@ -140,6 +142,7 @@ def consume(
     prepare: Callable[[list[Event]], object] | None = None,
     settled: Callable[[list[int]], Iterable[int]] | None = None,
     ordered: "Consumer | None" = None,
+    upcast: bool = True,
 ) -> Outcome:
     """Apply `handle` to the message's events not yet done by `consumer`.
 
@@ -162,6 +165,10 @@ def consume(
     `ordered`, the declaration of an ordered consumer: each aggregate's events run in version
     order, an event only after its predecessor for the consumer (outbox/consume/ordering.py);
     the others are recorded waiting, and what is finished releases what waited for it.
+
+    `upcast`: bring each payload to its type's current schema version before any handler
+    (outbox/emit/schemas.py). An event whose upcaster fails is dead at once, with the error:
+    the upcaster is a pure function, so trying again cannot help; replay it after the fix.
 
     Raises dramatiq.Retry when events failed and the worker has attempts left.
     """
@@ -191,12 +198,19 @@ def consume(
     outcome.unknown = [i for i in wanted if i not in events]
     if outcome.unknown and attempt.number == 1:  # a retry of the message names the same ones again
         _refuse_unknown(consumer, outcome.unknown, len(ids))
-    # A row the writer did not write (its tag does not verify) is refused before any handler.
+    # A row the writer did not write (its tag does not verify) is refused before any handler; the
+    # others' payloads are brought to their type's current schema version (outbox/emit/schemas.py).
     key = seal_key()
     for event_id, event in events.items():
         if not tag_valid(event, key):
             outcome.failed[event_id] = forged_reason(event)
             permanent.add(event_id)
+        elif upcast:
+            try:
+                upcast_event(event)
+            except UpcastError as exc:
+                outcome.failed[event_id] = str(exc)
+                permanent.add(event_id)
     runnable = [events[i] for i in sorted(events) if i not in outcome.failed]
     gate = None
     if ordered is not None:
@@ -417,6 +431,7 @@ def deliver(name: str, event_ids: object, *, attempt: Attempt | None = None) -> 
         attempt=attempt,
         settled=declared.settled,
         ordered=declared if is_ordered(declared) else None,
+        upcast=declared.upcast,
     )
 
 
@@ -453,6 +468,7 @@ def _deliver_external(declared: "Consumer", event_ids: object, attempt: Attempt 
             attempt=attempt,
             prepare=runnable.extend,
             ordered=declared if is_ordered(declared) else None,
+            upcast=declared.upcast,
         )
     outcome.windows = windows
     return outcome

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import models
 
+from outbox.emit import schemas
 from outbox.errors import RegistrationError
 
 __all__ = ["Change", "ChangeKind", "EventSpec", "RegistrationError", "by_kind", "register"]
@@ -85,8 +86,14 @@ def register(
     aggregate_id: Callable[[Any], object] | None = None,
     untracked_fields: tuple[str, ...] = (),
     emits: tuple[str, ...] | None = None,
+    versions: Mapping[str, int] | None = None,
 ) -> EventSpec:
-    """Declare that saves and deletes of `model` write events; return the declaration."""
+    """Declare that saves and deletes of `model` write events; return the declaration.
+
+    `versions` gives the current schema version of those of its event types whose payload's shape
+    changed since their first (`{"order.placed": 2}`; every other type is at version 1), each with
+    an upcaster from every version below it (`@outbox.upcaster`, outbox/emit/schemas.py).
+    """
     from outbox.emit.model import EmittingModel
 
     if not issubclass(model, EmittingModel):
@@ -102,13 +109,16 @@ def register(
         raise RegistrationError(f"{model.__name__} has no fields {sorted(missing)}.")
     untracked = frozenset(untracked_fields)
     fields = model._meta.concrete_fields
+    declared_emits = tuple(emits) if emits is not None else getattr(event_type, "emits", None)
+    if versions:
+        schemas.versions_declare(versions, by=model.__name__, emits=declared_emits)
     spec = EventSpec(
         model=model,
         aggregate_type=aggregate_type,
         event_type=event_type,
         aggregate_id=aggregate_id or (lambda instance: instance.pk),
         untracked_fields=untracked,
-        emits=tuple(emits) if emits is not None else getattr(event_type, "emits", None),
+        emits=declared_emits,
         attnames=tuple(f.attname for f in fields),
         tracked=tuple((f.name, f.attname) for f in fields if not {f.name, f.attname} & untracked),
     )

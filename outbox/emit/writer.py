@@ -26,6 +26,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from outbox.backends import ops
 from outbox.emit.context import current
+from outbox.emit.schemas import current_version
 from outbox.errors import NotInTransactionError
 from outbox.eventlog.keys import seal_key
 from outbox.eventlog.tagging import tag
@@ -61,6 +62,7 @@ class Row:
     # What the tag covers, as emitted, whatever the caller does with its objects until the commit.
     payload: bytes
     names: tuple[str, str, str]  # type, aggregate type, aggregate id
+    schema_version: int = 1  # the type's current one (outbox/emit/schemas.py)
     tag: str = ""  # computed when the row is written (row_tag), for all of a transaction's at once
 
 
@@ -77,6 +79,7 @@ def row_tag(row: Row) -> str:
             actor=row.actor,
             correlation_id=row.correlation_id,
             source=row.source,
+            schema_version=row.schema_version,
             key=row.key,
         )
     return row.tag
@@ -111,8 +114,9 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
     event_id = event.event_id.hex if event.event_id is not None else _uuid4_hex()
     payload = _dumps(event.payload)
     names = (event.event_type, event.aggregate_type, event.aggregate_id)
+    version = current_version(event.event_type)
     if not whole:
-        return Row(actor, correlation_id, source, payload, event_id, key, payload, names)
+        return Row(actor, correlation_id, source, payload, event_id, key, payload, names, version)
     doc: dict[str, Any] = {
         "type": names[0],
         "aggregatetype": names[1],
@@ -123,7 +127,9 @@ def _row(event: NewEvent, actor: str, correlation_id: str, source: str, *, whole
         "payload": orjson.Fragment(payload),
         "event_id": event_id,
     }
-    return Row(actor, correlation_id, source, _dumps(doc), event_id, key, payload, names)
+    if version != 1:  # the insert reads a missing version as 1: most events' docs stay as short as before
+        doc["schema_version"] = version
+    return Row(actor, correlation_id, source, _dumps(doc), event_id, key, payload, names, version)
 
 
 def require_atomic(connection: BaseDatabaseWrapper) -> None:

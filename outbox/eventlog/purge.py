@@ -72,7 +72,8 @@ def _archive_rows(ids: list[int], out: IO[str]) -> None:
             "aggregatetype": event.aggregate_type,
             "aggregateid": event.aggregate_id,
             "aggregate_version": event.aggregate_version,
-            "payload": event.payload,
+            "payload": event.payload,  # as stored: an archive keeps the record, not a reading of it
+            "schema_version": event.schema_version,
             "actor": event.actor,
             "correlation_id": event.correlation_id,
             "source": event.source,

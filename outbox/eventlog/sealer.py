@@ -43,6 +43,7 @@ def sealed(event_ids: list[int]) -> list[int]:
     together=True,
     coalesce=COALESCE_SECONDS,
     settled=sealed,
+    upcast=False,  # the seal covers the payload as stored
 )
 def seal_events(events: list[Event]) -> None:
     """Seal the events, and any earlier unsealed events of their aggregates."""

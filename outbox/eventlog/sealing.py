@@ -1,7 +1,8 @@
 """Tamper evidence for the event log: a keyed hash chain per aggregate.
 
 Each event's seal is HMAC-SHA256(key, previous seal of its aggregate ‖ the event's facts), the
-facts being every column of the event in a canonical JSON form. The chain is written after
+facts being every column of the event in a canonical JSON form (the schema version only when it
+is above 1: the columns of the events sealed before it existed). The chain is written after
 commit, in version order, by the outbox's own consumer (outbox/eventlog/sealer.py),
 and by any consumer that asks for the seals (`outbox.seals()`; the audit log carries them in its
 lines). `verify()` recomputes the chains and names each event that was edited or removed behind
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from outbox.backends import ops
 from outbox.eventlog.keys import HEX_PREFIX, KEY_BYTES, key_setting, parse_key, seal_key
-from outbox.eventlog.tagging import forged_reason, tag_valid
+from outbox.eventlog.tagging import forged_reason, stored, tag_valid
 from outbox.models import AggregateVersion, Checkpoint, Event, Seal
 
 __all__ = ["HEX_PREFIX", "KEY_BYTES", "chain", "key_setting", "parse_key", "seal", "seal_key", "seal_many", "verify"]
@@ -35,24 +36,27 @@ GENESIS = ""
 
 
 def facts(event: Event) -> bytes:
-    """The event's columns in one canonical byte string (keys sorted, times in UTC ISO 8601)."""
+    """The event's columns in one canonical byte string (keys sorted, times in UTC ISO 8601), as
+    stored: an upcast instance gives its stored payload and schema version (tagging.stored())."""
     created = event.created_at.astimezone(dt_timezone.utc).isoformat() if event.created_at else None
-    return orjson.dumps(
-        [
-            event.id,
-            str(event.event_id),
-            event.event_type,
-            event.aggregate_type,
-            event.aggregate_id,
-            event.aggregate_version,
-            event.payload,
-            event.actor,
-            event.correlation_id,
-            event.source,
-            created,
-        ],
-        option=orjson.OPT_SORT_KEYS,
-    )
+    schema_version, payload = stored(event)
+    columns = [
+        event.id,
+        str(event.event_id),
+        event.event_type,
+        event.aggregate_type,
+        event.aggregate_id,
+        event.aggregate_version,
+        payload,
+        event.actor,
+        event.correlation_id,
+        event.source,
+        created,
+    ]
+    # Only above version 1, so that the seals made before schema versions existed still verify.
+    if schema_version != 1:
+        columns.append(schema_version)
+    return orjson.dumps(columns, option=orjson.OPT_SORT_KEYS)
 
 
 def chain(previous: str, event: Event, key: bytes | None = None) -> str:

@@ -3,11 +3,16 @@
 Every read here is shaped for a table of millions of events: exact matches on indexed columns,
 lists of distinct values read by skipping through an index, timelines read by version from the
 aggregate's unique index, and exports streamed from a server-side cursor.
+
+What they show of a payload is at its type's current schema version, upcast as every reader gets
+it (outbox/emit/schemas.py); an event whose upcaster fails is shown as stored, with its own
+version, rather than not at all.
 """
 
 import contextlib
 import csv
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,7 +22,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q, QuerySet
 
 from outbox.backends import ops
+from outbox.emit.schemas import current_version, upcast, upcast_event
+from outbox.errors import UpcastError
 from outbox.models import Event
+
+logger = logging.getLogger(__name__)
 
 # Columns of outbox_event whose distinct values the filters list. Each leads a btree index on
 # PostgreSQL (migrations 0001 and 0007), which distinct_values() skips through.
@@ -34,6 +43,7 @@ EXPORT_FIELDS = [
     "source",
     "correlation_id",
     "created_at",
+    "schema_version",
     "payload",
 ]
 
@@ -81,12 +91,26 @@ def event_search(term: str) -> Q:
 
 
 def timeline(aggregate_type: str, aggregate_id: str, *, after_version: int = 0, limit: int = 50) -> list[Event]:
-    """Return an aggregate's events in version order, from `after_version + 1`, up to `limit`."""
-    return list(
+    """Return an aggregate's events in version order, from `after_version + 1`, up to `limit`,
+    their payloads upcast (readable())."""
+    events = list(
         Event.objects.filter(
             aggregate_type=aggregate_type, aggregate_id=aggregate_id, aggregate_version__gt=after_version
         ).order_by("aggregate_version")[:limit]
     )
+    for event in events:
+        readable(event)
+    return events
+
+
+def readable(event: Event) -> str:
+    """Bring the event's payload to its type's current schema version, in place, for showing it;
+    return "" or, when an upcaster fails, why (the event then stays as stored)."""
+    try:
+        upcast_event(event)
+    except UpcastError as e:
+        return str(e)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -111,14 +135,27 @@ def changes(event: Event) -> list[FieldChange]:
     ]
 
 
-def payload_pretty(event: Event) -> str:
-    """Return the payload as indented JSON, keys in order."""
-    return json.dumps(event.payload, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
+def payload_pretty(event: Event, *, written: bool = False) -> str:
+    """Return the payload as indented JSON, keys in order: as the instance holds it (upcast, once
+    readable() has run), or with `written` as the row holds it."""
+    payload = event.stored()[1] if written else event.payload
+    return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
 
 
-def _rows(queryset: QuerySet[Event]) -> Iterator[tuple[Any, ...]]:
+def _rows(queryset: QuerySet[Event]) -> Iterator[dict[str, Any]]:
+    """Each event's EXPORT_FIELDS, its payload upcast to its type's current schema version; one
+    whose upcaster fails as stored, with its own version (and a warning in the log)."""
     # A server-side cursor on PostgreSQL: memory stays flat however many events are exported.
-    return queryset.order_by("id").values_list(*EXPORT_FIELDS).iterator(chunk_size=2000)
+    for row in queryset.order_by("id").values_list(*EXPORT_FIELDS).iterator(chunk_size=2000):
+        record = dict(zip(EXPORT_FIELDS, row, strict=True))
+        event_type, version = record["event_type"], record["schema_version"]
+        try:
+            record["payload"] = upcast(event_type, version, record["payload"])
+        except UpcastError as e:
+            logger.warning("Event %s is exported as stored, at schema version %s: %s", record["id"], version, e)
+        else:
+            record["schema_version"] = current_version(event_type)
+        yield record
 
 
 class _Echo:
@@ -131,15 +168,15 @@ def export_csv(queryset: QuerySet[Event]) -> Iterable[str]:
     payload as compact JSON in the last column."""
     writer = csv.writer(_Echo())
     yield writer.writerow(EXPORT_FIELDS)
-    for row in _rows(queryset):
-        *facts, created_at, payload = row
-        yield writer.writerow([*facts, created_at.isoformat(), json.dumps(payload, cls=DjangoJSONEncoder)])
+    for record in _rows(queryset):
+        record["created_at"] = record["created_at"].isoformat()
+        record["payload"] = json.dumps(record["payload"], cls=DjangoJSONEncoder)
+        yield writer.writerow([record[name] for name in EXPORT_FIELDS])
 
 
 def export_jsonl(queryset: QuerySet[Event]) -> Iterable[str]:
     """Yield the events as JSON Lines, oldest first: one object per event, the payload nested."""
-    for row in _rows(queryset):
-        record = dict(zip(EXPORT_FIELDS, row, strict=True))
+    for record in _rows(queryset):
         record["event_id"] = str(record["event_id"])
         record["created_at"] = record["created_at"].isoformat()
         yield json.dumps(record, cls=DjangoJSONEncoder, ensure_ascii=False) + "\n"

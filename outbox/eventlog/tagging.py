@@ -1,10 +1,12 @@
 """Write-time tags: proof that an event was written by the outbox's writer, not inserted by SQL.
 
 The writer tags each event with HMAC-SHA256(key, its facts as the writer knows them: event id,
-type, aggregate, payload, actor, correlation id, source). Whoever can INSERT into the event table
-but does not hold the key (OUTBOX_SEAL_KEY) cannot make a tag that verifies. The event id (its
-UUID) is unique in the log, and each seal keeps its event's UUID after the event is purged, so a
-copy of a real row, even of one long purged, is told apart and refused as well. The consumers and
+type, aggregate, payload, actor, correlation id, source, and the payload's schema version when it
+is above 1, so that the tags of the events written before versions existed still verify).
+Whoever can INSERT into the event table but does not hold the key (OUTBOX_SEAL_KEY) cannot make a
+tag that verifies. The event id (its UUID) is unique in the log, and each seal keeps its event's
+UUID after the event is purged, so a copy of a real row, even of one long purged, is told apart
+and refused as well. The consumers and
 the sealer check the tag before they act on an event: a forged row is refused (its deliveries
 dead, with the reason), never applied and never sealed, and `outbox_verify` names it.
 
@@ -93,21 +95,25 @@ def tag(
     actor: str,
     correlation_id: str,
     source: str,
+    schema_version: int = 1,
     default: Any = None,
     key: bytes | None = None,
 ) -> str:
     """Return the tag of an event's facts (`default` encodes what JSON has no type for)."""
+    listed = [
+        event_id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        _canonical(payload, default),
+        actor,
+        correlation_id,
+        source,
+    ]
+    if schema_version != 1:  # a ninth fact, so that version 1's tags are those written before versions
+        listed.append(schema_version)
     facts = orjson.dumps(
-        [
-            event_id,
-            event_type,
-            aggregate_type,
-            aggregate_id,
-            _canonical(payload, default),
-            actor,
-            correlation_id,
-            source,
-        ],
+        listed,
         default=default,
         option=orjson.OPT_SORT_KEYS,
     )
@@ -122,17 +128,27 @@ def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
+def stored(event: Any) -> tuple[int, Any]:
+    """The event's schema version and payload as stored, whatever upcasting did to the instance
+    (Event.stored()); a migration's historical model has neither the method nor, before migration
+    0015, the version."""
+    method = getattr(event, "stored", None)
+    return method() if callable(method) else (getattr(event, "schema_version", 1), event.payload)
+
+
 def event_tag(event: Any, key: bytes | None = None) -> str:
     """Return the tag that a stored event (an outbox.models.Event) should carry."""
+    schema_version, payload = stored(event)
     return tag(
         event_id=event.event_id.hex,
         event_type=event.event_type,
         aggregate_type=event.aggregate_type,
         aggregate_id=event.aggregate_id,
-        payload=event.payload,
+        payload=payload,
         actor=event.actor,
         correlation_id=event.correlation_id,
         source=event.source,
+        schema_version=schema_version,
         key=key,
     )
 

@@ -234,3 +234,110 @@ def check_message_cap_above_batch(app_configs: Any = None, **kwargs: Any) -> lis
             id="outbox.E010",
         )
     ]
+
+
+@checks.register()
+def check_schema_versions(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Each event type's current schema version is reached by upcasters from every version below it.
+
+    Every version below the current one counts as present in the log: each was the current one
+    once, and whether the log still holds an event of it is not known without reading the log,
+    which the checks at every process start do not do. So a missing step is an error wherever
+    the check runs.
+    """
+    from outbox.emit import schemas
+
+    found: list[checks.CheckMessage] = []
+    upcasters = schemas.upcasters()
+    for event_type, current in sorted(schemas.declared_versions().items()):
+        missing = [v for v in range(1, current) if (event_type, v) not in upcasters]
+        if not missing:
+            continue
+        steps = " or ".join(f"{v} to {v + 1}" for v in missing)
+        unreadable = ", ".join(str(v) for v in range(1, missing[-1] + 1))
+        found.append(
+            checks.Error(
+                f"{event_type!r} is at schema version {current}, but no upcaster brings version {steps}: its "
+                f"events written at version {unreadable} could not be read.",
+                hint="Declare "
+                + ", ".join(f"@outbox.upcaster({event_type!r}, {v})" for v in missing)
+                + ", each bringing a payload to the next version (docs/extending.md#schema-versions).",
+                id="outbox.E007",
+            )
+        )
+    for event_type, version in sorted(upcasters):
+        current = schemas.current_version(event_type)
+        if version >= current:
+            found.append(
+                checks.Error(
+                    f"An upcaster brings {event_type!r} from schema version {version} to {version + 1}, but the "
+                    f"type's current version is {current}: the writer still writes version {current}.",
+                    hint=f"If its payload changed, declare versions={{{event_type!r}: {version + 1}}} in the "
+                    "register() of the model that emits it; if not, remove the upcaster.",
+                    id="outbox.E007",
+                )
+            )
+    return found
+
+
+# Pairs of (type, schema version above 1) read from the log at most: far more than any log holds.
+LOG_VERSIONS_READ = 1000
+
+
+@checks.register(checks.Tags.database)
+def check_schema_versions_in_log(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """The log holds no event of a schema version above its type's current one: newer code wrote
+    such an event (this is a rollback), and no reader here can bring it to this code's shape.
+
+    It reads the database, so it runs only where the databases are named (`migrate`, `check
+    --database default`). It reads the (type, schema_version) pairs above version 1 from their
+    partial index (migration 0015), one index descent per pair: a log of ten million events
+    costs it what a log of ten does. Versions below the current one need no reading:
+    check_schema_versions() requires a path from each.
+    """
+    from django.db import DatabaseError, connections
+
+    from outbox.backends import ops
+    from outbox.emit import schemas
+
+    found: list[checks.CheckMessage] = []
+    for alias in sorted(databases or ()):
+        connection = connections[alias]
+        try:
+            with connection.cursor() as cursor:
+                if "outbox_event" not in connection.introspection.table_names(cursor):
+                    continue
+                columns = {c.name for c in connection.introspection.get_table_description(cursor, "outbox_event")}
+                if "schema_version" not in columns:
+                    continue  # migration 0015 not applied yet: every event is of version 1
+                pairs = ops(connection).schema_versions(cursor, limit=LOG_VERSIONS_READ)
+        except DatabaseError as e:
+            found.append(
+                checks.Warning(
+                    f"Could not read the schema versions in the event log of database {alias!r}: {e}".strip(),
+                    hint="Run `python manage.py check --database default` where the database answers.",
+                    id="outbox.W005",
+                )
+            )
+            continue
+        above: dict[str, list[int]] = {}
+        for event_type, version in pairs:
+            if version > schemas.current_version(event_type):
+                above.setdefault(event_type, []).append(version)
+        for event_type, versions in sorted(above.items()):
+            current = schemas.current_version(event_type)
+            listed = ", ".join(map(str, versions))
+            found.append(
+                checks.Error(
+                    f"The event log holds {event_type!r} events of schema version {listed}, above the type's current "
+                    f"version {current} in this code: newer code wrote them, and no reader here can bring them to "
+                    f"version {current} (their deliveries would go dead).",
+                    hint=f"Deploy the code that declares {event_type!r} at version {versions[-1]} again, with its "
+                    "upcasters: code from before a version went up cannot read what came after. Then replay the "
+                    "dead deliveries, if any (outbox_replay).",
+                    id="outbox.E008",
+                )
+            )
+    return found

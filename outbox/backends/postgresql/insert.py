@@ -26,9 +26,10 @@ WITH b AS (
     SELECT *, count(*) OVER (PARTITION BY aggregatetype, aggregateid ORDER BY seq DESC) - 1 AS from_end
     FROM ROWS FROM (
         jsonb_to_recordset(%s::jsonb) AS (
-            event_id uuid, type text, aggregatetype text, aggregateid text, payload jsonb, actor text,
-            correlation_id text, source text, tag text)
-    ) WITH ORDINALITY AS b(event_id, type, aggregatetype, aggregateid, payload, actor, correlation_id, source, tag, seq)
+            event_id uuid, type text, aggregatetype text, aggregateid text, payload jsonb, schema_version smallint,
+            actor text, correlation_id text, source text, tag text)
+    ) WITH ORDINALITY AS b(
+        event_id, type, aggregatetype, aggregateid, payload, schema_version, actor, correlation_id, source, tag, seq)
 ), v AS (
     INSERT INTO outbox_aggregate AS a (aggregatetype, aggregateid, version)
     SELECT aggregatetype, aggregateid, count(*) FROM b GROUP BY 1, 2 ORDER BY 1, 2
@@ -36,9 +37,11 @@ WITH b AS (
     RETURNING aggregatetype, aggregateid, version
 ), e AS (
     INSERT INTO outbox_event
-        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, actor, correlation_id, source, tag)
+        (event_id, type, aggregatetype, aggregateid, aggregate_version, payload, schema_version, actor,
+         correlation_id, source, tag)
     SELECT b.event_id, b.type, b.aggregatetype, b.aggregateid,
-           v.version - b.from_end, b.payload, b.actor, b.correlation_id, b.source, b.tag
+           v.version - b.from_end, b.payload, coalesce(b.schema_version, 1), b.actor, b.correlation_id, b.source,
+           b.tag
     FROM b JOIN v USING (aggregatetype, aggregateid)
     ORDER BY b.seq
     RETURNING id, type

@@ -126,6 +126,20 @@ WITH RECURSIVE v(value) AS (
 )
 SELECT value FROM v WHERE value IS NOT NULL LIMIT %s
 """
+# The same skip through the partial index on (type, schema_version) of the events above version 1
+# (migration 0015): one descent per pair, however many events each has.
+_SCHEMA_VERSIONS = """
+WITH RECURSIVE v(type, schema_version) AS (
+    (SELECT type, schema_version FROM outbox_event WHERE schema_version > 1 ORDER BY type, schema_version LIMIT 1)
+    UNION ALL
+    SELECT n.type, n.schema_version FROM v CROSS JOIN LATERAL (
+        SELECT e.type, e.schema_version FROM outbox_event e
+        WHERE e.schema_version > 1 AND (e.type, e.schema_version) > (v.type, v.schema_version)
+        ORDER BY e.type, e.schema_version LIMIT 1
+    ) n
+)
+SELECT type, schema_version FROM v LIMIT %s
+"""
 # One relay at a time takes a checkpoint (the others skip): the chain never forks.
 _LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('outbox_checkpoint'))"
 _COUNT_RANGES = """
@@ -294,6 +308,11 @@ class Operations(portable.Operations):
         with connection.cursor() as cursor:
             cursor.execute(_SKIP_SCAN.format(column=column), [limit])
             return [row[0] for row in cursor.fetchall()]
+
+    def schema_versions(self, cursor: "CursorWrapper", *, limit: int) -> list[tuple[str, int]]:
+        """A loose index scan of the partial index: one descent per (type, version) pair."""
+        cursor.execute(_SCHEMA_VERSIONS, [limit])
+        return [(row[0], row[1]) for row in cursor.fetchall()]
 
     def checkpoint_lock(self) -> bool:
         with connection.cursor() as cursor:
