@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from django.db import connection, transaction
-from django.db.models import BooleanField, Case, Count, Exists, Min, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from outbox import conf
@@ -51,55 +51,71 @@ WAITING_SCAN = 1000
 Aggregate = tuple[str, str]
 
 
-def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> "QuerySet[Event]":
-    """Annotate each event with its predecessor for the consumer and that one's state for it.
+def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> list[Event]:
+    """Load the events, each with its predecessor for the consumer and that one's state for it.
 
     `pred_id` (None: the event is the aggregate's first for the consumer), `pred_status` (its
     delivery's status, None without one), `pred_pending` (still in the relay's backlog),
     `pred_backfill` (a running backfill of the consumer has yet to reach it) and, only for a
     predecessor that has no delivery, `pred_gap`: an earlier event of the aggregate whose
     delivery to the consumer is not settled (the predecessor never reached the consumer, so
-    "the predecessor is done" says nothing of the events before it). One query, with the events;
-    every lookup is by index, and the last runs only where the predecessor has no delivery.
+    "the predecessor is done" says nothing of the events before it).
+
+    The predecessor comes with the events (one index descent each), the predecessors' deliveries
+    in one query for all; the backlog, the backfills and the gaps are asked only about
+    predecessors without a delivery, which are rare.
     """
     from outbox.consume.declare import ALL, on_dead_of
 
+    typed = ALL not in declared.events
     earlier = Event.objects.filter(
         aggregate_type=OuterRef("aggregate_type"),
         aggregate_id=OuterRef("aggregate_id"),
         aggregate_version__lt=OuterRef("aggregate_version"),
     )
-    if ALL not in declared.events:
+    if typed:
         earlier = earlier.filter(event_type__in=declared.events)
+    annotated = list(events.annotate(pred_id=Subquery(earlier.order_by("-aggregate_version").values("id")[:1])))
+    predecessor_of = {e.id: e.pred_id for e in annotated}
+    predecessors = set(predecessor_of.values()) - {None}
+    loaded: list[Event] = list(annotated)
+    statuses: dict[int, str] = {}
+    if predecessors:
+        statuses = dict(
+            Delivery.objects.filter(consumer=declared.name, event_id__in=predecessors).values_list("event_id", "status")
+        )
+    unrouted = predecessors - set(statuses)
+    pending: set[int] = set()
+    backfills: list[tuple[int, int]] = []
+    if unrouted:
+        pending = set(Pending.objects.filter(event_id__in=unrouted).values_list("event_id", flat=True))
+        backfills = list(
+            Backfill.objects.filter(consumer=declared.name, status=Backfill.Status.RUNNING).values_list(
+                "cursor", "upto"
+            )
+        )
     settled = [Delivery.Status.DONE, *([Delivery.Status.DEAD] if on_dead_of(declared) == "skip" else [])]
     unsettled = Delivery.objects.filter(event_id=OuterRef("id"), consumer=declared.name).exclude(status__in=settled)
-    return (
-        events.annotate(
-            pred_id=Subquery(earlier.order_by("-aggregate_version").values("id")[:1]),
-        )
-        .annotate(
-            pred_status=Subquery(
-                Delivery.objects.filter(event_id=OuterRef("pred_id"), consumer=declared.name).values("status")[:1]
-            ),
-            pred_pending=Exists(Pending.objects.filter(event_id=OuterRef("pred_id"))),
-            pred_backfill=Exists(
-                Backfill.objects.filter(
-                    consumer=declared.name,
-                    status=Backfill.Status.RUNNING,
-                    upto__gte=OuterRef("pred_id"),
-                    cursor__lt=OuterRef("pred_id"),
-                )
-            ),
-        )
-        .annotate(
-            # CASE evaluates the subquery only for the rows that reach its default.
-            pred_gap=Case(
-                When(Q(pred_id__isnull=True) | Q(pred_status__isnull=False), then=Value(False)),
-                default=Exists(earlier.filter(Exists(unsettled))),
-                output_field=BooleanField(),
-            ),
-        )
-    )
+    for event in loaded:
+        pred = predecessor_of[event.id]
+        state = {
+            "pred_status": statuses.get(pred),
+            "pred_pending": pred in pending,
+            "pred_backfill": pred is not None and any(cursor < pred <= upto for cursor, upto in backfills),
+            "pred_gap": False,
+        }
+        if pred in unrouted and not (state["pred_pending"] or state["pred_backfill"]):
+            before = Event.objects.filter(
+                aggregate_type=event.aggregate_type,
+                aggregate_id=event.aggregate_id,
+                aggregate_version__lt=event.aggregate_version,
+            )
+            if typed:
+                before = before.filter(event_type__in=declared.events)
+            state["pred_gap"] = before.filter(Exists(unsettled)).exists()
+        for name, value in state.items():
+            setattr(event, name, value)
+    return loaded
 
 
 def ready(event: Event, *, skip: bool) -> bool:

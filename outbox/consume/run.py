@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import dramatiq
 from django.db import connection, transaction
-from django.db.models import QuerySet
 from dramatiq.middleware import CurrentMessage
 
 from outbox import conf
@@ -190,9 +189,8 @@ def consume(
     outcome.skipped.extend(i for i in ids if i not in wanted)
     if settled is not None and wanted:
         wanted = _settle(consumer, wanted, settled, outcome)
-    loaded: QuerySet[Event] = Event.objects.checked().filter(id__in=wanted)
-    if ordered is not None:
-        loaded = ordering.with_predecessors(loaded, ordered)
+    selected = Event.objects.checked().filter(id__in=wanted)
+    loaded = list(selected) if ordered is None else ordering.with_predecessors(selected, ordered)
     events = {event.id: event for event in loaded}
     permanent: set[int] = set()
     outcome.unknown = [i for i in wanted if i not in events]
