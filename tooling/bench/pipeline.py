@@ -265,6 +265,7 @@ def ordered_ratio(
     interleaved (the arm that goes first alternates, so that a drift of the machine weighs on both);
     return the ratio of the medians of their events per second."""
     rates: dict[str, list[int]] = {"unordered": [], "ordered": []}
+    drains: dict[str, list[dict[str, float]]] = {"unordered": [], "ordered": []}
     for n in range(rounds):
         arms = ("unordered", "ordered") if n % 2 == 0 else ("ordered", "unordered")
         for arm in arms:
@@ -280,6 +281,13 @@ def ordered_ratio(
             if figures["pipeline_failed_deliveries"]:
                 raise PipelineError(f"The {arm} arm left {figures['pipeline_failed_deliveries']} deliveries failed.")
             rates[arm].append(figures["pipeline_events_per_s"])
+            drains[arm].append(
+                {
+                    k.removeprefix("pipeline_drain_s_"): v
+                    for k, v in figures.items()
+                    if k.startswith("pipeline_drain_s_")
+                }
+            )
         settle_tables()
     ordered, unordered = statistics.median(rates["ordered"]), statistics.median(rates["unordered"])
     return {
@@ -287,6 +295,8 @@ def ordered_ratio(
         "ordered_pipeline_events_per_s": round(ordered),
         "unordered_pipeline_events_per_s": round(unordered),
         "ordered_pipeline_rates": rates,
+        # Per drain, the seconds each consumer took (the slowest one is the drain's).
+        "ordered_pipeline_drain_s": drains,
         "ordered_pipeline_consumers": sorted(declared.name for declared in enabled()),
     }
 

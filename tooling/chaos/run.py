@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db.models import F
 from django.test.utils import override_settings
 
 from core import services
 from core.models import Customer
+from outbox.models import Backfill as BackfillRecord
 from tooling.chaos.checks import ROLLBACK_EMAIL, SKU_PREFIX, check
 from tooling.consumers import CONSUMER as BACKFILLED
 from tooling.database import max_event_id, undone_deliveries
@@ -199,6 +201,7 @@ class Backfill:
         self.fleet, self.scale = fleet, scale
         self.args: list[str] = []
         self.runs = 0
+        self.kills = 0
 
     @property
     def started(self) -> bool:
@@ -206,7 +209,7 @@ class Backfill:
 
     def start(self) -> None:
         """Start it; the first time, throttled to last about ten fault intervals, so that the
-        kill halfway through the rest of the traffic finds it running."""
+        faults meet it."""
         if not self.args:
             rate = max(10, int(max_event_id() / (10 * self.scale.kill_interval)))
             self.args = ["outbox_backfill", BACKFILLED, "--chunk", "100", "--rate", str(rate)]
@@ -217,21 +220,39 @@ class Backfill:
         process = self.fleet.running.get(self.NAME)
         return process is not None and process.poll() is None
 
+    def halfway(self) -> bool:
+        """Whether it is running and its cursor has passed the middle of its range."""
+        if not self.running():
+            return False
+        try:
+            return (
+                BackfillRecord.objects.filter(consumer=BACKFILLED, status=BackfillRecord.Status.RUNNING)
+                .annotate(twice=F("cursor") * 2 - F("after"))
+                .filter(twice__gte=F("upto"))
+                .exists()
+            )
+        except (OperationalError, InterfaceError):  # PostgreSQL's restart: ask again later
+            connection.close()
+            return False
+
     def revive(self) -> None:
         """Start it again if it failed (PostgreSQL's restart ends it with an error)."""
         process = self.fleet.running.get(self.NAME)
         if process is not None and process.poll() not in (None, 0) and self.runs < 20:
             self.start()
 
-    def finish(self, timeout: float) -> bool:
-        """Wait for the backfill to end, running it again after a failure (PostgreSQL's restart);
-        return whether it finished."""
+    def finish(self, timeout: float, kill: Callable[[], None]) -> bool:
+        """Wait for the backfill to end, running it again after a failure (PostgreSQL's restart),
+        and calling `kill` halfway through it if the traffic ended too soon for that; return
+        whether it finished."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.runs < 20:
             if self.fleet.running[self.NAME].poll() == 0:
                 return True
+            if self.kills == 0 and self.halfway():
+                kill()
             self.revive()
-            time.sleep(0.5)
+            time.sleep(0.2)
         return False
 
 
@@ -304,6 +325,7 @@ class Monkey:
 
     def kill_backfill(self) -> None:
         self.fleet.kill(Backfill.NAME)
+        self.backfill.kills += 1
         self.backfill.start()
         self.faults.backfill_kills += 1
         self._record("SIGKILL the backfill, started again")
@@ -375,12 +397,8 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
                     stack.enter_context(override_settings(**BACKFILL_ON_SETTINGS))
                     backfill.start()
                     monkey._record("deploy: the backfilled consumer switched on, its backfill started")
-                elif (
-                    monkey.faults.backfill_kills == 0
-                    and monkey.orders_done >= scale.orders * 0.6
-                    and backfill.running()
-                ):
-                    monkey.kill_backfill()  # once, halfway through it (it is throttled to outlast the traffic)
+                elif monkey.faults.backfill_kills == 0 and monkey.orders_done % 10 == 0 and backfill.halfway():
+                    monkey.kill_backfill()  # once, halfway through its range
                 if progress:
                     progress(n)
 
@@ -394,7 +412,7 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             except ProcessError as e:
                 raise ChaosError(str(e)) from e
             traffic_seconds = time.monotonic() - started
-            backfilled = backfill.finish(scale.drain_timeout) if backfill.started else False
+            backfilled = backfill.finish(scale.drain_timeout, monkey.kill_backfill) if backfill.started else False
             drained = _drain(first_event, scale.drain_timeout)
             drain_seconds = time.monotonic() - monkey.faults.last_at
             fleet.stop_all()
