@@ -358,6 +358,15 @@ def _settle_order(declared: "Consumer", gate: "ordering.Gate", outcome: Outcome,
         event = events.get(event_id)
         if event is not None:
             note(event, event.aggregate_version)
+    # Done without being loaded: by `settled` (their effect was there), or before this message
+    # (a redelivery, or a retry after an error that ended the run early). What waits behind them
+    # is released too, not left to the sweeper.
+    elsewhere = sorted({*outcome.done, *outcome.skipped} - set(events))
+    for aggregate_type, aggregate_id, version in Event.objects.filter(id__in=elsewhere).values_list(
+        "aggregate_type", "aggregate_id", "aggregate_version"
+    ):
+        key = (aggregate_type, aggregate_id)
+        after[key] = min(after.get(key, version), version)
     outcome.released = ordering.release(declared, after)
 
 

@@ -269,3 +269,15 @@ def test_a_string_where_a_boolean_belongs_is_refused(key: str) -> None:
         ),
     ):
         is_ordered(declaration("sequence"))  # type: ignore[arg-type]
+
+
+def test_a_redelivered_message_of_done_events_releases_what_waits_behind_them() -> None:
+    """Events done before the message arrived (a redelivery, or a retry after a run cut short) or
+    done by `settled` still release their successors, without waiting for the sweeper."""
+    v1, v2 = tally("redelivered", 1)
+    deliver("sequence", [v2], attempt=FIRST)
+    deliver("sequence", [v1], attempt=FIRST)
+    Delivery.objects.filter(event_id=v2, consumer="sequence").update(status="waiting")  # its release was lost
+    outcome = deliver("sequence", [v1], attempt=FIRST)
+    assert outcome.skipped == [v1]
+    assert outcome.released == [v2]
