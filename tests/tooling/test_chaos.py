@@ -14,19 +14,9 @@ from outbox.models import Delivery, Event
 from tests.outbox_app.models import Tally
 from tests.processes import manage_run
 from tooling.chaos.checks import check
+from tooling.management.commands.outbox_chaos import INVARIANTS
 from tooling.models import BackfillReceipt
 from tooling.processes import NoticeCounter
-
-INVARIANTS = (
-    "lost_events",
-    "duplicate_effects",
-    "stock_mismatches",
-    "rolled_back_published",
-    "version_regressions",
-    "ordering_violations",
-    "backfill_missing",
-    "backfill_duplicates",
-)
 
 
 def test_nothing_is_lost_or_applied_twice_under_faults() -> None:
