@@ -245,9 +245,10 @@ def is_ordered(declared: Consumer) -> bool:
     return bool(_overrides(declared.name).get("ordered", declared.ordered))
 
 
-def on_dead_of(declared: Consumer) -> str:
-    """What an ordered consumer does after a dead event of an aggregate: "block" or "skip"."""
-    return str(_overrides(declared.name).get("on_dead", declared.on_dead))
+def skips_dead(declared: Consumer) -> bool:
+    """Whether an ordered consumer goes on past a dead event of an aggregate (`on_dead="skip"`)
+    rather than blocking the aggregate behind it (`"block"`; settings may say)."""
+    return _overrides(declared.name).get("on_dead", declared.on_dead) == "skip"
 
 
 def declared() -> list[Consumer]:

@@ -65,7 +65,7 @@ def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> list[E
     in one query for all; the backlog, the backfills and the gaps are asked only about
     predecessors without a delivery, which are rare.
     """
-    from outbox.consume.declare import ALL, on_dead_of
+    from outbox.consume.declare import ALL, skips_dead
 
     typed = ALL not in declared.events
     earlier = Event.objects.filter(
@@ -94,7 +94,7 @@ def with_predecessors(events: "QuerySet[Event]", declared: "Consumer") -> list[E
                 "cursor", "upto"
             )
         )
-    settled = [Delivery.Status.DONE, *([Delivery.Status.DEAD] if on_dead_of(declared) == "skip" else [])]
+    settled = [Delivery.Status.DONE, *([Delivery.Status.DEAD] if skips_dead(declared) else [])]
     unsettled = Delivery.objects.filter(event_id=OuterRef("id"), consumer=declared.name).exclude(status__in=settled)
     for event in loaded:
         pred = predecessor_of[event.id]
@@ -138,7 +138,6 @@ def ready(event: Event, *, skip: bool) -> bool:
 class Gate:
     """Which of a message's events may run, as the run goes (consume() asks before each group)."""
 
-    skip: bool
     # Event id → whether its predecessor let it run when the message's events were loaded.
     ready: dict[int, bool] = field(default_factory=dict)
     predecessor: dict[int, int | None] = field(default_factory=dict)
@@ -148,7 +147,7 @@ class Gate:
 
     @classmethod
     def over(cls, events: Iterable[Event], *, skip: bool) -> "Gate":
-        gate = cls(skip=skip)
+        gate = cls()
         for event in events:
             gate.ready[event.id] = ready(event, skip=skip)
             gate.predecessor[event.id] = getattr(event, "pred_id", None)
@@ -238,7 +237,7 @@ def waiting_after(declared: "Consumer", after: dict[Aggregate, int]) -> list[Eve
             for event_id, aggregate_type, aggregate_id, version in rows
             if version > after.get((aggregate_type, aggregate_id), version)
         ]
-        return list(with_predecessors(Event.objects.filter(id__in=ids), declared)) if ids else []
+        return with_predecessors(Event.objects.filter(id__in=ids), declared) if ids else []
     found: list[Event] = []
     items = list(after.items())
     for start in range(0, len(items), RELEASE_CHUNK):
@@ -248,7 +247,7 @@ def waiting_after(declared: "Consumer", after: dict[Aggregate, int]) -> list[Eve
         waiting = Delivery.objects.filter(
             event_id=OuterRef("id"), consumer=declared.name, status=Delivery.Status.WAITING
         )
-        found += list(with_predecessors(Event.objects.filter(condition).filter(Exists(waiting)), declared))
+        found += with_predecessors(Event.objects.filter(condition).filter(Exists(waiting)), declared)
     return found
 
 
@@ -257,11 +256,11 @@ def release(declared: "Consumer", after: dict[Aggregate, int]) -> list[int]:
 
     Call it after the transactions that finished (or parked) events of those aggregates committed.
     """
-    from outbox.consume.declare import on_dead_of
+    from outbox.consume.declare import skips_dead
 
     if not after:
         return []
-    ids = flip(declared.name, releasable(waiting_after(declared, after), skip=on_dead_of(declared) == "skip"))
+    ids = flip(declared.name, releasable(waiting_after(declared, after), skip=skips_dead(declared)))
     send(declared.name, ids)
     return ids
 
@@ -291,7 +290,7 @@ def recheck(*, limit: int) -> dict[str, list[int]]:
     Returns {consumer: event ids} released (made published), for the caller to publish; those still
     waiting are touched, so that the next pass looks at others first.
     """
-    from outbox.consume.declare import declaration, enabled, is_ordered, on_dead_of
+    from outbox.consume.declare import declaration, enabled, is_ordered, skips_dead
 
     due = timezone.now() - timedelta(seconds=WAITING_RECHECK_SECONDS)
     # Only the consumers that can run: the waiting rows of one removed or switched off stay as
@@ -311,8 +310,9 @@ def recheck(*, limit: int) -> dict[str, list[int]]:
         if declared is None:
             continue
         if is_ordered(declared):
-            events = list(with_predecessors(Event.objects.filter(id__in=ids), declared))
-            chosen = releasable(events, skip=on_dead_of(declared) == "skip")
+            chosen = releasable(
+                with_predecessors(Event.objects.filter(id__in=ids), declared), skip=skips_dead(declared)
+            )
         else:  # no longer ordered: nothing to wait for
             chosen = sorted(ids)
         flipped = flip(consumer, chosen)
@@ -344,9 +344,9 @@ def blocked(declared: "Consumer", *, limit: int = 50) -> tuple[int, list[Blocked
     """Return how many aggregates the consumer's dead events block, and the first `limit` of them,
     with the blocking event and how many events wait behind it. None for a consumer that is not
     ordered, or that skips its dead events."""
-    from outbox.consume.declare import is_ordered, on_dead_of
+    from outbox.consume.declare import is_ordered, skips_dead
 
-    if not is_ordered(declared) or on_dead_of(declared) == "skip":
+    if not is_ordered(declared) or skips_dead(declared):
         return 0, []
     dead = Delivery.objects.filter(consumer=declared.name, status=Delivery.Status.DEAD)
     per_aggregate = (

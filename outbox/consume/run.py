@@ -24,7 +24,7 @@ from dramatiq.middleware import CurrentMessage
 
 from outbox import conf
 from outbox.consume import ordering
-from outbox.consume.declare import is_ordered, on_dead_of
+from outbox.consume.declare import is_ordered, skips_dead
 from outbox.consume.deliveries import deliveries_begin, delivery_fail
 from outbox.consume.drops import excerpt, message_drop_count
 from outbox.emit.schemas import upcast_event
@@ -212,7 +212,7 @@ def consume(
     runnable = [events[i] for i in sorted(events) if i not in outcome.failed]
     gate = None
     if ordered is not None:
-        gate = ordering.Gate.over(runnable, skip=on_dead_of(ordered) == "skip")
+        gate = ordering.Gate.over(runnable, skip=skips_dead(ordered))
         runnable.sort(key=lambda e: (e.aggregate_version, e.id))  # each aggregate's in version order
     if prepare is not None:
         prepare(runnable)
@@ -346,18 +346,18 @@ def _settle_order(declared: "Consumer", gate: "ordering.Gate", outcome: Outcome,
     outcome.waiting = held
     after: dict[tuple[str, str], int] = {}
 
-    def note(event: Event, version: int) -> None:
-        key = (event.aggregate_type, event.aggregate_id)
+    def note(aggregate_type: str, aggregate_id: str, version: int) -> None:
+        key = (aggregate_type, aggregate_id)
         after[key] = min(after.get(key, version), version)
 
-    skip = on_dead_of(declared) == "skip"
     for event_id in held:
-        note(events[event_id], events[event_id].aggregate_version - 1)
-    moved = list(gate.done) + (list(outcome.dead) if skip else [])
+        parked = events[event_id]
+        note(parked.aggregate_type, parked.aggregate_id, parked.aggregate_version - 1)
+    moved = list(gate.done) + (list(outcome.dead) if skips_dead(declared) else [])
     for event_id in moved:
         event = events.get(event_id)
         if event is not None:
-            note(event, event.aggregate_version)
+            note(event.aggregate_type, event.aggregate_id, event.aggregate_version)
     # Done without being loaded: by `settled` (their effect was there), or before this message
     # (a redelivery, or a retry after an error that ended the run early). What waits behind them
     # is released too, not left to the sweeper.
@@ -365,8 +365,7 @@ def _settle_order(declared: "Consumer", gate: "ordering.Gate", outcome: Outcome,
     for aggregate_type, aggregate_id, version in Event.objects.filter(id__in=elsewhere).values_list(
         "aggregate_type", "aggregate_id", "aggregate_version"
     ):
-        key = (aggregate_type, aggregate_id)
-        after[key] = min(after.get(key, version), version)
+        note(aggregate_type, aggregate_id, version)
     outcome.released = ordering.release(declared, after)
 
 

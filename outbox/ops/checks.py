@@ -111,11 +111,11 @@ def _check_overrides(names: set[str]) -> list[checks.CheckMessage]:
                     id="outbox.E006",
                 )
             )
-        elif any(key in values and not isinstance(values[key], bool) for key in ("enabled", "ordered")):
-            key = next(k for k in ("enabled", "ordered") if k in values and not isinstance(values[k], bool))
+        elif not_bool := [key for key in ("enabled", "ordered") if key in values and not isinstance(values[key], bool)]:
             found.append(
                 checks.Error(
-                    f"OUTBOX_CONSUMERS[{name!r}][{key!r}] is {values[key]!r}: it must be True or False.",
+                    f"OUTBOX_CONSUMERS[{name!r}][{not_bool[0]!r}] is {values[not_bool[0]]!r}: "
+                    "it must be True or False.",
                     hint="A string such as 'false' would count as true.",
                     id="outbox.E006",
                 )

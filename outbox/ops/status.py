@@ -246,14 +246,14 @@ def blocked_states(deliveries: dict[str, dict[str, int]]) -> dict[str, BlockedSt
     Only consumers with a dead delivery are asked (the counts are at hand): each question reads
     that consumer's dead deliveries, by the partial index of failed and dead ones.
     """
-    from outbox.consume.declare import declaration, is_ordered, on_dead_of
+    from outbox.consume.declare import declaration, is_ordered, skips_dead
 
     states = {}
     for consumer, counts in deliveries.items():
         declared = declaration(consumer)
         if not counts.get(Delivery.Status.DEAD) or declared is None:
             continue
-        if not is_ordered(declared) or on_dead_of(declared) != "block":
+        if not is_ordered(declared) or skips_dead(declared):
             continue
         count, rows = ordering.blocked(declared, limit=BLOCKED_SHOWN)
         states[consumer] = BlockedState(
