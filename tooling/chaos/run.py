@@ -201,7 +201,6 @@ class Backfill:
         self.fleet, self.scale = fleet, scale
         self.args: list[str] = []
         self.runs = 0
-        self.kills = 0
 
     @property
     def started(self) -> bool:
@@ -241,16 +240,15 @@ class Backfill:
         if process is not None and process.poll() not in (None, 0) and self.runs < 20:
             self.start()
 
-    def finish(self, timeout: float, kill: Callable[[], None]) -> bool:
-        """Wait for the backfill to end, running it again after a failure (PostgreSQL's restart),
-        and calling `kill` halfway through it if the traffic ended too soon for that; return
-        whether it finished."""
+    def finish(self, timeout: float, meanwhile: Callable[[], None]) -> bool:
+        """Wait for the backfill to end, running it again after a failure (PostgreSQL's restart)
+        and calling `meanwhile` on each round (the monkey's kill halfway, if the traffic ended too
+        soon for it); return whether it finished."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.runs < 20:
             if self.fleet.running[self.NAME].poll() == 0:
                 return True
-            if self.kills == 0 and self.halfway():
-                kill()
+            meanwhile()
             self.revive()
             time.sleep(0.2)
         return False
@@ -323,9 +321,11 @@ class Monkey:
         self.faults.postgres_restarts += 1
         self._record("PostgreSQL restarted")
 
-    def kill_backfill(self) -> None:
+    def kill_backfill_halfway(self) -> None:
+        """SIGKILL the backfill and start it again, once, when its cursor passes the middle."""
+        if self.faults.backfill_kills or not self.backfill.halfway():
+            return
         self.fleet.kill(Backfill.NAME)
-        self.backfill.kills += 1
         self.backfill.start()
         self.faults.backfill_kills += 1
         self._record("SIGKILL the backfill, started again")
@@ -397,8 +397,8 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
                     stack.enter_context(override_settings(**BACKFILL_ON_SETTINGS))
                     backfill.start()
                     monkey._record("deploy: the backfilled consumer switched on, its backfill started")
-                elif monkey.faults.backfill_kills == 0 and monkey.orders_done % 10 == 0 and backfill.halfway():
-                    monkey.kill_backfill()  # once, halfway through its range
+                elif monkey.orders_done % 10 == 0:
+                    monkey.kill_backfill_halfway()
                 if progress:
                     progress(n)
 
@@ -412,7 +412,9 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             except ProcessError as e:
                 raise ChaosError(str(e)) from e
             traffic_seconds = time.monotonic() - started
-            backfilled = backfill.finish(scale.drain_timeout, monkey.kill_backfill) if backfill.started else False
+            backfilled = (
+                backfill.finish(scale.drain_timeout, monkey.kill_backfill_halfway) if backfill.started else False
+            )
             drained = _drain(first_event, scale.drain_timeout)
             drain_seconds = time.monotonic() - monkey.faults.last_at
             fleet.stop_all()
