@@ -49,6 +49,11 @@ def heartbeat_stale_seconds() -> float:
     return float(getattr(settings, "OUTBOX_HEARTBEAT_STALE_SECONDS", 30.0))
 
 
+def worker_heartbeat_seconds() -> float:
+    """How often a worker process beats its heartbeat in Redis (outbox.consume.worker.WorkerHeartbeat)."""
+    return float(getattr(settings, "OUTBOX_WORKER_HEARTBEAT_SECONDS", 1.0))
+
+
 def periodic_jobs() -> dict[str, dict[str, Any]]:
     """Job name → {"callable": dotted path, "daily_at": "HH:MM" (UTC), "kwargs": {...}}."""
     return dict(getattr(settings, "OUTBOX_PERIODIC_JOBS", {}))

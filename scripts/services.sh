@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL and Redis that the test suite uses are up on 127.0.0.1, and Chromium and
+# Make sure the PostgreSQL, Redis and RabbitMQ that the test suite uses are up on 127.0.0.1 (with
+# RabbitMQ's virtual host for the tests, outbox_test), and Chromium and
 # docker-compose (which validates compose.yaml, tests/test_compose.py) are there.
 # Starts them when they are installed but stopped; says what is missing otherwise.
 set -u
 
-PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
+PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379 RABBITMQ_PORT=5672
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -41,6 +42,27 @@ if ! listening "$REDIS_PORT"; then
         echo "       Install Redis 7 (Debian: apt-get install redis-server), or point REDIS_URL at one." >&2
         status=1
     fi
+fi
+
+if ! listening "$RABBITMQ_PORT"; then
+    if command -v rabbitmq-server >/dev/null 2>&1; then
+        echo "Starting RabbitMQ..."
+        rabbitmq-server -detached || true
+        wait_for "$RABBITMQ_PORT" RabbitMQ || status=1
+    else
+        echo "error: RabbitMQ is not running on 127.0.0.1:$RABBITMQ_PORT and is not installed here." >&2
+        echo "       Install it (Debian: apt-get install rabbitmq-server), or point TEST_RABBITMQ_URL at one." >&2
+        status=1
+    fi
+fi
+# The tests' own virtual host, so that they never touch another application's queues.
+if command -v rabbitmqctl >/dev/null 2>&1 && listening "$RABBITMQ_PORT"; then
+    if ! rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx outbox_test; then
+        # Right after a start the node may still be booting: wait for it, then add the host.
+        rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+        rabbitmqctl -q add_vhost outbox_test >/dev/null 2>&1 || true
+    fi
+    rabbitmqctl -q set_permissions -p outbox_test guest ".*" ".*" ".*" >/dev/null 2>&1 || true
 fi
 
 # The browser tests drive Debian's Chromium (tests/browser): install it when it is missing.

@@ -161,9 +161,29 @@ STORAGES = {
 }
 
 # --- Broker -------------------------------------------------------------------------------------
-# REDIS_URL selects Redis as Dramatiq's broker. Without it, Dramatiq's in-process stub broker is
-# used, and the relay runs the consumers in its own process (see docs/operations.md).
+# BROKER_URL selects Dramatiq's broker: redis:// or rediss:// (Redis), amqp:// or amqps://
+# (RabbitMQ). REDIS_URL, the older name, still selects Redis when BROKER_URL is not set. With
+# neither, Dramatiq's in-process stub broker is used, and the relay runs the consumers in its own
+# process (see docs/operations.md#choosing-a-broker).
 REDIS_URL = env.str("REDIS_URL", default="")
+BROKER_URL = env.str("BROKER_URL", default="") or REDIS_URL
+BROKER_SCHEMES = {"redis": "redis", "rediss": "redis", "amqp": "rabbitmq", "amqps": "rabbitmq"}
+_scheme = BROKER_URL.partition("://")[0].lower() if "://" in BROKER_URL else BROKER_URL
+if BROKER_URL and _scheme not in BROKER_SCHEMES:
+    raise ImproperlyConfigured(
+        f"BROKER_URL starts with {_scheme[:20]!r}, which names no broker this project runs: use redis://<host>:6379/0 "
+        "or rediss:// (Redis), amqp://<user>:<password>@<host>:5672/<vhost> or amqps:// (RabbitMQ), or leave it "
+        "unset for the embedded in-process broker."
+    )
+# "redis", "rabbitmq", or "" for the in-process stub broker.
+BROKER = BROKER_SCHEMES.get(_scheme, "")
+# RabbitMQ: the queues' type, classic or quorum (replicated across a cluster; docs/operations.md).
+OUTBOX_RABBITMQ_QUEUE_TYPE = env.str("OUTBOX_RABBITMQ_QUEUE_TYPE", default="classic")
+# Redis: each worker process beats its heartbeat this often, and a relay gives a worker's
+# unacknowledged messages to the others once its heartbeat is older than the second figure (a
+# worker that died). RabbitMQ does the same by itself when a worker's connection drops.
+OUTBOX_WORKER_HEARTBEAT_SECONDS = env.float("OUTBOX_WORKER_HEARTBEAT_SECONDS", default=1.0)
+OUTBOX_WORKER_STALE_SECONDS = env.float("OUTBOX_WORKER_STALE_SECONDS", default=5.0)
 # Dramatiq's Prometheus middleware: each `rundramatiq` serves the workers' metrics on its own port
 # (dramatiq_prom_host/dramatiq_prom_port, default 0.0.0.0:9191; multiprocess files under
 # dramatiq_prom_db). Set it for worker processes only: the embedded default's relay runs the
@@ -172,9 +192,18 @@ DRAMATIQ_PROMETHEUS = env.bool("DRAMATIQ_PROMETHEUS", default=False)
 # Middleware is listed explicitly: django-dramatiq's default list names a Prometheus middleware
 # path that Dramatiq 2 no longer has, and its AdminMiddleware writes a row per message.
 DRAMATIQ_BROKER = {
-    # Dramatiq's Redis broker, plus idle workers woken on enqueue (outbox/consume/broker.py).
-    "BROKER": "outbox.consume.broker.WakingRedisBroker" if REDIS_URL else "dramatiq.brokers.stub.StubBroker",
-    "OPTIONS": {"url": REDIS_URL} if REDIS_URL else {},
+    # Dramatiq's Redis broker plus idle workers woken on enqueue (outbox/consume/broker.py), or its
+    # RabbitMQ broker with confirmed batches (outbox/consume/rabbitmq.py).
+    "BROKER": {
+        "redis": "outbox.consume.broker.WakingRedisBroker",
+        "rabbitmq": "outbox.consume.rabbitmq.OutboxRabbitmqBroker",
+        "": "dramatiq.brokers.stub.StubBroker",
+    }[BROKER],
+    "OPTIONS": {
+        "redis": {"url": BROKER_URL, "heartbeat_timeout": int(OUTBOX_WORKER_STALE_SECONDS * 1000)},
+        "rabbitmq": {"url": BROKER_URL, "queue_type": OUTBOX_RABBITMQ_QUEUE_TYPE},
+        "": {},
+    }[BROKER],
     "MIDDLEWARE": [
         "dramatiq.middleware.AgeLimit",
         "dramatiq.middleware.TimeLimit",
@@ -184,6 +213,7 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.CurrentMessage",
         "django_dramatiq.middleware.DbConnectionsMiddleware",
         "outbox.consume.worker.AttemptClock",
+        "outbox.consume.worker.WorkerHeartbeat",
         *(["dramatiq.middleware.prometheus.Prometheus"] if DRAMATIQ_PROMETHEUS else []),
     ],
 }
@@ -333,4 +363,6 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # pika logs every connection step at INFO; its warnings (a connection lost) are what matters.
+    "loggers": {"pika": {"level": "WARNING"}},
 }

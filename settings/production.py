@@ -12,7 +12,7 @@ SECRET_KEY and OUTBOX_SEAL_KEY are real secrets and the database role owns nothi
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import DATABASES, EMBEDDED_SECRET_KEY, env, secret
+from .base import BROKER, DATABASES, EMBEDDED_SECRET_KEY, env, secret
 
 SECRET_KEY = secret("SECRET_KEY")
 if not SECRET_KEY:
@@ -42,11 +42,11 @@ if DATABASES["default"]["ENGINE"] != "outbox.backends.postgresql":
         f"DATABASE_URL selects {DATABASES['default']['ENGINE']}; production settings need PostgreSQL: "
         "set DATABASE_URL=postgres://<app role>:<password>@<host>:5432/<database>."
     )
-if not env.str("REDIS_URL", default=""):
+if not BROKER:
     raise ImproperlyConfigured(
-        "REDIS_URL is not set. Production settings refuse the in-process stub broker, whose messages "
-        "no worker process would ever see: set REDIS_URL=redis://:<password>@<host>:6379/0 "
-        "(rediss:// for TLS)."
+        "BROKER_URL is not set. Production settings refuse the in-process stub broker, whose messages "
+        "no worker process would ever see: set BROKER_URL=redis://:<password>@<host>:6379/0 (rediss:// for TLS) "
+        "or BROKER_URL=amqp://<user>:<password>@<host>:5672/<vhost> (amqps:// for TLS)."
     )
 DEBUG = env.bool("DEBUG", default=False)
 

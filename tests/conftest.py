@@ -15,6 +15,7 @@ from django.test import Client
 
 from core import services
 from core.models import Customer, Product
+from tests.brokers import SuiteBroker, brokers
 
 
 @pytest.fixture
@@ -51,6 +52,16 @@ def empty_queues() -> Iterator[None]:
     client.flushdb()
     yield
     client.flushdb()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[SuiteBroker]:
+    """Each broker in turn, empty before and after: the suite's Redis database, then its RabbitMQ
+    virtual host. Processes get `broker.env()`."""
+    chosen = brokers()[request.param]
+    chosen.empty()
+    yield chosen
+    chosen.empty()
 
 
 @pytest.fixture

@@ -88,6 +88,35 @@ class WakingRedisBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
+    def requeue_dead(self) -> int:
+        """Give the unacknowledged messages of workers whose heartbeat is stale (older than
+        `heartbeat_timeout`: the process died) back to their queues now, and wake a consumer of each
+        queue with messages waiting; return how many messages the queues hold, in flight included.
+
+        This is Dramatiq's own maintenance, which it otherwise runs by chance on one command in a
+        thousand, run on every declared queue and delay queue.
+        """
+        dispatch = self.scripts["dispatch"]
+        held = 0
+        for queue in sorted({*self.get_declared_queues(), *self.get_declared_delay_queues()}):
+            args = [
+                "qsize",
+                current_millis(),
+                queue,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                1,
+                self._max_unpack_size(),
+            ]
+            held += int(dispatch(keys=[self.namespace], args=args))
+            if queue in self.get_declared_queues() and self.client.llen(f"{self.namespace}:{queue}"):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.lpush(wake_key(self.namespace, queue), 1)
+                pipe.ltrim(wake_key(self.namespace, queue), 0, WAKE_TOKENS_KEPT - 1)
+                pipe.execute()
+        return held
+
 
 @dataclasses.dataclass(frozen=True)
 class ShortMessage(Message[Any]):
@@ -100,15 +129,22 @@ class ShortMessage(Message[Any]):
         return excerpt(super().__str__())
 
 
-class _WakingConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer (dramatiq 2.2, `_RedisConsumer.__next__`), blocking on the
-    queue's wake-up list where the original sleeps, and dropping what no actor can run."""
+class Screening:
+    """What a consumer refuses before the worker sees it, on any broker: a message larger than
+    OUTBOX_MESSAGE_MAX_BYTES, one that does not decode, one for an actor this deployment does not
+    define, one whose arguments its actor does not take. A consumer class mixes it in and says,
+    in `_discard`, how its broker dead-letters a fetched message."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.signatures: dict[str, inspect.Signature] = {}
+    broker: Any
+    queue_name: str
+    signatures: dict[str, inspect.Signature]
 
-    def _accepted(self, data: bytes) -> Message[Any] | None:
+    def _discard(self, data: bytes, handle: object) -> None:
+        """Dead-letter the fetched message whose body is `data` (`handle` is the broker's own
+        reference to it, where it has one)."""
+        raise NotImplementedError
+
+    def _accepted(self, data: bytes, handle: object = None) -> Message[Any] | None:
         """Return the message in `data`, or None when it was dropped (dead-lettered and counted)."""
         # Imported here: Dramatiq loads the broker while Django's apps are still being set up.
         from outbox import conf
@@ -116,26 +152,27 @@ class _WakingConsumer(_RedisConsumer):
 
         limit = conf.message_max_bytes()
         if len(data) > limit:
-            self._drop(data, MessageDrop.Reason.OVERSIZED, f"{len(data)} bytes, over OUTBOX_MESSAGE_MAX_BYTES={limit}")
+            detail = f"{len(data)} bytes, over OUTBOX_MESSAGE_MAX_BYTES={limit}"
+            self._drop(data, handle, MessageDrop.Reason.OVERSIZED, detail)
             return None
         try:
             message = ShortMessage.decode(data)
         except DecodeError as e:
             cause = e.error.error if isinstance(e.error, DecodeError) else e.error
             detail = f"it does not decode ({type(cause).__name__}: {str(cause)[:100]})"
-            self._drop(data, MessageDrop.Reason.MALFORMED, detail)
+            self._drop(data, handle, MessageDrop.Reason.MALFORMED, detail)
             return None
         # JSON decodes to any shape: the fields the worker hashes or looks up must be what they say.
         shaped = all(isinstance(v, str) for v in (message.actor_name, message.queue_name, message.message_id))
         shaped = shaped and isinstance(message.kwargs, dict) and isinstance(message.options, dict)
-        message_id = message.options.get("redis_message_id") if shaped else None
-        if not isinstance(message_id, str):
-            self._drop(data, MessageDrop.Reason.MALFORMED, "its fields are not a Dramatiq message's")
+        if not shaped or not self._options_valid(message.options):
+            self._drop(data, handle, MessageDrop.Reason.MALFORMED, "its fields are not a Dramatiq message's")
             return None
         actor = self.broker.actors.get(message.actor_name)
         if actor is None:
             self._drop(
                 data,
+                handle,
                 MessageDrop.Reason.UNKNOWN_ACTOR,
                 f"no actor is named {str(message.actor_name)[:100]!r}",
             )
@@ -145,34 +182,55 @@ class _WakingConsumer(_RedisConsumer):
             signature.bind(*message.args, **message.kwargs)
         except TypeError as e:
             detail = f"{actor.actor_name} does not take these arguments ({str(e)[:100]})"
-            self._drop(data, MessageDrop.Reason.MALFORMED, detail, consumer=actor.actor_name)
+            self._drop(data, handle, MessageDrop.Reason.MALFORMED, detail, consumer=actor.actor_name)
             return None
         return message
+
+    def _options_valid(self, options: dict[str, Any]) -> bool:
+        """Whether the options a broker itself reads from a message are of their type."""
+        return True
 
     def _drop(
         self,
         data: bytes,
+        handle: object,
         reason: "MessageDrop.Reason",
         detail: str,
         *,
         consumer: str | None = None,
     ) -> None:
-        """Move the fetched message to the dead-letter set, count it and log it in one short line."""
+        """Dead-letter the fetched message, count it and log it in one short line."""
         from outbox.consume.drops import excerpt, message_drop_count_safely
 
-        # Found by its body, never by the id it names: a forged body may name another message.
-        message_id = self._fetched_id(data)
-        if message_id is not None:
-            self.broker.do_nack(self.queue_name, message_id)
+        self._discard(data, handle)
         logger.error(
             "Dropped a message from queue %s (%s): %s. Nothing was applied; it is kept in the queue's "
-            "dead-letter set. The message began: %s",
+            "dead letters. The message began: %s",
             self.queue_name,
             reason.value,
             detail,
             excerpt(data),
         )
         message_drop_count_safely(consumer=consumer or self.queue_name, reason=reason, detail=detail)
+
+
+class _WakingConsumer(Screening, _RedisConsumer):
+    """Dramatiq's Redis consumer (dramatiq 2.2, `_RedisConsumer.__next__`), blocking on the
+    queue's wake-up list where the original sleeps, and dropping what no actor can run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signatures = {}
+
+    def _options_valid(self, options: dict[str, Any]) -> bool:
+        return isinstance(options.get("redis_message_id"), str)
+
+    def _discard(self, data: bytes, handle: object) -> None:
+        """Move the message to the queue's dead-letter set (where Dramatiq keeps dead messages for a week)."""
+        # Found by its body, never by the id it names: a forged body may name another message.
+        message_id = self._fetched_id(data)
+        if message_id is not None:
+            self.broker.do_nack(self.queue_name, message_id)
 
     def _fetched_id(self, data: bytes) -> str | None:
         """Return the Redis id of a fetched message, found among this consumer's unacknowledged

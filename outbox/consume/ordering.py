@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import dramatiq
 from django.db import connection, transaction
 from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
@@ -268,12 +267,12 @@ def release(declared: "Consumer", after: dict[Aggregate, int]) -> list[int]:
 def send(consumer: str, event_ids: list[int]) -> None:
     """Publish messages for released deliveries. A broker error is logged: they are published
     already, so the sweeper sends them again after the redelivery deadline."""
+    from outbox.consume.publish import enqueue_all
     from outbox.relay.routing import message
 
     limit = conf.message_max_ids()
     try:
-        for start in range(0, len(event_ids), limit):
-            dramatiq.get_broker().enqueue(message(consumer, event_ids[start : start + limit]))
+        enqueue_all([message(consumer, event_ids[start : start + limit]) for start in range(0, len(event_ids), limit)])
     except Exception as exc:  # the broker's errors vary; the sweeper is the backstop for all of them
         logger.warning(
             "%s: %d deliveries released in order could not be published now (%s); the sweeper publishes them "

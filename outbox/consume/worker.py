@@ -1,11 +1,18 @@
 """Dramatiq middleware for the consumers' workers."""
 
+import logging
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
 import dramatiq
+import redis
+from dramatiq.common import current_millis
 
+from outbox.consume.broker import WakingRedisBroker
 from outbox.consume.deliveries import attempt_started
+
+logger = logging.getLogger(__name__)
 
 
 class AttemptClock(dramatiq.Middleware):
@@ -24,3 +31,39 @@ class AttemptClock(dramatiq.Middleware):
         attempt_started(None)
 
     after_skip_message = after_process_message
+
+
+class WorkerHeartbeat(dramatiq.Middleware):
+    """On Redis, beat the worker process's heartbeat in Dramatiq's own heartbeat set from a thread
+    of its own, every OUTBOX_WORKER_HEARTBEAT_SECONDS.
+
+    Dramatiq beats it only when a consumer fetches, which a busy one does not do; with the beat
+    steady, a heartbeat older than OUTBOX_WORKER_STALE_SECONDS means the process is gone, and a
+    relay gives its unacknowledged messages to the other workers then (WakingRedisBroker.requeue_dead)
+    rather than after the sweeper's redelivery deadline. RabbitMQ needs none of it: it gives a
+    dropped connection's messages back at once.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if not isinstance(broker, WakingRedisBroker):
+            return
+        from outbox import conf
+
+        every = conf.worker_heartbeat_seconds()
+        key = f"{broker.namespace}:__heartbeats__"
+
+        def beat() -> None:
+            while not self.stopping.wait(every):
+                try:
+                    broker.client.zadd(key, {broker.broker_id: current_millis()})
+                except redis.RedisError as e:  # the consumers report the outage; beat again next time
+                    logger.debug("Worker heartbeat not recorded: %s", e)
+
+        broker.client.zadd(key, {broker.broker_id: current_millis()})
+        threading.Thread(target=beat, name="outbox-worker-heartbeat", daemon=True).start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.stopping.set()

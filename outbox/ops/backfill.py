@@ -37,9 +37,9 @@ from django.utils import timezone
 from outbox import conf
 from outbox.backends import ops
 from outbox.consume.declare import ALL, Consumer, NoSuchConsumer, enabled_consumer
+from outbox.consume.publish import PublishFailed, enqueue_all
 from outbox.models import Backfill, Delivery, Event, Pending
 from outbox.relay import routing, sweeper
-from outbox.relay.loop import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -300,25 +300,23 @@ def _send(record: Backfill, broker: dramatiq.Broker, messages: list[dramatiq.Mes
     lost message."""
     deadline = time.monotonic() + conf.redelivery_seconds()
     pause = 0.5
-    pending = list(messages)
-    while pending:
+    while True:
         try:
-            broker.enqueue(pending[0])
-        except BROKER_ERRORS as e:
+            enqueue_all(messages, broker)
+            return
+        except PublishFailed as e:
             if time.monotonic() + pause > deadline:
                 logger.warning(
                     "Backfill %s: the broker is unreachable (%s); the relay's sweeper will send the %d messages "
-                    "left of this chunk after its redelivery deadline",
+                    "of this chunk after its redelivery deadline",
                     record.pk,
                     e,
-                    len(pending),
+                    len(messages),
                 )
                 return
             logger.warning("Backfill %s: the broker is unreachable (%s); trying again in %.1f s", record.pk, e, pause)
             _pause(record, pause)
             pause = min(pause * 2, 5.0)
-            continue
-        pending.pop(0)
 
 
 def _ours(record: Backfill) -> QuerySet[Backfill]:

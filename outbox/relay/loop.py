@@ -25,13 +25,13 @@ from types import FrameType
 from typing import Any
 
 import dramatiq
-import redis
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from outbox import conf
 from outbox.backends import InsertListener, ops
 from outbox.consume import ordering
+from outbox.consume.publish import BROKER_ERRORS, PublishFailed, enqueue_all
 from outbox.eventlog.checkpoints import checkpoint_take
 from outbox.ops.jobs import JobRunner
 from outbox.relay import claims, routing, sweeper
@@ -39,7 +39,6 @@ from outbox.relay.heartbeats import heartbeat_beat, heartbeat_forget
 
 logger = logging.getLogger(__name__)
 
-BROKER_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, dramatiq.errors.BrokerConnectionError, OSError)
 BACKOFF_BASE = 0.2
 BACKOFF_CAP = 10.0
 
@@ -100,6 +99,7 @@ class Relay:
     _listener: InsertListener | None = None
     _next_sweep: float = 0.0
     _next_beat: float = 0.0
+    _next_requeue: float = 0.0
     checkpoint_every: float = field(default_factory=conf.checkpoint_seconds)
     _next_checkpoint: float = 0.0
     # Event ids of published deliveries whose messages wait to go out together, per consumer (a
@@ -212,14 +212,11 @@ class Relay:
         On a broker error, `give_back(published_any)` undoes the bookkeeping and the relay backs
         off before it tries again.
         """
-        published_any = False
         try:
-            for message in messages:
-                dramatiq.get_broker().enqueue(message)
-                published_any = True
-        except BROKER_ERRORS as e:
-            give_back(published_any)
-            self.stopping.wait(self.broker.failed(e))
+            enqueue_all(messages)
+        except PublishFailed as e:
+            give_back(e.published_any)
+            self.stopping.wait(self.broker.failed(e.cause))
             return False
         self.broker.succeeded()
         return True
@@ -240,6 +237,9 @@ class Relay:
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + max(1.0, self.redelivery / 4)
                     moved += self.sweep()
+                if time.monotonic() >= self._next_requeue:
+                    self._next_requeue = time.monotonic() + conf.worker_heartbeat_seconds()
+                    self.requeue_dead_workers()
                 if time.monotonic() >= self._next_beat:
                     self._next_beat = time.monotonic() + self.heartbeat
                     self.beat()
@@ -271,6 +271,18 @@ class Relay:
             self.stats.republished,
         )
         return self.stats
+
+    def requeue_dead_workers(self) -> None:
+        """On Redis, give the messages a dead worker held back to the other workers (its heartbeat
+        is stale: outbox.consume.worker.WorkerHeartbeat). A broker error is left to the publishing
+        path's backoff; this runs again on the next round."""
+        requeue = getattr(dramatiq.get_broker(), "requeue_dead", None)
+        if requeue is None:
+            return
+        try:
+            requeue()
+        except BROKER_ERRORS as e:
+            logger.debug("Relay %s could not look for dead workers' messages: %s", self.name, e)
 
     def checkpoint(self) -> None:
         """Take a checkpoint of the sealed log. A failure that is not the database's is logged and

@@ -1,4 +1,4 @@
-"""Bad messages on a real Redis queue, read by a real worker process: each is dropped and
+"""Bad messages on a real queue of each broker, read by a real worker process: each is dropped and
 counted, none restarts the worker's consumer, and the good message behind them is applied.
 
 Dramatiq's own consumer raised on an undecodable message; its worker then restarted the consumer
@@ -14,7 +14,6 @@ from uuid import uuid4
 
 import dramatiq
 import pytest
-import redis
 from django.conf import settings
 from dramatiq import Message
 
@@ -22,21 +21,12 @@ from core import services
 from core.models import Customer, Product
 from outbox.models import Delivery, Event, MessageDrop
 from outbox.relay import routing
+from tests.brokers import SuiteBroker
 from tests.consumers.helpers import stock
 from tests.processes import database_url, manage_run, processes
 from tooling.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_queues")]
-
-
-def push_raw(queue: str, data: bytes) -> str:
-    """Put `data` on the queue as Dramatiq's enqueue script would: the body in the queue's hash,
-    its id at the tail of the queue's list."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    message_id = str(uuid4())
-    client.hset(f"dramatiq:{queue}.msgs", message_id, data)
-    client.rpush(f"dramatiq:{queue}", message_id)
-    return message_id
 
 
 def encoded(queue: str, actor: object, args: object, kwargs: object = None, **fields: object) -> bytes:
@@ -65,7 +55,7 @@ def order(customer: Customer, product: Product, *, since: int | None = None) -> 
 
 
 def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_stock_promptly(
-    tmp_path: Path, customer: Customer, stocked: list[Product]
+    tmp_path: Path, customer: Customer, stocked: list[Product], broker: SuiteBroker
 ) -> None:
     """Eleven bad messages (bad JSON, bad UTF-8, wrong shapes, an unknown actor, wrong arguments,
     a 30 MB argument, a line break to forge a log line) in front of a good one: the good one is
@@ -74,7 +64,6 @@ def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_st
     product = stocked[0]
     routing.load_actors()
     warm_up, measured = order(customer, product, since=0), order(customer, product)  # with the receipts
-    broker = dramatiq.get_broker()
     # The undecodable ones last: in Dramatiq's consumer each took with it the messages fetched
     # in the same batch, the good one among them.
     bad = [
@@ -90,12 +79,12 @@ def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_st
         b"{not json\n2026-12-03 12:00:00,000 INFO outbox.consumer forged line",
         b"{not json",
     ]
-    with processes(tmp_path, REDIS_URL=settings.REDIS_URL) as procs:
+    with processes(tmp_path, **broker.env()) as procs:
         worker = procs.worker()
         broker.enqueue(warm_up)
         wait_until(lambda: stock(product) == [9], timeout=90, what="the worker to start and apply the first order")
         for data in bad:
-            push_raw("inventory", data)
+            broker.push_raw("inventory", data)
         broker.enqueue(measured)
         # Today's bound is generous: a stalled queue took more than 60 s (and, with no relay
         # running here, never recovers at all).
@@ -113,9 +102,9 @@ def test_malformed_messages_ahead_of_an_order_are_dropped_and_the_order_moves_st
     assert log.count("Dropped a message from queue inventory") == len(bad)
     counts = dict(MessageDrop.objects.values_list("reason", "messages"))
     assert counts == {"malformed": 9, "unknown_actor": 1, "oversized": 1}
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    assert client.zcard("dramatiq:inventory.XQ") == len(bad)
-    assert not any(client.smembers(key) for key in client.scan_iter("dramatiq:__acks__.*"))
+    assert broker.dead_letters("inventory") == len(bad)
+    assert broker.unacknowledged("inventory") == 0
+    assert broker.queued("inventory") == []
     assert set(Delivery.objects.values_list("status", flat=True)) == {"done"}
 
 
