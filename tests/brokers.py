@@ -63,7 +63,8 @@ class SuiteBroker:
     def queued(self, queue: str) -> list[bytes]:
         """The bodies of the messages waiting on a queue; they stay there."""
         if self.kind == "redis":
-            return list(redis.Redis.from_url(self.url).hvals(f"dramatiq:{queue}.msgs"))
+            values = redis.Redis.from_url(self.url).hvals(f"dramatiq:{queue}.msgs")
+            return [v.encode() if isinstance(v, str) else v for v in values]
         bodies: list[bytes] = []
         with rabbitmq_channel(self.url) as channel:
             try:
@@ -156,7 +157,7 @@ class _ReopeningChannel:
     def __init__(self, owner: rabbitmq_channel) -> None:
         self.owner = owner
 
-    def __getattr__(self, name: str) -> object:
+    def __getattr__(self, name: str) -> Any:
         if self.owner.channel.is_closed:
             self.owner.channel = self.owner.connection.channel()
         return getattr(self.owner.channel, name)
