@@ -179,6 +179,11 @@ if BROKER_URL and _scheme not in BROKER_SCHEMES:
 BROKER = BROKER_SCHEMES.get(_scheme, "")
 # RabbitMQ: the queues' type, classic or quorum (replicated across a cluster; docs/operations.md).
 OUTBOX_RABBITMQ_QUEUE_TYPE = env.str("OUTBOX_RABBITMQ_QUEUE_TYPE", default="classic")
+if OUTBOX_RABBITMQ_QUEUE_TYPE not in ("classic", "quorum"):
+    raise ImproperlyConfigured(
+        f"OUTBOX_RABBITMQ_QUEUE_TYPE={OUTBOX_RABBITMQ_QUEUE_TYPE[:20]!r} is not a queue type this project declares: "
+        "use classic (one node) or quorum (replicated across a RabbitMQ cluster; docs/operations.md)."
+    )
 # Redis: each worker process beats its heartbeat this often, and a relay gives a worker's
 # unacknowledged messages to the others once its heartbeat is older than the second figure (a
 # worker that died). RabbitMQ does the same by itself when a worker's connection drops.

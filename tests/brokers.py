@@ -79,6 +79,17 @@ class SuiteBroker:
             # Closing the channel unacknowledged gives every message back to the queue.
         return bodies
 
+    def waiting(self, queue: str) -> int:
+        """How many messages of the queue no worker has finished: on Redis every message it holds
+        (acknowledged ones are deleted), on RabbitMQ the ones ready for a consumer."""
+        if self.kind == "redis":
+            return int(redis.Redis.from_url(self.url).hlen(f"dramatiq:{queue}.msgs"))
+        with rabbitmq_channel(self.url) as channel:
+            try:
+                return int(channel.queue_declare(queue, passive=True).method.message_count)
+            except pika.exceptions.ChannelClosedByBroker:
+                return 0
+
     def enqueue(self, *messages: "Message[Any]") -> None:
         """Publish messages as a relay would, from this process."""
         if self.kind == "redis":

@@ -23,6 +23,7 @@ TIMEOUT = 120  # seconds for any one manage.py run
 SELECTING_VARS = (
     "DATABASE_URL",
     "REDIS_URL",
+    "BROKER_URL",
     "SECRET_KEY",
     "OUTBOX_SEAL_KEY",
     "DJANGO_SETTINGS_MODULE",
@@ -197,8 +198,9 @@ def test_production_settings_refuse_a_database_other_than_postgresql(tmp_path: P
     assert "production settings need PostgreSQL" in output, output
 
 
-def test_production_settings_refuse_to_start_without_redis_url() -> None:
-    """Without REDIS_URL production stops, instead of publishing to the in-process stub broker."""
+def test_production_settings_refuse_to_start_without_a_broker_url() -> None:
+    """Without BROKER_URL (or REDIS_URL) production stops, instead of publishing to the in-process
+    stub broker, and says how to name either broker."""
     env = _production_env()
     del env["REDIS_URL"]
 
@@ -206,8 +208,87 @@ def test_production_settings_refuse_to_start_without_redis_url() -> None:
 
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
-    assert "REDIS_URL is not set" in output, output
+    assert "BROKER_URL is not set" in output, output
     assert "stub broker" in output, output
+    assert "redis://" in output, output
+    assert "amqp://" in output, output
+
+
+BROKER_REPORT_SCRIPT = """
+import dramatiq
+from django.conf import settings
+
+broker = dramatiq.get_broker()
+print("BROKER=" + type(broker).__name__)
+print("KIND=" + settings.BROKER)
+params = getattr(broker, "parameters", None)
+print("HOST=" + str(getattr(params, "host", None)))
+print("VHOST=" + str(getattr(params, "virtual_host", None)))
+print("TLS=" + str(getattr(params, "ssl_options", None) is not None))
+print("CONFIRMS=" + str(getattr(broker, "confirm_delivery", None)))
+print("QUEUE_TYPE=" + str(getattr(broker, "queue_type", None)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "vhost", "tls"),
+    [
+        ("amqp://shop:s3cret@rabbit.example.com:5672/%2F", "rabbit.example.com", "/", "False"),
+        ("amqps://shop:s3cret@rabbit.example.com:5671/shop", "rabbit.example.com", "shop", "True"),
+    ],
+)
+def test_broker_url_amqp_selects_rabbitmq_with_confirms_over_redis_url(
+    url: str, host: str, vhost: str, tls: str
+) -> None:
+    """BROKER_URL=amqp(s):// selects RabbitMQ, publisher confirms on, even with REDIS_URL also set
+    (BROKER_URL wins); the queue type comes from OUTBOX_RABBITMQ_QUEUE_TYPE."""
+    env = _production_env(BROKER_URL=url, OUTBOX_RABBITMQ_QUEUE_TYPE="quorum")
+
+    result = _manage("shell", "--settings=settings.production", "-c", BROKER_REPORT_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert report == {
+        "BROKER": "OutboxRabbitmqBroker",
+        "KIND": "rabbitmq",
+        "HOST": host,
+        "VHOST": vhost,
+        "TLS": tls,
+        "CONFIRMS": "True",
+        "QUEUE_TYPE": "quorum",
+    }
+
+
+def test_broker_url_redis_selects_redis() -> None:
+    env = _production_env(BROKER_URL=REAL_REDIS_URL)
+    del env["REDIS_URL"]
+
+    result = _manage("shell", "--settings=settings.production", "-c", BROKER_REPORT_SCRIPT, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "BROKER=WakingRedisBroker" in result.stdout
+    assert "KIND=redis" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"BROKER_URL": "kafka://broker:9092"}, "BROKER_URL starts with 'kafka', which names no broker"),
+        ({"BROKER_URL": "127.0.0.1:6379"}, "which names no broker this project runs: use redis://"),
+        ({"OUTBOX_RABBITMQ_QUEUE_TYPE": "stream"}, "OUTBOX_RABBITMQ_QUEUE_TYPE='stream' is not a queue type this"),
+    ],
+)
+def test_a_broker_setting_that_names_nothing_usable_stops_with_what_to_set(
+    values: dict[str, str], expected: str
+) -> None:
+    env = _production_env(BROKER_URL=values.pop("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"), **values)
+
+    result = _manage("check", "--settings=settings.production", env=env)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert expected in output, output
+    assert "ImproperlyConfigured" in output, output
 
 
 PRODUCTION_REPORT_SCRIPT = """

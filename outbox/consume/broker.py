@@ -88,6 +88,10 @@ class WakingRedisBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
+    def ping(self) -> None:
+        """Raise unless Redis answers (for /healthz)."""
+        self.client.ping()
+
     def requeue_dead(self) -> int:
         """Give the unacknowledged messages of workers whose heartbeat is stale (older than
         `heartbeat_timeout`: the process died) back to their queues now, and wake a consumer of each

@@ -26,7 +26,7 @@ import pika.exceptions
 import pika.spec
 from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import dq_name, q_name
+from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
 from pika.adapters.blocking_connection import _IoloopTimerContext
 
@@ -192,9 +192,14 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
         for message in messages:
             self.emit_after("enqueue", message, None)
 
-    def declared_queue_names(self) -> set[str]:
-        """Every queue this broker consumes from, delay queues included."""
-        return {*self.queues, *(dq_name(q) for q in self.queues)}
+    def ping(self) -> None:
+        """Raise unless RabbitMQ answers on this thread's connection (for /healthz). A connection
+        the server closed since its last use is opened again once first."""
+        try:
+            self.connection.process_data_events(0)
+        except (pika.exceptions.AMQPError, ConnectionClosed):
+            self._forget_publishing()
+            self.connection.process_data_events(0)
 
 
 class _ScreeningConsumer(Screening, _RabbitmqConsumer):

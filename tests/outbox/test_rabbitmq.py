@@ -7,7 +7,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import dramatiq
 import pytest
+from django.test import Client
 from dramatiq import Message
 
 from outbox.consume.publish import PublishFailed, enqueue_all
@@ -17,7 +19,7 @@ from tests.brokers import RABBITMQ_URL, SuiteBroker, brokers, rabbitmq_channel, 
 from tests.outbox.helpers import committed_count
 from tests.outbox_app.models import Item
 from tests.processes import processes
-from tooling.processes import wait_until
+from tooling.processes import free_port, wait_until
 
 VHOST = RABBITMQ_URL.rsplit("/", 1)[1]
 
@@ -153,3 +155,24 @@ def test_a_rabbitmq_restart_mid_backlog_loses_nothing_burns_no_attempt_and_worke
     assert relay_log.count("Broker unavailable") == 1
     assert relay_log.count("Broker available again") == 1
     assert "Republished" not in relay_log  # nothing waited for the sweeper
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("reachable", [True, False])
+def test_healthz_pings_rabbitmq(client: Client, reachable: bool) -> None:
+    """On RabbitMQ, /healthz answers ok while RabbitMQ answers and 503 when it does not."""
+    url = RABBITMQ_URL if reachable else f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F?connection_attempts=1"
+    kept = dramatiq.get_broker()
+    checked = OutboxRabbitmqBroker(url=url)
+    dramatiq.set_broker(checked)
+    try:
+        response = client.get("/healthz")
+    finally:
+        dramatiq.set_broker(kept)
+        checked.close()
+    if reachable:
+        assert response.status_code == 200, response.content
+        assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    else:
+        assert response.status_code == 503
+        assert response.json() == {"status": "error", "database": "ok", "broker": "error"}
