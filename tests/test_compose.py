@@ -1,6 +1,7 @@
-"""Structure of compose.yaml and the Dockerfile (no Docker engine needed: YAML and text checks), and
-the parts of it that run without one: docker-compose's own validation, the Redis command and
-healthcheck on a local redis-server, the database init script and migrate on the local PostgreSQL."""
+"""Structure of compose.yaml, its RabbitMQ override compose.rabbitmq.yaml and the Dockerfile (no
+Docker engine needed: YAML and text checks), and the parts of it that run without one: docker-compose's
+own validation and merge of the two files, the Redis command and healthcheck on a local redis-server,
+the database init script and migrate on the local PostgreSQL."""
 
 import importlib.util
 import os
@@ -26,6 +27,8 @@ from tooling.processes import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
+# The override that moves the stack to RabbitMQ: docker compose -f compose.yaml -f compose.rabbitmq.yaml.
+RABBITMQ_COMPOSE = ROOT / "compose.rabbitmq.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 INIT_SCRIPT = ROOT / "scripts" / "postgres-init.sh"
 INITDB_DIR = "/docker-entrypoint-initdb.d/"
@@ -35,6 +38,9 @@ OWNER_ROLE, APP_ROLE, DATABASE = "shop", "shop_app", "shop"
 PROCESS_SERVICES = ("web", "relay", "worker", "worker-inventory")
 # Every secret compose takes, each of which must be required (${VAR:?message}), never defaulted.
 REQUIRED_SECRETS = ("SECRET_KEY", "POSTGRES_PASSWORD", "SHOP_OWNER_PASSWORD", "SHOP_APP_PASSWORD", "REDIS_PASSWORD")
+# The one more secret the RabbitMQ override takes, required the same way.
+RABBITMQ_SECRET = "RABBITMQ_PASSWORD"
+RABBITMQ_USER, RABBITMQ_DATA = "shop", "/var/lib/rabbitmq"
 
 APP_SERVICES = ("migrate", "web", "relay", "worker", "worker-inventory")
 LONG_RUNNING = ("postgres", "redis", "web", "relay", "worker", "worker-inventory")
@@ -395,6 +401,155 @@ def test_docker_compose_config_accepts_the_file_and_names_each_missing_secret() 
         missing = config({**base, **{k: v for k, v in values.items() if k != name}})
         assert missing.returncode != 0, f"compose.yaml is accepted without {name}"
         assert name in missing.stderr, missing.stderr
+
+
+def _docker_compose_config(*files: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker-compose -f <file>... config`: the files merged and interpolated from `env`, as YAML."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing: `make services` installs it (Debian: apt-get install docker-compose)"
+    return subprocess.run(
+        [binary, *(arg for file in files for arg in ("-f", str(file))), "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def rabbitmq_secrets() -> tuple[dict[str, str], dict[str, str]]:
+    """(this environment without compose's secrets, a value for each secret the two files take)."""
+    names = (*REQUIRED_SECRETS, RABBITMQ_SECRET)
+    base = {key: value for key, value in os.environ.items() if key not in names}
+    return base, {name: secrets.token_hex(8) for name in names}
+
+
+def _merged(env: dict[str, str], *files: Path) -> dict[str, Any]:
+    result = _docker_compose_config(*files, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data: dict[str, Any] = yaml.safe_load(result.stdout)
+    return data
+
+
+def test_the_rabbitmq_override_moves_every_app_service_to_rabbitmq(
+    rabbitmq_secrets: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """compose.yaml merged with compose.rabbitmq.yaml (as docker-compose merges them): every app service
+    gets BROKER_URL for the rabbitmq service, as the user shop with RABBITMQ_PASSWORD, and quorum queues;
+    the long-running ones wait for RabbitMQ to be healthy. Nothing else of compose.yaml changes."""
+    base, values = rabbitmq_secrets
+    env = {**base, **values}
+    alone = _merged(env, COMPOSE)["services"]
+    merged = _merged(env, COMPOSE, RABBITMQ_COMPOSE)["services"]
+
+    assert set(merged) == set(alone) | {"rabbitmq"}
+    for name in APP_SERVICES:
+        merged_env, alone_env = _environment(merged[name]), _environment(alone[name])
+        assert {k: v for k, v in merged_env.items() if k not in alone_env} == {
+            "BROKER_URL": merged_env["BROKER_URL"],
+            "OUTBOX_RABBITMQ_QUEUE_TYPE": "quorum",
+        }, f"{name}: the override adds exactly BROKER_URL and the queue type"
+        assert {k: merged_env[k] for k in alone_env} == alone_env, f"{name}: compose.yaml's environment kept"
+        broker = merged_env["BROKER_URL"]
+        assert broker.startswith(f"amqp://{RABBITMQ_USER}:"), f"{name}: BROKER_URL is {broker!r}"
+        url = urlsplit(broker)
+        assert (url.hostname, url.port, url.path) == ("rabbitmq", 5672, "/%2F"), f"{name}: {url}"
+        assert (url.username, url.password) == (RABBITMQ_USER, values[RABBITMQ_SECRET]), f"{name}: {url}"
+    for name in PROCESS_SERVICES:
+        assert _conditions(merged[name]) == {**_conditions(alone[name]), "rabbitmq": "service_healthy"}, name
+    # migrate reaches no broker: it starts once PostgreSQL is healthy, as in compose.yaml.
+    assert _conditions(merged["migrate"]) == _conditions(alone["migrate"])
+
+
+def test_the_rabbitmq_service_is_healthchecked_restarted_and_keeps_its_data(
+    rabbitmq_secrets: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """The rabbitmq service: the user shop with RABBITMQ_PASSWORD, a healthcheck, a restart policy, and
+    its data on a named volume under a fixed node name (rabbit@<hostname>: RabbitMQ's data directory
+    is named after it, so a recreated container with another hostname would start empty)."""
+    base, values = rabbitmq_secrets
+    data = _merged({**base, **values}, COMPOSE, RABBITMQ_COMPOSE)
+    rabbitmq = data["services"]["rabbitmq"]
+    assert rabbitmq["image"] in {"rabbitmq:3.13", "rabbitmq:3.13-management"}, rabbitmq["image"]
+    assert _environment(rabbitmq) == {
+        "RABBITMQ_DEFAULT_USER": RABBITMQ_USER,
+        "RABBITMQ_DEFAULT_PASS": values[RABBITMQ_SECRET],
+    }
+    test = rabbitmq.get("healthcheck", {}).get("test", [])
+    assert test[:3] == ["CMD", "rabbitmq-diagnostics", "-q"], test
+    assert test[3:] in (["ping"], ["check_port_connectivity"]), test
+    assert rabbitmq.get("restart") in {"always", "unless-stopped"}, rabbitmq.get("restart")
+    assert rabbitmq.get("hostname") == "rabbitmq", "a fixed hostname keeps the node name, and so the data"
+    mounts = [volume.split(":")[:2] for volume in rabbitmq.get("volumes", [])]
+    assert ["rabbitmqdata", RABBITMQ_DATA] in mounts, rabbitmq.get("volumes")
+    assert "rabbitmqdata" in data.get("volumes", {}), "the rabbitmqdata volume is not declared"
+
+
+def test_the_rabbitmq_override_names_rabbitmq_password_when_it_is_missing(
+    rabbitmq_secrets: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    base, values = rabbitmq_secrets
+    missing = _docker_compose_config(
+        COMPOSE, RABBITMQ_COMPOSE, env={**base, **{k: v for k, v in values.items() if k != RABBITMQ_SECRET}}
+    )
+    assert missing.returncode != 0, "compose.rabbitmq.yaml is accepted without RABBITMQ_PASSWORD"
+    assert RABBITMQ_SECRET in missing.stderr, missing.stderr
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string value in parsed YAML, however deep."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def test_the_rabbitmq_password_is_required_wherever_it_is_used_and_never_written_down() -> None:
+    """RABBITMQ_PASSWORD is `${RABBITMQ_PASSWORD:?message}` in every use, and every AMQP URL's password
+    is that variable: no default, no literal password (guest's included)."""
+    text = RABBITMQ_COMPOSE.read_text()
+    for name in (RABBITMQ_SECRET, *REQUIRED_SECRETS):
+        for use in re.findall(rf"\$\{{{name}\b[^}}]*\}}", text):
+            assert _required(use, name), f"{name} must be required, not defaulted: {use}"
+    assert RABBITMQ_SECRET not in COMPOSE.read_text(), "compose.yaml alone must not require RABBITMQ_PASSWORD"
+    override = yaml.safe_load(text)
+    password = _environment(override["services"]["rabbitmq"])["RABBITMQ_DEFAULT_PASS"]
+    assert _required(password, RABBITMQ_SECRET), f"RABBITMQ_DEFAULT_PASS is {password!r}"
+    urls = [value for value in _strings(override) if "amqp" in value]
+    assert urls, "compose.rabbitmq.yaml sets no AMQP URL"
+    for url in urls:
+        match = re.fullmatch(rf"amqp://{RABBITMQ_USER}:(\$\{{[^}}]+\}})@rabbitmq:5672/%2F", url)
+        assert match, f"an AMQP URL must be amqp://{RABBITMQ_USER}:${{{RABBITMQ_SECRET}:?...}}@rabbitmq: {url}"
+        assert _required(match.group(1), RABBITMQ_SECRET), url
+    assert "guest" not in text, "RabbitMQ's guest user is for localhost only: the app connects as shop"
+
+
+def test_the_rabbitmq_overrides_environment_selects_rabbitmq_with_quorum_queues(
+    rabbitmq_secrets: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """A worker's merged environment, under settings.production: BROKER_URL wins over the REDIS_URL that
+    compose.yaml still sets, and the broker is the outbox's RabbitMQ broker with quorum queues."""
+    base, values = rabbitmq_secrets
+    worker = _merged({**base, **values}, COMPOSE, RABBITMQ_COMPOSE)["services"]["worker"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **_environment(worker)}
+    assert env["REDIS_URL"].startswith("redis://"), "compose.yaml's REDIS_URL stays set"
+    script = (
+        "from django.conf import settings; b = settings.DRAMATIQ_BROKER; "
+        "print(settings.BROKER, b['BROKER'], b['OPTIONS']['url'] == settings.BROKER_URL, b['OPTIONS']['queue_type'])"
+    )
+
+    result = manage_run("shell", "-c", script, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "rabbitmq outbox.consume.rabbitmq.OutboxRabbitmqBroker True quorum", (
+        result.stdout + result.stderr
+    )
 
 
 def _server() -> tuple[str, str, str]:
