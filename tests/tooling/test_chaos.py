@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from django.db import connections
 from django.utils import timezone
 
 from outbox.models import Delivery, Event
+from tests.brokers import brokers
 from tests.outbox_app.models import Tally
 from tests.processes import manage_run
 from tooling.chaos.checks import check
@@ -19,11 +21,17 @@ from tooling.models import BackfillReceipt
 from tooling.processes import NoticeCounter
 
 
-def test_nothing_is_lost_or_applied_twice_under_faults() -> None:
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_nothing_is_lost_or_applied_twice_under_faults(kind: str) -> None:
+    """On each broker: four relays and two worker processes, SIGKILLed at random, the broker and
+    PostgreSQL restarted once each."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", **brokers()[kind].env()}
     try:
         done = manage_run(
             *("outbox_chaos", "--json", "--orders", "400", "--kill-interval", "1"),
+            *("--relays", "4", "--workers", "2"),
             *("--redelivery-seconds", "5", "--drain-timeout", "240"),
+            env=env,
             timeout=600,
         )
     finally:
@@ -35,10 +43,15 @@ def test_nothing_is_lost_or_applied_twice_under_faults() -> None:
         assert figures[name] == 0, f"{name}: {figures}"
     assert figures["drained"] is True
     assert figures["ok"] is True
-    # The faults really happened.
+    # The faults really happened, on the broker asked for, at the scale asked for.
+    assert (figures["broker"], figures["relays"], figures["workers"]) == (kind, 4, 2)
     assert figures["kills"] >= 1
-    assert figures["redis_restarts"] == 1
+    assert figures["broker_restarts"] == 1
     assert figures["postgres_restarts"] == 1
+    # A dead worker's messages went to another worker: measured after at least one worker kill.
+    assert figures["worker_kills"] >= 1
+    assert figures["recovery_samples"] >= 1, figures
+    assert figures["recovery_seconds_p99"] is not None
     # The e-mail consumer is ordered; the consumer added halfway got every event, its backfill
     # SIGKILLed once and resumed.
     assert "email" in figures["ordered_consumers"]
@@ -50,7 +63,7 @@ def test_nothing_is_lost_or_applied_twice_under_faults() -> None:
     assert figures["orders_placed"] == 392
     assert figures["orders_edited"] >= 1, "no line was edited: versions were not put to the test"
     # Every notice arrived; a duplicate (the one window the design admits) is counted, not hidden.
-    notices = figures["orders_placed"] + figures["orders_cancelled"]
+    notices = figures["orders_placed"] + figures["orders_cancelled"] + figures["recovery_probe_orders"]
     assert figures["emails_received"] - figures["duplicate_emails"] == notices
 
 

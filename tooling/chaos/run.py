@@ -1,8 +1,11 @@
 """The chaos run: real relays and workers under faults, then the invariants checked.
 
 While orders are placed, edited and cancelled (and some transactions rolled back on purpose),
-relays and workers are SIGKILLed at random and started again, Redis is restarted once with its
-data lost, and PostgreSQL is restarted once. Halfway, a deploy adds a consumer
+relays and workers are SIGKILLed at random and started again, the broker BROKER_URL selects is
+restarted once (Redis: a server of the run's own, its data lost; RabbitMQ: this machine's, with
+rabbitmqctl, its durable queues kept), and PostgreSQL is restarted once. After each worker's
+SIGKILL, `recovery_seconds_p99` measures how long its messages took to be handled by another
+(tooling/chaos/recovery.py). Halfway, a deploy adds a consumer
 (tooling/consumers.py: every process restarted with it switched on) and `outbox_backfill` gives it
 the history while the traffic goes on; the backfill is SIGKILLed once and resumed. Then the run
 waits for the pipeline to drain, and measures `drain_seconds` (from the last fault to every
@@ -33,11 +36,12 @@ from django.test.utils import override_settings
 from core import services
 from core.models import Customer
 from outbox.models import Backfill as BackfillRecord
+from tooling.brokers import ToolBroker, restartable_broker
 from tooling.chaos.checks import ROLLBACK_EMAIL, SKU_PREFIX, check
+from tooling.chaos.recovery import RecoveryClock
 from tooling.consumers import CONSUMER as BACKFILLED
 from tooling.database import max_event_id, undone_deliveries
 from tooling.processes import (
-    LocalRedis,
     NoticeCounter,
     ProcessError,
     child_env,
@@ -72,7 +76,8 @@ class Scale:
 @dataclass
 class Faults:
     kills: int = 0
-    redis_restarts: int = 0
+    worker_kills: int = 0
+    broker_restarts: int = 0
     postgres_restarts: int = 0
     backfill_kills: int = 0
     last_at: float = 0.0
@@ -291,17 +296,16 @@ def traffic(scale: Scale, rng: random.Random, progress: Callable[[int], None] | 
 
 class Monkey:
     """The faults: a random relay or worker SIGKILLed and started again about every
-    `kill_interval` seconds, Redis restarted once (data lost) and PostgreSQL once, each at a
-    random point of the traffic."""
+    `kill_interval` seconds, the broker restarted once and PostgreSQL once, each at a random point
+    of the traffic."""
 
-    def __init__(
-        self, scale: Scale, rng: random.Random, fleet: Fleet, redis_server: LocalRedis, backfill: Backfill
-    ) -> None:
-        self.scale, self.rng, self.fleet, self.redis, self.backfill = scale, rng, fleet, redis_server, backfill
+    def __init__(self, scale: Scale, rng: random.Random, fleet: Fleet, broker: ToolBroker, backfill: Backfill) -> None:
+        self.scale, self.rng, self.fleet, self.broker, self.backfill = scale, rng, fleet, broker, backfill
         self.restart_pg = postgres_restart_command() if scale.restart_postgres else None
-        self.redis_at = rng.uniform(0.25, 0.4)
+        self.broker_at = rng.uniform(0.25, 0.4)
         self.postgres_at = rng.uniform(0.6, 0.75)
         self.faults = Faults()
+        self.recovery = RecoveryClock()
         self.orders_done = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="chaos-monkey", daemon=True)
@@ -310,14 +314,20 @@ class Monkey:
         self.faults.last_at = time.monotonic()
         self.faults.log.append(f"{time.strftime('%H:%M:%S')} order {self.orders_done}: {what}")
 
-    def restart_redis(self) -> None:
-        self.redis.restart()
-        self.faults.redis_restarts += 1
-        self._record("Redis restarted, its data lost")
+    def restart_broker(self) -> None:
+        try:
+            with self.recovery.disturbance():
+                what = self.broker.restart()
+        except (ProcessError, subprocess.SubprocessError) as e:
+            raise ChaosError(f"the broker could not be restarted: {e}") from e
+        self.faults.broker_restarts += 1
+        self._record(what)
 
     def restart_postgres(self) -> None:
         assert self.restart_pg is not None
-        subprocess.run(self.restart_pg, check=True, timeout=180, capture_output=True)  # noqa: S603
+        with self.recovery.disturbance():
+            subprocess.run(self.restart_pg, check=True, timeout=180, capture_output=True)  # noqa: S603
+            wait_until(_db_up, timeout=60, what="PostgreSQL to answer again", interval=0.2)
         self.faults.postgres_restarts += 1
         self._record("PostgreSQL restarted")
 
@@ -325,28 +335,38 @@ class Monkey:
         """SIGKILL the backfill and start it again, once, when its cursor passes the middle."""
         if self.faults.backfill_kills or not self.backfill.halfway():
             return
-        self.fleet.kill(Backfill.NAME)
+        with self.recovery.disturbance():
+            self.fleet.kill(Backfill.NAME)
         self.backfill.start()
         self.faults.backfill_kills += 1
         self._record("SIGKILL the backfill, started again")
 
-    def kill_one(self) -> None:
-        name = self.rng.choice(sorted(self.fleet.specs))
+    def kill_one(self, *, among: str = "", name: str = "") -> None:
+        """SIGKILL the named process of the fleet, or a random one whose name starts with `among`,
+        and start it again."""
+        name = name or self.rng.choice([n for n in sorted(self.fleet.specs) if n.startswith(among)])
         self.fleet.kill(name)
+        measured = False
+        if name.startswith("worker"):
+            measured = self.recovery.worker_killed()
+            self.faults.worker_kills += 1
         self.fleet.start(name)
         self.faults.kills += 1
-        self._record(f"SIGKILL {name}, started again")
+        self._record(f"SIGKILL {name}, started again" + (" (its recovery measured)" if measured else ""))
 
     def _loop(self) -> None:
         while not self.stopping.wait(self.rng.uniform(0.5, 1.5) * self.scale.kill_interval):
             share = self.orders_done / self.scale.orders
             self.backfill.revive()
-            if self.faults.redis_restarts == 0 and share >= self.redis_at:
-                self.restart_redis()
+            if self.recovery.measuring():
+                self.kill_one(among="relay")  # a restart now would measure the restart
+            elif self.faults.broker_restarts == 0 and share >= self.broker_at:
+                self.restart_broker()
             elif self.restart_pg and self.faults.postgres_restarts == 0 and share >= self.postgres_at:
                 self.restart_postgres()
             else:
                 self.kill_one()
+        connection.close()  # this thread's: the scratch database is dropped once the run ends
 
     def start(self) -> None:
         self.thread.start()
@@ -355,8 +375,9 @@ class Monkey:
         """Stop the loop; cause the restarts that the traffic ended too soon for."""
         self.stopping.set()
         self.thread.join(timeout=240)
-        if self.faults.redis_restarts == 0:
-            self.restart_redis()
+        self.recovery.wait()
+        if self.faults.broker_restarts == 0:
+            self.restart_broker()
         if self.restart_pg and self.faults.postgres_restarts == 0:
             self.restart_postgres()
 
@@ -366,15 +387,15 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
     rng = random.Random(scale.seed)  # noqa: S311 - fault timing, not secrets
     workdir = Path(tempfile.mkdtemp(prefix="outbox-chaos-"))
     try:
-        redis_server = LocalRedis(workdir)
-        redis_server.start()
+        broker = restartable_broker(workdir)
+        broker.empty()
     except ProcessError as e:
         raise ChaosError(str(e)) from e
     first_event = max_event_id()
     try:
         with ExitStack() as stack, smtp_server(NoticeCounter()) as smtp:
             env = child_env(
-                redis_url=redis_server.url,
+                **broker.env(),
                 EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
                 EMAIL_HOST=smtp.host,
                 EMAIL_PORT=str(smtp.port),
@@ -385,7 +406,7 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             stack.callback(fleet.kill_all)
             fleet.start_all()
             backfill = Backfill(fleet, scale)
-            monkey = Monkey(scale, rng, fleet, redis_server, backfill)
+            monkey = Monkey(scale, rng, fleet, broker, backfill)
             monkey.start()
 
             def counted(n: int) -> None:
@@ -393,7 +414,8 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
                 if scale.backfill and not backfill.started and monkey.orders_done >= scale.orders / 2:
                     # The deploy: from here on the relays route to the consumer, and the backfill
                     # gives it what came before.
-                    fleet.deploy(**BACKFILL_ON)
+                    with monkey.recovery.disturbance():
+                        fleet.deploy(**BACKFILL_ON)
                     stack.enter_context(override_settings(**BACKFILL_ON_SETTINGS))
                     backfill.start()
                     monkey._record("deploy: the backfilled consumer switched on, its backfill started")
@@ -417,25 +439,34 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
             )
             drained = _drain(first_event, scale.drain_timeout)
             drain_seconds = time.monotonic() - monkey.faults.last_at
+            probe_orders = recovery_probe(monkey, scale) if drained else 0
+            drained = drained and _drain(first_event, scale.drain_timeout)
+            monkey.recovery.finish()
             fleet.stop_all()
             figures = check(first_event, smtp.handler, backfilled=backfill.started)
     finally:
         with suppress(ProcessError):
-            redis_server.stop()
+            broker.stop()
     faults = monkey.faults
-    (workdir / "faults.log").write_text("\n".join(faults.log) + "\n")
+    (workdir / "faults.log").write_text("\n".join(sorted([*faults.log, *monkey.recovery.notes])) + "\n")
     figures.update(
         {
             "drain_seconds": round(drain_seconds, 2),
             "drained": drained,
             "orders_placed": made.get("placed", 0),
+            "recovery_probe_orders": probe_orders,
             "orders_edited": made.get("edited", 0),
             "orders_cancelled": made.get("cancelled", 0),
             "transactions_rolled_back": made.get("rolled_back", 0),
             "stock_receipts": made.get("received", 0),
             "traffic_seconds": round(traffic_seconds, 2),
+            "broker": broker.kind,
+            "relays": scale.relays,
+            "workers": scale.workers,
             "kills": faults.kills,
-            "redis_restarts": faults.redis_restarts,
+            "worker_kills": faults.worker_kills,
+            "broker_restarts": faults.broker_restarts,
+            **monkey.recovery.figures(),
             "postgres_restarts": faults.postgres_restarts,
             "backfill_finished": backfilled,
             "backfill_runs": backfill.runs,
@@ -444,6 +475,24 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
         }
     )
     return figures
+
+
+def recovery_probe(monkey: Monkey, scale: Scale, *, orders: int = 40, tries: int = 3) -> int:
+    """After the drain, with no other fault: place a burst of orders and SIGKILL a worker while
+    their deliveries are in flight, for one recovery measurement on a quiet system (the traffic's
+    faults may have left none); up to `tries` bursts. Return how many orders it placed."""
+    catalogue = catalogue_ensure(prefix=SKU_PREFIX, products=30, customers=20, opening_stock=100_000, label="chaos")
+    shopper = Shopper(catalogue, random.Random(scale.seed + 1), run=_retrying)  # noqa: S311 - traffic, not secrets
+    placed = 0
+    for _ in range(tries):
+        for _ in range(orders):
+            shopper.place()
+        placed += orders
+        monkey.kill_one(name="worker0")
+        monkey.recovery.wait()
+        if monkey.recovery.seconds:
+            break
+    return placed
 
 
 def _drain(first_event: int, timeout: float) -> bool:

@@ -1,0 +1,155 @@
+"""How long the pipeline takes to recover from a worker's death, measured in the chaos run.
+
+At each worker SIGKILL the clock notes the deliveries then `published` (handed to the broker and
+not finished: among them whatever the dead worker held), and measures the seconds until every
+one of them has left `published` (done, or failed and on its way to a retry: a worker took it).
+Its messages come back from the broker by themselves (RabbitMQ at once, Redis once the worker's
+heartbeat is stale); without that, they waited for the sweeper's redelivery deadline.
+
+Left out, because they measure something else: deliveries published before the last broker or
+PostgreSQL restart (their messages were lost, or their attempt failed with the database and waits
+for its retry: the sweeper and the backoff govern those), and consumers whose messages a relay
+holds on purpose (`coalesce`). While a measurement is under way the monkey kills only relays and
+holds back the restarts; a measurement that a deploy or the backfill's kill interrupts is dropped.
+`recovery_samples` says how many were kept; near the end of the traffic the monkey kills a worker
+for a measurement if none was kept yet.
+"""
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from outbox.consume import declare
+from outbox.models import Delivery
+
+# A recovery not finished by then is recorded at this many seconds (and shows in the p99).
+GIVE_UP_SECONDS = 120.0
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class _Watch:
+    killed_at: float
+    ids: list[int]
+
+
+@dataclass
+class RecoveryClock:
+    seconds: list[float] = field(default_factory=list)
+    dropped: int = 0
+    # What became of each measurement, for the run's faults.log.
+    notes: list[str] = field(default_factory=list)
+    _since: datetime = field(default_factory=timezone.now)
+    _watches: list[_Watch] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _paused: int = 0
+
+    @contextmanager
+    def disturbance(self) -> Iterator[None]:
+        """Around a broker or PostgreSQL restart, a deploy or the backfill's kill: the measurements
+        under way are dropped, none starts meanwhile, and what was published before its end is
+        left out of the next ones."""
+        with self._lock:
+            self._paused += 1
+            if self._watches:
+                self.notes.append(f"{time.strftime('%H:%M:%S')} recovery: {len(self._watches)} measurement(s) dropped")
+            self.dropped += len(self._watches)
+            self._watches.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
+                self._since = timezone.now()
+
+    def measuring(self) -> bool:
+        """Whether a measurement is under way (the monkey then holds back the restarts)."""
+        with self._lock:
+            return bool(self._watches)
+
+    def paused(self) -> bool:
+        with self._lock:
+            return self._paused > 0
+
+    def worker_killed(self) -> bool:
+        """Start a measurement: a worker was SIGKILLed just now. Return whether it started (with
+        nothing published and unfinished there is nothing to recover, and no measurement)."""
+        killed_at = time.monotonic()
+        if self.paused():
+            return False
+        held = [d.name for d in declare.enabled() if d.coalesce > 0]
+        try:
+            ids = list(
+                Delivery.objects.filter(status=Delivery.Status.PUBLISHED, published_at__gt=self._since)
+                .exclude(consumer__in=held)
+                .values_list("id", flat=True)
+            )
+        except DatabaseError:
+            connection.close()
+            return False
+        if not ids:
+            return False
+        with self._lock:
+            self._watches.append(_Watch(killed_at, ids))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="chaos-recovery", daemon=True)
+            self._thread.start()
+        return True
+
+    def wait(self, timeout: float = GIVE_UP_SECONDS) -> None:
+        """Wait for the measurements under way to end (up to `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while self.measuring() and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(POLL_SECONDS):
+            with self._lock:
+                watches = list(self._watches)
+            for watch in watches:
+                waited = time.monotonic() - watch.killed_at
+                try:
+                    left = Delivery.objects.filter(id__in=watch.ids, status=Delivery.Status.PUBLISHED).exists()
+                except DatabaseError:
+                    connection.close()
+                    continue
+                if left and waited < GIVE_UP_SECONDS:
+                    continue
+                with self._lock:
+                    if watch in self._watches:
+                        self._watches.remove(watch)
+                        self.seconds.append(min(waited, GIVE_UP_SECONDS))
+                        self.notes.append(
+                            f"{time.strftime('%H:%M:%S')} recovery: {len(watch.ids)} deliveries handled "
+                            f"{waited:.2f} s after the kill"
+                        )
+        connection.close()
+
+    def finish(self, timeout: float = GIVE_UP_SECONDS) -> None:
+        """Wait for the measurements under way (up to `timeout`), then stop."""
+        self.wait(timeout)
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            self.dropped += len(self._watches)
+            self._watches.clear()
+
+    def figures(self) -> dict[str, float | int | None]:
+        kept = sorted(self.seconds)
+        p99 = kept[min(len(kept) - 1, round(0.99 * (len(kept) - 1)))] if kept else None
+        return {
+            "recovery_seconds_p50": round(statistics.median(kept), 2) if kept else None,
+            "recovery_seconds_p99": round(p99, 2) if p99 is not None else None,
+            "recovery_samples": len(kept),
+            "recovery_samples_dropped": self.dropped,
+        }
