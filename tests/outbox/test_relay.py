@@ -340,6 +340,50 @@ def test_a_worker_killed_mid_actor_leaves_its_messages_to_another_worker_before_
     assert set(Delivery.objects.filter(consumer="journal").values_list("publications", flat=True)) == {1}
 
 
+def test_a_busy_worker_keeps_its_messages_while_another_waits(tmp_path: Path, broker: SuiteBroker) -> None:
+    """A worker inside a long handler is alive, so its messages are not given to the idle worker
+    beside it, however long past the stale figure (2 s here) the handler takes."""
+    make_events(3)
+    env = {**FAST, **broker.env(), "OUTBOX_REDELIVERY_SECONDS": "300", "OUTBOX_WORKER_STALE_SECONDS": "2"}
+
+    def blocked_backends() -> int:
+        with psycopg.connect(conninfo(), autocommit=True) as probe:
+            row = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                ["%started_at%"],
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
+        relay = procs.relay("r1")
+        wait_until(
+            lambda: Delivery.objects.filter(consumer="journal", status="published").count() == 3,
+            timeout=60,
+            what="publication",
+        )
+        blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+        busy = procs.worker("busy")
+        wait_until(blocked_backends, timeout=60, what="the busy worker's actor to start and block")
+        threading.Event().wait(1)
+        held = blocked_backends()  # one per thread of the busy worker that took a message; it took them all
+        idle = procs.worker("idle")
+        wait_until(lambda: "Worker process is ready" in idle.output(), timeout=60, what="the idle worker to start")
+        # Well past the stale figure, with the relays requeueing dead workers' messages every second.
+        for _ in range(6):
+            threading.Event().wait(1)
+            assert blocked_backends() == held, "the busy worker's messages went to the idle worker"
+        blocker.rollback()
+        wait_until(
+            lambda: Delivery.objects.filter(consumer="journal", status="done").count() == 3,
+            timeout=60,
+            what="the busy worker to finish",
+        )
+        assert relay.stop() == 0
+        assert busy.stop() == 0
+        assert idle.stop() == 0
+    assert "Journal entry for event" not in idle.output()
+
+
 def sealer_messages() -> list[list[int]]:
     """The event ids of each message waiting on the outbox's sealer queue."""
     raw = redis.Redis.from_url(REDIS_DB_URL).hvals("dramatiq:outbox_seal.msgs")
