@@ -35,7 +35,7 @@ run: install
 		$(BIN)/python manage.py outbox_relay & \
 		$(BIN)/python manage.py runserver 127.0.0.1:$(PORT) --noreload'
 
-## services: start the local PostgreSQL and Redis if they are installed but stopped.
+## services: start the local PostgreSQL, Redis and RabbitMQ if they are installed but stopped.
 services:
 	@bash scripts/services.sh
 
@@ -45,7 +45,7 @@ lint: install-dev
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
 
-## test: linters, then the full suite on PostgreSQL + Redis.
+## test: linters, then the full suite on PostgreSQL, Redis and RabbitMQ.
 test: install-dev services lint
 	$(BIN)/pytest
 

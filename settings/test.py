@@ -1,4 +1,5 @@
-"""Settings for the test suite: real PostgreSQL and Redis, fast password hashing."""
+"""Settings for the test suite: real PostgreSQL and Redis (process tests also run on RabbitMQ,
+tests/brokers.py), fast password hashing."""
 
 import os
 

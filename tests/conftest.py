@@ -1,5 +1,5 @@
-"""Shared fixtures: business records made through the services, logged-in admin clients, Redis,
-and the application's database role."""
+"""Shared fixtures: business records made through the services, logged-in admin clients, the
+brokers (Redis, and each broker in turn), and the application's database role."""
 
 from collections.abc import Iterator
 from decimal import Decimal

@@ -1,4 +1,5 @@
-"""The chaos run, short form: real relays and workers SIGKILLed, Redis and PostgreSQL restarted.
+"""The chaos run, short form, on each broker: real relays and workers SIGKILLed, the broker and
+PostgreSQL restarted.
 
 `python manage.py outbox_chaos --json` runs the full form (20,000 orders); see docs/operations.md.
 """

@@ -11,8 +11,8 @@ PostgreSQL restart (their messages were lost, or their attempt failed with the d
 for its retry: the sweeper and the backoff govern those), and consumers whose messages a relay
 holds on purpose (`coalesce`). While a measurement is under way the monkey kills only relays and
 holds back the restarts; a measurement that a deploy or the backfill's kill interrupts is dropped.
-`recovery_samples` says how many were kept; near the end of the traffic the monkey kills a worker
-for a measurement if none was kept yet.
+`recovery_samples` says how many were kept. After the drain the run adds one measurement on a
+quiet system (`tooling.chaos.run.recovery_probe`).
 """
 
 import statistics
