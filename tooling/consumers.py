@@ -2,6 +2,9 @@
 on (OUTBOX_CONSUMERS), then given the history by `outbox_backfill` while live traffic goes on.
 Each event it handles leaves a receipt, so the run can count what it missed or handled twice."""
 
+# The bench's relay consumers, switched off: declared here too, so that the relays outbox_bench
+# starts as processes of their own know them (tooling/bench/consumers.py).
+import tooling.bench.consumers  # noqa: F401
 from outbox import Event, consumer
 from tooling.models import BackfillReceipt
 

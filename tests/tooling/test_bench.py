@@ -52,7 +52,7 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
         *("outbox_bench", "--json", "--samples", "20", "--backlog", "300", "--history", "300"),
         *("--rss-backlog", "300", "--latency-seconds", "1", "--pipeline-orders", "30"),
         *("--email-window-samples", "20", "--eventlog-events", "2000", "--eventlog-requests", "2"),
-        *("--backfill-events", "500", "--ordered-rounds", "1"),
+        *("--backfill-events", "500", "--ordered-rounds", "1", "--relays-backlog", "300"),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -60,6 +60,18 @@ def test_outbox_bench_json_reports_every_figure_and_drops_its_database() -> None
     for figure in FIGURES:
         assert isinstance(result[figure], (int, float)), figure
         assert result[figure] > 0, figure
+    # The broker BROKER_URL (here REDIS_URL) selects, which every figure's relays published to.
+    assert result["broker"] in {"redis", "rabbitmq"}
+    assert result["machine"][result["broker"]]
+    # 1, 2 and 4 relay processes each drained a backlog of 300 events, every event published once.
+    by_relays = result["relay_events_per_s_by_relays"]
+    assert set(by_relays) == {"1", "2", "4"}, by_relays
+    assert all(isinstance(rate, int) and rate > 0 for rate in by_relays.values()), by_relays
+    assert {n: sum(events) for n, events in result["relay_events_per_relay_by_relays"].items()} == {
+        "1": 300,
+        "2": 300,
+        "4": 300,
+    }
     # 30 confirmations, and a cancellation notice for one order in ten.
     assert result["pipeline_emails_received"] == 33
     assert result["pipeline_failed_deliveries"] == 0

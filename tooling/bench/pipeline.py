@@ -3,8 +3,9 @@ every consumer ordered (`ordered_pipeline_ratio`), and the e-mail consumer's dup
 
 The traffic is made through the services, as the admin makes it: products with their stock
 receipts, customers, then orders placed with three lines each, one in ten cancelled. Its events
-are a backlog that one relay and two workers, each its own process, drain through Redis into the
-three consumers; their e-mails go to a real SMTP server (aiosmtpd) running in this process.
+are a backlog that one relay and two workers, each its own process, drain through the broker
+BROKER_URL selects (Redis or RabbitMQ) into the three consumers; their e-mails go to a real SMTP
+server (aiosmtpd) running in this process.
 """
 
 import json
@@ -16,10 +17,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import redis
-from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 
@@ -31,6 +29,7 @@ from outbox.models import Event
 from outbox.testing import deliver
 from tooling.bench.relay import percentile
 from tooling.bench.suite import settle_tables
+from tooling.brokers import ToolBroker, configured_kind, shared_broker
 from tooling.database import max_event_id, routed_deliveries
 from tooling.processes import NoticeCounter, SmtpServer, child_env, manage_start, quiet, smtp_server, stop_children
 
@@ -47,8 +46,9 @@ LINES_PER_ORDER = 3
 CANCEL_EVERY = 10  # one order in ten is cancelled
 PRODUCTS = 30
 ORDERS_PER_CUSTOMER = 5
-# The pipeline's relay and workers use a Redis database of their own: the test suite empties its
-# database (15) as it runs, which would lose the bench's messages mid-run.
+# On Redis, the bench's relays and workers use a database of their own: the test suite empties its
+# database (15) as it runs, which would lose the bench's messages mid-run. On RabbitMQ they use
+# BROKER_URL's virtual host.
 REDIS_DB = 14
 # Each poll costs PostgreSQL about 3 ms at 20,000 deliveries: every 0.1 s, 3% of a core, for a
 # clock good to 0.1 s.
@@ -129,7 +129,7 @@ def retried_deliveries(*, after: int) -> int:
 # --- the processes ----------------------------------------------------------------------------
 
 
-def _tail(log: Path, lines: int = 15) -> str:
+def log_tail(log: Path, lines: int = 15) -> str:
     text = log.read_text(errors="replace") if log.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
 
@@ -139,9 +139,9 @@ def _wait_for_line(log: Path, text: str, *, count: int, child: subprocess.Popen[
     deadline = time.monotonic() + STARTUP_SECONDS
     while log.read_text(errors="replace").count(text) < count:
         if child.poll() is not None:
-            raise PipelineError(f"The {what} exited with code {child.returncode} on start:\n{_tail(log)}")
+            raise PipelineError(f"The {what} exited with code {child.returncode} on start:\n{log_tail(log)}")
         if time.monotonic() > deadline:
-            raise PipelineError(f"The {what} did not start within {STARTUP_SECONDS:.0f} s:\n{_tail(log)}")
+            raise PipelineError(f"The {what} did not start within {STARTUP_SECONDS:.0f} s:\n{log_tail(log)}")
         time.sleep(0.01)
 
 
@@ -161,20 +161,23 @@ def _drain(*, after: int, expected: dict[str, int], start: float, timeout: float
         if dead or now > deadline:
             progress = ", ".join(f"{c} {counts.get((c, 'done'), 0)}/{n} done" for c, n in sorted(expected.items()))
             reason = f"deliveries are dead ({dead})" if dead else f"the backlog did not drain within {timeout:.0f} s"
-            tails = "\n".join(f"--- {log.name}\n{_tail(log)}" for log in logs)
+            tails = "\n".join(f"--- {log.name}\n{log_tail(log)}" for log in logs)
             raise PipelineError(f"Pipeline stopped: {reason}; {progress}.\n{tails}")
         time.sleep(POLL_SECONDS)
 
 
-def bench_redis_url() -> str:
-    """Return REDIS_URL's server with the bench's own database, emptied of Dramatiq's keys."""
-    url = urlunsplit(urlsplit(settings.REDIS_URL)._replace(path=f"/{REDIS_DB}"))
-    client = redis.Redis.from_url(url)
-    # Messages left by an interrupted run name event ids that the new scratch database reuses.
-    stale = list(client.scan_iter(match="dramatiq:*"))
-    if stale:
-        client.delete(*stale)
-    return url
+def bench_broker() -> ToolBroker:
+    """Return the broker BROKER_URL selects, for the bench's relays and workers (on Redis, its
+    database REDIS_DB of the same server), emptied: messages left by an interrupted run name event
+    ids that the new scratch database reuses."""
+    if configured_kind() not in ("redis", "rabbitmq"):
+        raise PipelineError(
+            "The bench's relays and workers run as processes of their own, which need a broker: set "
+            "BROKER_URL=redis://127.0.0.1:6379/0 (Redis) or BROKER_URL=amqp://guest:guest@127.0.0.1:5672/ (RabbitMQ)."
+        )
+    broker = shared_broker(redis_db=REDIS_DB)
+    broker.empty()
+    return broker
 
 
 def pipeline_throughput(
@@ -194,15 +197,16 @@ def pipeline_throughput(
     The clock starts when the relay reports it has started, the workers being up by then: what is
     timed is the draining, not Python's start-up.
     """
-    if connection.vendor != "postgresql" or not settings.REDIS_URL:
-        raise PipelineError("The pipeline group needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL).")
+    if connection.vendor != "postgresql":
+        raise PipelineError("The pipeline group needs PostgreSQL (DATABASE_URL).")
+    broker = bench_broker()
     after = max_event_id()
     placed, cancelled = traffic_create(orders=orders, label=label)
     events, expected = routed_deliveries(after=after)
     settle_tables()
     received_before = smtp.handler.received
     env = child_env(
-        redis_url=bench_redis_url(),
+        **broker.env(),
         EMAIL_BACKEND=SMTP_BACKEND,
         EMAIL_HOST=smtp.host,
         EMAIL_PORT=str(smtp.port),

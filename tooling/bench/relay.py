@@ -1,8 +1,9 @@
 """Relay figures for `outbox_bench`: throughput, cost of history, memory.
 
 The backlog and the history are written with set-based SQL (generate_series), not through saves:
-what is measured is the relay, not the setup. Events are routed to three bench consumers whose
-messages go to Redis and are dropped after each run.
+what is measured is the relay, not the setup. Events are routed to three bench consumers
+(tooling/bench/consumers.py) whose messages go to the configured broker, Redis or RabbitMQ, and are
+dropped after each drain (on Redis their keys deleted, on RabbitMQ their queue purged).
 """
 
 import statistics
@@ -17,28 +18,21 @@ import dramatiq
 from django.db import DatabaseError, connection
 from django.test.utils import override_settings
 
-from outbox import consumer
 from outbox.consume import declare
 from outbox.relay.loop import Relay
+from tooling.bench.consumers import BENCH_CONSUMERS, BENCH_QUEUE, bench_consumers_declare
 from tooling.database import max_event_id
 from tooling.processes import child_env, manage_start, stop_children, wait_until
 
-BENCH_QUEUE = "outbox_bench"
-BENCH_CONSUMERS = ["bench_inventory", "bench_email", "bench_audit"]
+
+def bench_queue_flush() -> None:
+    """Drop the bench consumers' messages from this process's broker: on Redis their keys are
+    deleted, on RabbitMQ their queue (with its delay and dead-letter queues) is purged. Purged, not
+    deleted: this process's broker has declared it, and would find it gone on its next publish."""
+    dramatiq.get_broker().flush(BENCH_QUEUE)
 
 
-def _discard(event: object) -> None:
-    """The bench consumers' body: their messages are never consumed, only counted by the relay."""
-
-
-def _declare_actors() -> None:
-    """Declare the bench consumers, switched off: only the relay benchmark's settings turn them on."""
-    for name in BENCH_CONSUMERS:
-        if declare.declaration(name) is None:
-            consumer(name, events="*", queue=BENCH_QUEUE, enabled=False)(_discard)
-
-
-def _bench_routes() -> dict[str, dict[str, bool]]:
+def bench_routes() -> dict[str, dict[str, bool]]:
     """OUTBOX_CONSUMERS that route every event to the bench consumers, and to no other."""
     return {c.name: {"enabled": c.name in BENCH_CONSUMERS} for c in declare.declared()}
 
@@ -122,7 +116,9 @@ def relay_drain(*, batch_size: int) -> tuple[int, float, float]:
         start = time.perf_counter()
         stats = relay.run(once=True)
         seconds = time.perf_counter() - start
-    dramatiq.get_broker().flush(BENCH_QUEUE)
+    # Each drain's messages (3 per batch; 1,500 for the memory figure's million events) are
+    # dropped at once: nothing consumes them, and they would pile up in the broker otherwise.
+    bench_queue_flush()
     return stats.published, seconds, peak[0]
 
 
@@ -166,8 +162,8 @@ def relay_rates(*, backlog: int, batch_size: int, label: str) -> tuple[list[floa
 
 def relay_figures(*, backlog: int, history: int, rss_backlog: int, batch_size: int) -> dict[str, Any]:
     """Measure relay_events_per_s, relay_slowdown_with_history and relay_rss_mb."""
-    _declare_actors()
-    with override_settings(OUTBOX_CONSUMERS=_bench_routes()):
+    bench_consumers_declare()
+    with override_settings(OUTBOX_CONSUMERS=bench_routes()):
         empty_rates, empty_checkpointed = relay_rates(backlog=backlog, batch_size=batch_size, label="empty")
         history_create(n=history)
         history_rates, history_checkpointed = relay_rates(backlog=backlog, batch_size=batch_size, label="full")
@@ -210,11 +206,11 @@ def e2e_latency(*, rate: float, seconds: float) -> dict[str, float]:
     """
     from core import services
     from core.models import Customer
-    from tooling.bench.pipeline import bench_redis_url
+    from tooling.bench.pipeline import bench_broker
 
-    # The bench's own Redis database, emptied first: messages left by an earlier run would keep
-    # the worker busy (and the latency high) while it works through them.
-    env = child_env(redis_url=bench_redis_url())
+    # The bench's broker (on Redis, its own database), emptied first: messages left by an earlier
+    # run would keep the worker busy (and the latency high) while it works through them.
+    env = child_env(**bench_broker().env())
     first_id = max_event_id()
     customer = services.customer_create(name="Latency", email="latency@example.com")
     children = [

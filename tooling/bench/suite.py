@@ -27,6 +27,7 @@ from core import services
 from core.models import Customer, Order, OrderLine, Product
 from outbox import conf as outbox_conf
 from outbox.emit.context import emission_disabled
+from tooling.brokers import configured_kind
 from tooling.database import scratch_database
 
 BENCH_SKUS = ["BENCH-1", "BENCH-2", "BENCH-3"]
@@ -55,6 +56,34 @@ def _revision() -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def _broker_versions() -> tuple[str | None, str | None]:
+    """The (Redis, RabbitMQ) server version of the broker BROKER_URL selects, the other None."""
+    kind = configured_kind()
+    if kind == "redis":
+        import redis
+
+        try:
+            info = redis.Redis.from_url(settings.BROKER_URL, socket_timeout=5).info("server")
+        except redis.RedisError as e:
+            return f"unreachable: {e}", None
+        return str(info["redis_version"]), None
+    if kind == "rabbitmq":
+        import pika
+        import pika.exceptions
+
+        try:
+            rabbit = pika.BlockingConnection(pika.URLParameters(settings.BROKER_URL))
+        except pika.exceptions.AMQPError as e:
+            return None, f"unreachable: {e!r}"
+        try:
+            # What the server announced on connecting (connection.start's server-properties).
+            version = rabbit._impl.server_properties.get("version", "")
+        finally:
+            rabbit.close()
+        return None, version.decode() if isinstance(version, bytes) else str(version)
+    return None, None
+
+
 def machine_facts() -> dict[str, Any]:
     """Return what the figures depend on: when, which code, CPU, memory, Python, database, broker."""
     with connection.cursor() as cursor:
@@ -73,15 +102,7 @@ def machine_facts() -> dict[str, Any]:
             cursor.execute("SELECT sqlite_version()")
             db_version, synchronous_commit, shared_buffers = f"SQLite {cursor.fetchone()[0]}", None, None
             autovacuum = None
-    redis_version = None
-    if settings.REDIS_URL:
-        import redis
-
-        try:
-            info = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5).info("server")
-            redis_version = str(info["redis_version"])
-        except redis.RedisError as e:
-            redis_version = f"unreachable: {e}"
+    redis_version, rabbitmq_version = _broker_versions()
     memory_kb = _proc_field("/proc/meminfo", "MemTotal").split(" ")[0]
     return {
         "measured_at": datetime.now(dt_timezone.utc).isoformat(timespec="seconds"),
@@ -99,7 +120,9 @@ def machine_facts() -> dict[str, Any]:
         "shared_buffers": shared_buffers,
         "autovacuum": autovacuum,
         "broker": type(dramatiq.get_broker()).__name__,
+        # The server of the broker BROKER_URL selects; None for the other (and for the stub broker).
         "redis": redis_version,
+        "rabbitmq": rabbitmq_version,
     }
 
 
@@ -166,7 +189,7 @@ def save_overhead(*, samples: int) -> dict[str, float]:
     }
 
 
-GROUPS = ("save", "relay", "latency", "pipeline", "ordered", "backfill", "eventlog")
+GROUPS = ("save", "relay", "relays", "latency", "pipeline", "ordered", "backfill", "eventlog")
 
 
 def backlog_discard() -> None:
@@ -202,6 +225,7 @@ def bench_run(
     eventlog_requests: int = 20,
     backfill_events: int = 1_000_000,
     ordered_rounds: int = 2,
+    relays_backlog: int = 100_000,
     groups: list[str] | None = None,
     verbosity: int = 0,
 ) -> dict[str, Any]:
@@ -210,9 +234,11 @@ def bench_run(
     from tooling.bench.backfill import backfill_figures
     from tooling.bench.eventlog import eventlog_figures
     from tooling.bench.relay import e2e_latency, relay_figures
+    from tooling.bench.relays import relays_figures
 
     with scratch_database(verbosity=verbosity):
-        result: dict[str, Any] = {}
+        # The broker every figure's relays (and workers) publish to: BROKER_URL's, or the stub broker.
+        result: dict[str, Any] = {"broker": configured_kind() or "stub"}
         run = set(groups or GROUPS)
         if "save" in run:
             result.update(save_overhead(samples=samples))
@@ -236,6 +262,11 @@ def bench_run(
                     throughput="pipeline" in run,
                 )
             )
+        # Before the relay figures, over the same small database as their first drains (their history
+        # would slow these down), and before this process publishes anything: on RabbitMQ, emptying the
+        # broker deletes the queues, and this process's broker would find a queue it declared gone.
+        if "relays" in run:
+            result.update(relays_figures(backlog=relays_backlog, batch_size=batch_size))
         if "relay" in run:
             result.update(
                 relay_figures(backlog=backlog, history=history, rss_backlog=rss_backlog, batch_size=batch_size)
@@ -267,5 +298,6 @@ def bench_run(
             "eventlog_requests_per_page": eventlog_requests,
             "backfill_events": backfill_events,
             "ordered_rounds": ordered_rounds,
+            "relays_backlog": relays_backlog,
         }
     return result

@@ -34,6 +34,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--batch-size", type=int, default=2000, help="The relay's batch size (default 2000).")
         parser.add_argument(
+            "--relays-backlog",
+            type=int,
+            default=100_000,
+            help="Events drained by 1, 2 and 4 relay processes, each in turn (default 100000).",
+        )
+        parser.add_argument(
             "--latency-seconds",
             type=float,
             default=10.0,
@@ -100,6 +106,7 @@ class Command(BaseCommand):
             "backlog",
             "rss_backlog",
             "batch_size",
+            "relays_backlog",
             "latency_seconds",
             "pipeline_orders",
             "pipeline_processes",
@@ -136,6 +143,7 @@ class Command(BaseCommand):
             eventlog_requests=options["eventlog_requests"],
             backfill_events=options["backfill_events"],
             ordered_rounds=options["ordered_rounds"],
+            relays_backlog=options["relays_backlog"],
             groups=groups,
         )
         if options["json"]:
