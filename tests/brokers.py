@@ -9,7 +9,6 @@ import os
 import subprocess
 from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -19,39 +18,17 @@ import pika.exceptions
 import redis
 from django.conf import settings
 from dramatiq import Message
-from dramatiq.common import dq_name, xq_name
+from dramatiq.common import xq_name
 
+from tooling.brokers import ToolBroker, consumer_queues
 from tooling.processes import wait_until
 
 # The suite's RabbitMQ virtual host (scripts/services.sh creates it); TEST_RABBITMQ_URL overrides it.
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/outbox_test")
 
 
-def queue_names() -> set[str]:
-    """Every consumer queue the test settings declare, with Dramatiq's delay and dead-letter queues."""
-    from outbox.consume import declare
-
-    names = {declare.queue_of(d) for d in declare.declared()} | {"default"}
-    return {n for name in names for n in (name, dq_name(name), xq_name(name))}
-
-
-@dataclass(frozen=True)
-class SuiteBroker:
-    kind: str  # "redis" or "rabbitmq"
-    url: str
-
-    def env(self) -> dict[str, str]:
-        """The environment that points a relay or worker at this broker."""
-        return {"BROKER_URL": self.url, "REDIS_URL": self.url if self.kind == "redis" else ""}
-
-    def empty(self) -> None:
-        """Drop every message (and, on RabbitMQ, every queue, to be declared again by the next process)."""
-        if self.kind == "redis":
-            redis.Redis.from_url(self.url).flushdb()
-            return
-        with rabbitmq_channel(self.url) as channel:
-            for name in sorted(queue_names()):
-                channel.queue_delete(name)
+class SuiteBroker(ToolBroker):
+    """A broker of the suite: the tools' (env(), empty()), and what tests read and forge on it."""
 
     def queued_event_ids(self, queue: str = "journal") -> Counter[int]:
         """Count, per event id, the messages waiting on a consumer's queue (not yet taken by a worker)."""
@@ -142,7 +119,7 @@ class SuiteBroker:
             redis.Redis.from_url(self.url).flushdb()
             return
         with rabbitmq_channel(self.url) as channel:
-            for name in sorted(queue_names()):
+            for name in sorted(consumer_queues()):
                 with suppress(pika.exceptions.ChannelClosedByBroker):
                     channel.queue_purge(name)
 

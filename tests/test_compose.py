@@ -379,21 +379,11 @@ def test_compose_redis_healthcheck_passes_only_when_it_authenticates(
 def test_docker_compose_config_accepts_the_file_and_names_each_missing_secret() -> None:
     """`docker-compose config` (Compose's own validation) accepts compose.yaml with the secrets set,
     and refuses it without one, naming it."""
-    binary = shutil.which("docker-compose")
-    assert binary, "docker-compose is missing: `make services` installs it (Debian: apt-get install docker-compose)"
     values = {name: secrets.token_hex(8) for name in REQUIRED_SECRETS}
     base = {key: value for key, value in os.environ.items() if key not in REQUIRED_SECRETS}
 
     def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [binary, "-f", str(COMPOSE), "config", "-q"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return _docker_compose_config(COMPOSE, env=env)
 
     valid = config({**base, **values})
     assert valid.returncode == 0, valid.stdout + valid.stderr

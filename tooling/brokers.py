@@ -16,7 +16,7 @@ from django.conf import settings
 from tooling.processes import LocalRedis, ProcessError, wait_until
 
 
-def _consumer_queues() -> set[str]:
+def consumer_queues() -> set[str]:
     """Every queue the declarations name, with Dramatiq's delay and dead-letter queues."""
     from dramatiq.common import dq_name, xq_name
 
@@ -54,7 +54,7 @@ class ToolBroker:
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
             channel = connection.channel()
-            for name in sorted(_consumer_queues()):
+            for name in sorted(consumer_queues()):
                 channel.queue_delete(name)
         finally:
             connection.close()

@@ -23,7 +23,7 @@ from outbox.relay import routing
 from tests.brokers import SuiteBroker
 from tests.consumers.helpers import stock
 from tests.core.test_admin import ADD_URL, order_form
-from tests.outbox.helpers import conninfo
+from tests.outbox.helpers import conninfo, lock_waiters, lock_waiters_terminate
 from tests.processes import processes
 from tests.smtp import Mailbox, smtp_server
 from tooling.processes import wait_until
@@ -133,22 +133,13 @@ def test_a_worker_killed_mid_actor_leaves_the_stock_moved_exactly_once(
         blocker.execute("LOCK TABLE inventory_movement IN EXCLUSIVE MODE")
         doomed = procs.worker("doomed")
 
-        def inventory_blocked() -> bool:
-            with psycopg.connect(conninfo(), autocommit=True) as probe:
-                row = probe.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                    ["%inventory_movement%"],
-                ).fetchone()
-                return bool(row and row[0])
-
-        wait_until(inventory_blocked, timeout=60, what="the inventory actor to block inside its transaction")
+        wait_until(
+            lambda: lock_waiters("%inventory_movement%"),
+            timeout=60,
+            what="the inventory actor to block inside its transaction",
+        )
         doomed.kill_group()
-        with psycopg.connect(conninfo(), autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                ["%inventory_movement%"],
-            )
+        lock_waiters_terminate("%inventory_movement%")
         blocker.rollback()
         survivor = procs.worker("survivor")
         wait_until(all_done, timeout=120, what="redelivery of everything to the new worker")

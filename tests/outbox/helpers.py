@@ -87,3 +87,20 @@ def shipment_form(
     for i, (item, quantity) in enumerate(lines):
         data.update({f"lines-{i}-item": item, f"lines-{i}-quantity": quantity})
     return data
+
+
+_LOCK_WAITERS = "FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s"
+
+
+def lock_waiters(query_like: str) -> int:
+    """How many sessions wait for a lock while running a query LIKE `query_like` (a worker's actor
+    held by a test's table lock, say)."""
+    with psycopg.connect(conninfo(), autocommit=True) as probe:
+        row = probe.execute(f"SELECT count(*) {_LOCK_WAITERS}", [query_like]).fetchone()
+        return int(row[0]) if row else 0
+
+
+def lock_waiters_terminate(query_like: str) -> None:
+    """End the sessions lock_waiters() counts (a killed worker's, which PostgreSQL would notice late)."""
+    with psycopg.connect(conninfo(), autocommit=True) as admin:
+        admin.execute(f"SELECT pg_terminate_backend(pid) {_LOCK_WAITERS}", [query_like])

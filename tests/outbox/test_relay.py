@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,9 +20,9 @@ from outbox.emit.writer import events_flush
 from outbox.models import Delivery, Pending
 from outbox.relay.routing import consumers_for
 from tests.brokers import SuiteBroker
-from tests.outbox.helpers import committed_count, conninfo
+from tests.outbox.helpers import committed_count, conninfo, lock_waiters, lock_waiters_terminate
 from tests.outbox_app.models import Item
-from tests.processes import private_redis, processes
+from tests.processes import Process, Processes, private_redis, processes
 from tooling.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -287,6 +288,20 @@ def test_sweeper_republishes_a_failed_delivery_whose_retry_never_came(tmp_path: 
     assert set(Delivery.objects.values_list("publications", "attempts")) == {(2, 2)}
 
 
+def published_then_held(procs: Processes, blocker: psycopg.Connection[Any]) -> Process:
+    """Start a relay, wait until the three events' journal deliveries are published, then hold the
+    delivery table on `blocker`: an actor then blocks where it would record its delivery done.
+    Return the relay."""
+    relay = procs.relay("r1")
+    wait_until(
+        lambda: Delivery.objects.filter(consumer="journal", status="published").count() == 3,
+        timeout=60,
+        what="publication",
+    )
+    blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+    return relay
+
+
 def test_a_worker_killed_mid_actor_leaves_its_messages_to_another_worker_before_any_redelivery(
     tmp_path: Path, broker: SuiteBroker
 ) -> None:
@@ -297,32 +312,11 @@ def test_a_worker_killed_mid_actor_leaves_its_messages_to_another_worker_before_
     ids = make_events(3)
     env = {**FAST, **broker.env(), "OUTBOX_REDELIVERY_SECONDS": "300"}
     with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
-        relay = procs.relay("r1")
-        wait_until(
-            lambda: Delivery.objects.filter(consumer="journal", status="published").count() == 3,
-            timeout=60,
-            what="publication",
-        )
-        # Hold the delivery table: the actor blocks where it would record its delivery done.
-        blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+        relay = published_then_held(procs, blocker)
         doomed = procs.worker("doomed")
-
-        def actor_blocked() -> bool:
-            with psycopg.connect(conninfo(), autocommit=True) as probe:
-                row = probe.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                    ["%started_at%"],
-                ).fetchone()
-                return bool(row and row[0])
-
-        wait_until(actor_blocked, timeout=60, what="the actor to start and block")
+        wait_until(lambda: lock_waiters("%started_at%"), timeout=60, what="the actor to start and block")
         doomed.kill_group()
-        with psycopg.connect(conninfo(), autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                ["%started_at%"],
-            )
+        lock_waiters_terminate("%started_at%")
         blocker.rollback()
         survivor = procs.worker("survivor")
         wait_until(
@@ -347,21 +341,10 @@ def test_a_busy_worker_keeps_its_messages_while_another_waits(tmp_path: Path, br
     env = {**FAST, **broker.env(), "OUTBOX_REDELIVERY_SECONDS": "300", "OUTBOX_WORKER_STALE_SECONDS": "2"}
 
     def blocked_backends() -> int:
-        with psycopg.connect(conninfo(), autocommit=True) as probe:
-            row = probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                ["%started_at%"],
-            ).fetchone()
-            return int(row[0]) if row else 0
+        return lock_waiters("%started_at%")
 
     with psycopg.connect(conninfo()) as blocker, processes(tmp_path, **env) as procs:
-        relay = procs.relay("r1")
-        wait_until(
-            lambda: Delivery.objects.filter(consumer="journal", status="published").count() == 3,
-            timeout=60,
-            what="publication",
-        )
-        blocker.execute("LOCK TABLE outbox_delivery IN EXCLUSIVE MODE")
+        relay = published_then_held(procs, blocker)
         busy = procs.worker("busy")
         wait_until(blocked_backends, timeout=60, what="the busy worker's actor to start and block")
         threading.Event().wait(1)
