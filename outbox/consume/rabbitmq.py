@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 # How long a batch waits for RabbitMQ's confirms before it counts as not published.
 CONFIRM_TIMEOUT_SECONDS = 10.0
 
+# How long a connection RabbitMQ blocked (a resource alarm) is kept before pika ends it.
+BLOCKED_TIMEOUT_SECONDS = 30.0
+
 QUEUE_TYPES = ("classic", "quorum")
 
 
@@ -126,6 +129,12 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
         super().__init__(**kwargs)
         self.queue_type = queue_type
         self._publishing = threading.local()
+        # A connection RabbitMQ blocks (a memory or disk alarm) stops answering anything, its close
+        # included: pika ends it after this long, so that a relay backs off instead of hanging.
+        # `?blocked_connection_timeout=` in BROKER_URL sets another figure.
+        for parameters in self.parameters if isinstance(self.parameters, list) else [self.parameters]:
+            if parameters.blocked_connection_timeout is None:
+                parameters.blocked_connection_timeout = BLOCKED_TIMEOUT_SECONDS
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -182,8 +191,9 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
                 break
             except NotConfirmed:
                 # An unroutable message's queue was deleted: declare it again before the next try.
+                # The channel stays: closing it would wait on a connection RabbitMQ may be blocking,
+                # and late confirms of this batch are ignored.
                 self.queues_pending.update(q_name(m.queue_name) for m in messages)
-                self._forget_publishing()
                 raise
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as e:
                 self._forget_publishing()

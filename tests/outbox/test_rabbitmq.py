@@ -176,3 +176,60 @@ def test_healthz_pings_rabbitmq(client: Client, reachable: bool) -> None:
     else:
         assert response.status_code == 503
         assert response.json() == {"status": "error", "database": "ok", "broker": "error"}
+
+
+def test_quorum_queues_are_declared_as_such_with_their_dead_letters_and_take_a_batch(rabbitmq: SuiteBroker) -> None:
+    """OUTBOX_RABBITMQ_QUEUE_TYPE=quorum: the consumer's queue, its delay queue and its dead-letter
+    queue are quorum queues, and a confirmed batch lands."""
+    broker = OutboxRabbitmqBroker(url=RABBITMQ_URL, queue_type="quorum")
+    names = ["quorum_probe", "quorum_probe.DQ", "quorum_probe.XQ"]
+    try:
+        enqueue_all(messages("quorum_probe", [1], [2]), broker)
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "-p", VHOST, "--no-table-headers", "name", "type"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        types = dict(line.split() for line in listed.splitlines() if line.split() and line.split()[0] in names)
+        assert types == dict.fromkeys(names, "quorum"), listed
+        assert rabbitmq.queued_event_ids("quorum_probe") == Counter({1: 1, 2: 1})
+    finally:
+        with rabbitmq_channel(RABBITMQ_URL) as channel:
+            for name in names:
+                channel.queue_delete(name)
+        broker.close()
+
+
+def test_an_unknown_queue_type_is_refused_with_the_ones_it_takes() -> None:
+    with pytest.raises(ValueError, match="use classic or quorum"):
+        OutboxRabbitmqBroker(url=RABBITMQ_URL, queue_type="stream")
+
+
+def test_a_batch_left_unconfirmed_by_a_memory_alarm_fails_at_the_deadline_and_goes_out_after_it(
+    publisher: OutboxRabbitmqBroker, rabbitmq: SuiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory alarm makes RabbitMQ stop reading from publishers: the batch is not confirmed, so it
+    does not count as published (the relay gives its claim back); once the alarm clears, it goes out."""
+    import outbox.consume.rabbitmq as rabbitmq_module
+
+    monkeypatch.setattr(rabbitmq_module, "CONFIRM_TIMEOUT_SECONDS", 1.0)
+    enqueue_all(messages("journal", [1]), publisher)  # declares the queue, before the alarm
+    rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        wait_until(lambda: "memory" in _alarms(), timeout=30, what="RabbitMQ's memory alarm")
+        with pytest.raises(PublishFailed) as unconfirmed:
+            enqueue_all(messages("journal", [2]), publisher)
+        assert "confirmed 0 of 1 messages within 1 s" in str(unconfirmed.value), str(unconfirmed.value)
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    wait_until(lambda: "memory" not in _alarms(), timeout=30, what="the alarm to clear")
+    enqueue_all(messages("journal", [2]), publisher)
+    assert rabbitmq.queued_event_ids()[2] >= 1
+
+
+def _alarms() -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", "eval", "rabbit_alarm:get_alarms()."], capture_output=True, text=True, timeout=60
+    ).stdout
