@@ -9,10 +9,16 @@ heartbeat is stale); without that, they waited for the sweeper's redelivery dead
 Left out, because they measure something else: deliveries published before the last broker or
 PostgreSQL restart (their messages were lost, or their attempt failed with the database and waits
 for its retry: the sweeper and the backoff govern those), and consumers whose messages a relay
-holds on purpose (`coalesce`). While a measurement is under way the monkey kills only relays and
-holds back the restarts; a measurement that a deploy or the backfill's kill interrupts is dropped.
-`recovery_samples` says how many were kept. After the drain the run adds one measurement on a
-quiet system (`tooling.chaos.run.recovery_probe`).
+holds on purpose (`coalesce`). A kill while the workers are behind (a delivery published more
+than BEHIND_SECONDS ago still unfinished: the backlog a broker's restart or a backfill leaves)
+starts no measurement, which would time the backlog's drain; `recovery_samples_skipped` counts
+those. Recovery that failed shows all the same: the dead worker's messages would stay unfinished
+until the sweeper's deadline, in the measurement that its kill started.
+
+While a measurement is under way the monkey kills only relays and holds back the restarts; a
+measurement that a deploy or the backfill's kill interrupts is dropped. `recovery_samples` says
+how many were kept. After the drain the run adds one measurement on a quiet system
+(`tooling.chaos.run.recovery_probe`).
 """
 
 import statistics
@@ -21,7 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -31,6 +37,8 @@ from outbox.models import Delivery
 
 # A recovery not finished by then is recorded at this many seconds (and shows in the p99).
 GIVE_UP_SECONDS = 120.0
+# A kill while a delivery published longer ago than this is unfinished starts no measurement.
+BEHIND_SECONDS = 15.0
 POLL_SECONDS = 0.2
 
 
@@ -44,6 +52,7 @@ class _Watch:
 class RecoveryClock:
     seconds: list[float] = field(default_factory=list)
     dropped: int = 0
+    skipped: int = 0
     # What became of each measurement, for the run's faults.log.
     notes: list[str] = field(default_factory=list)
     _since: datetime = field(default_factory=timezone.now)
@@ -88,11 +97,13 @@ class RecoveryClock:
             return False
         held = [d.name for d in declare.enabled() if d.coalesce > 0]
         try:
-            ids = list(
-                Delivery.objects.filter(status=Delivery.Status.PUBLISHED, published_at__gt=self._since)
-                .exclude(consumer__in=held)
-                .values_list("id", flat=True)
-            )
+            unfinished = Delivery.objects.filter(status=Delivery.Status.PUBLISHED).exclude(consumer__in=held)
+            if unfinished.filter(published_at__lt=timezone.now() - timedelta(seconds=BEHIND_SECONDS)).exists():
+                # Workers behind (a broker's restart or a backfill left a backlog): the time would
+                # be the backlog's drain, not the recovery.
+                self.skipped += 1
+                return False
+            ids = list(unfinished.filter(published_at__gt=self._since).values_list("id", flat=True))
         except DatabaseError:
             connection.close()
             return False
@@ -152,4 +163,5 @@ class RecoveryClock:
             "recovery_seconds_p99": round(p99, 2) if p99 is not None else None,
             "recovery_samples": len(kept),
             "recovery_samples_dropped": self.dropped,
+            "recovery_samples_skipped": self.skipped,
         }
