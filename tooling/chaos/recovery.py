@@ -16,9 +16,13 @@ those. Recovery that failed shows all the same: the dead worker's messages would
 until the sweeper's deadline, in the measurement that its kill started.
 
 While a measurement is under way the monkey kills only relays and holds back the restarts; a
-measurement that a deploy or the backfill's kill interrupts is dropped. `recovery_samples` says
-how many were kept. After the drain the run adds one measurement on a quiet system
-(`tooling.chaos.run.recovery_probe`).
+measurement that a deploy or the backfill's kill interrupts is dropped.
+
+The measurements under traffic (`recovery_under_traffic_seconds_*`) time, besides the dead
+worker's messages, whatever backlog the workers were working through: a kill soon after the deploy
+or a broker restart times that backlog's drain. So `recovery_seconds_*` come from the probes after
+the drain (`tooling.chaos.run.recovery_probe`): on a quiet system, a burst of orders placed and a
+worker SIGKILLed while their deliveries are in flight, several times over.
 """
 
 import statistics
@@ -46,11 +50,14 @@ POLL_SECONDS = 0.2
 class _Watch:
     killed_at: float
     ids: list[int]
+    probe: bool
 
 
 @dataclass
 class RecoveryClock:
+    # The measurements under traffic, and the probes' on a quiet system (after the drain).
     seconds: list[float] = field(default_factory=list)
+    probe_seconds: list[float] = field(default_factory=list)
     dropped: int = 0
     skipped: int = 0
     # What became of each measurement, for the run's faults.log.
@@ -89,7 +96,7 @@ class RecoveryClock:
         with self._lock:
             return self._paused > 0
 
-    def worker_killed(self) -> bool:
+    def worker_killed(self, *, probe: bool = False) -> bool:
         """Start a measurement: a worker was SIGKILLed just now. Return whether it started (with
         nothing published and unfinished there is nothing to recover, and no measurement)."""
         killed_at = time.monotonic()
@@ -110,7 +117,7 @@ class RecoveryClock:
         if not ids:
             return False
         with self._lock:
-            self._watches.append(_Watch(killed_at, ids))
+            self._watches.append(_Watch(killed_at, ids, probe))
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="chaos-recovery", daemon=True)
             self._thread.start()
@@ -138,10 +145,10 @@ class RecoveryClock:
                 with self._lock:
                     if watch in self._watches:
                         self._watches.remove(watch)
-                        self.seconds.append(min(waited, GIVE_UP_SECONDS))
+                        (self.probe_seconds if watch.probe else self.seconds).append(min(waited, GIVE_UP_SECONDS))
                         self.notes.append(
-                            f"{time.strftime('%H:%M:%S')} recovery: {len(watch.ids)} deliveries handled "
-                            f"{waited:.2f} s after the kill"
+                            f"{time.strftime('%H:%M:%S')} recovery{' (probe)' if watch.probe else ''}: "
+                            f"{len(watch.ids)} deliveries handled {waited:.2f} s after the kill"
                         )
         connection.close()
 
@@ -156,12 +163,20 @@ class RecoveryClock:
             self._watches.clear()
 
     def figures(self) -> dict[str, float | int | None]:
-        kept = sorted(self.seconds)
-        p99 = kept[min(len(kept) - 1, round(0.99 * (len(kept) - 1)))] if kept else None
         return {
-            "recovery_seconds_p50": round(statistics.median(kept), 2) if kept else None,
-            "recovery_seconds_p99": round(p99, 2) if p99 is not None else None,
-            "recovery_samples": len(kept),
+            **_percentiles("recovery_seconds", self.probe_seconds),
+            "recovery_samples": len(self.probe_seconds),
+            **_percentiles("recovery_under_traffic_seconds", self.seconds),
+            "recovery_under_traffic_samples": len(self.seconds),
             "recovery_samples_dropped": self.dropped,
             "recovery_samples_skipped": self.skipped,
         }
+
+
+def _percentiles(name: str, samples: list[float]) -> dict[str, float | None]:
+    """The median and the nearest-rank p99 of `samples`, as `<name>_p50` and `<name>_p99`."""
+    kept = sorted(samples)
+    if not kept:
+        return {f"{name}_p50": None, f"{name}_p99": None}
+    p99 = kept[min(len(kept) - 1, round(0.99 * (len(kept) - 1)))]
+    return {f"{name}_p50": round(statistics.median(kept), 2), f"{name}_p99": round(p99, 2)}

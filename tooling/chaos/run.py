@@ -70,6 +70,7 @@ class Scale:
     drain_timeout: float = 600.0
     restart_postgres: bool = True
     backfill: bool = True
+    recovery_probes: int = 5
     seed: int = 1
 
 
@@ -341,14 +342,14 @@ class Monkey:
         self.faults.backfill_kills += 1
         self._record("SIGKILL the backfill, started again")
 
-    def kill_one(self, *, among: str = "", name: str = "") -> None:
+    def kill_one(self, *, among: str = "", name: str = "", probe: bool = False) -> None:
         """SIGKILL the named process of the fleet, or a random one whose name starts with `among`,
-        and start it again."""
+        and start it again (`probe`: a worker killed for a measurement after the drain)."""
         name = name or self.rng.choice([n for n in sorted(self.fleet.specs) if n.startswith(among)])
         self.fleet.kill(name)
         measured = False
         if name.startswith("worker"):
-            measured = self.recovery.worker_killed()
+            measured = self.recovery.worker_killed(probe=probe)
             self.faults.worker_kills += 1
         self.fleet.start(name)
         self.faults.kills += 1
@@ -477,21 +478,22 @@ def run(scale: Scale, *, progress: Callable[[int], None] | None = None) -> dict[
     return figures
 
 
-def recovery_probe(monkey: Monkey, scale: Scale, *, orders: int = 40, tries: int = 3) -> int:
-    """After the drain, with no other fault: place a burst of orders and SIGKILL a worker while
-    their deliveries are in flight, for one recovery measurement on a quiet system (the traffic's
-    faults may have left none); up to `tries` bursts. Return how many orders it placed."""
+def recovery_probe(monkey: Monkey, scale: Scale, *, orders: int = 40) -> int:
+    """After the drain, with no other fault: `scale.recovery_probes` times, place a burst of orders
+    and SIGKILL a worker (each in turn) while their deliveries are in flight, and measure how long
+    until they are all handled, on a system with no backlog but the burst (at most twice as many
+    bursts as probes: one with nothing in flight measures nothing). Return how many orders it placed."""
     catalogue = catalogue_ensure(prefix=SKU_PREFIX, products=30, customers=20, opening_stock=100_000, label="chaos")
     shopper = Shopper(catalogue, random.Random(scale.seed + 1), run=_retrying)  # noqa: S311 - traffic, not secrets
     placed = 0
-    for _ in range(tries):
+    for burst in range(2 * scale.recovery_probes):
+        if len(monkey.recovery.probe_seconds) >= scale.recovery_probes:
+            break
         for _ in range(orders):
             shopper.place()
         placed += orders
-        monkey.kill_one(name="worker0")
+        monkey.kill_one(name=f"worker{burst % scale.workers}", probe=True)
         monkey.recovery.wait()
-        if monkey.recovery.seconds:
-            break
     return placed
 
 

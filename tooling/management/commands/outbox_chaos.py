@@ -39,6 +39,12 @@ class Command(BaseCommand):
         parser.add_argument("--kill-interval", type=float, default=3.0, help="Mean seconds between faults.")
         parser.add_argument("--redelivery-seconds", type=float, default=10.0, help="The relays' sweeper deadline.")
         parser.add_argument("--drain-timeout", type=float, default=600.0, help="Seconds allowed to drain.")
+        parser.add_argument(
+            "--recovery-probes",
+            type=int,
+            default=5,
+            help="Workers SIGKILLed after the drain, each during a burst of orders, for recovery_seconds (default 5).",
+        )
         parser.add_argument("--seed", type=int, default=1, help="Random seed for traffic and faults.")
         parser.add_argument(
             "--no-postgres-restart", action="store_true", help="Skip the PostgreSQL restart (another host's server)."
@@ -49,9 +55,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for name in ("orders", "relays", "workers"):
+        for name in ("orders", "relays", "workers", "recovery_probes"):
             if options[name] < 1:
-                raise CommandError(f"--{name} must be at least 1 (got {options[name]}).")
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1 (got {options[name]}).")
         if connection.vendor != "postgresql":
             raise CommandError("The chaos run needs PostgreSQL: set DATABASE_URL (see README).")
         if not configured_kind():
@@ -68,6 +74,7 @@ class Command(BaseCommand):
             drain_timeout=options["drain_timeout"],
             restart_postgres=not options["no_postgres_restart"],
             backfill=not options["no_backfill"],
+            recovery_probes=options["recovery_probes"],
             seed=options["seed"],
         )
         with (
