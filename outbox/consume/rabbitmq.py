@@ -25,8 +25,8 @@ import pika
 import pika.exceptions
 import pika.spec
 from dramatiq import Message
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import q_name
+from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL, RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from pika.adapters.blocking_connection import _IoloopTimerContext
 
@@ -149,9 +149,6 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
     def _declare_xq_queue(self, queue_name: str) -> Any:
         if self.queue_type == "classic":
             return super()._declare_xq_queue(queue_name)
-        from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
-        from dramatiq.common import xq_name
-
         return self.channel.queue_declare(
             queue=xq_name(queue_name),
             durable=True,
