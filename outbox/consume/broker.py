@@ -92,17 +92,18 @@ class WakingRedisBroker(RedisBroker):
         """Raise unless Redis answers (for /healthz)."""
         self.client.ping()
 
-    def requeue_dead(self) -> int:
+    def requeue_dead(self) -> None:
         """Give the unacknowledged messages of workers whose heartbeat is stale (older than
         `heartbeat_timeout`: the process died) back to their queues now, and wake a consumer of each
-        queue with messages waiting; return how many messages the queues hold, in flight included.
+        queue with messages waiting.
 
         This is Dramatiq's own maintenance, which it otherwise runs by chance on one command in a
-        thousand, run on every declared queue and delay queue.
+        thousand, run on every declared queue and delay queue (it runs with any command but ack and
+        nack; `qsize` changes nothing).
         """
         dispatch = self.scripts["dispatch"]
-        held = 0
-        for queue in sorted({*self.get_declared_queues(), *self.get_declared_delay_queues()}):
+        queues = self.get_declared_queues()
+        for queue in sorted({*queues, *self.get_declared_delay_queues()}):
             args = [
                 "qsize",
                 current_millis(),
@@ -113,13 +114,12 @@ class WakingRedisBroker(RedisBroker):
                 1,
                 self._max_unpack_size(),
             ]
-            held += int(dispatch(keys=[self.namespace], args=args))
-            if queue in self.get_declared_queues() and self.client.llen(f"{self.namespace}:{queue}"):
+            dispatch(keys=[self.namespace], args=args)
+            if queue in queues and self.client.llen(f"{self.namespace}:{queue}"):
                 pipe = self.client.pipeline(transaction=False)
                 pipe.lpush(wake_key(self.namespace, queue), 1)
                 pipe.ltrim(wake_key(self.namespace, queue), 0, WAKE_TOKENS_KEPT - 1)
                 pipe.execute()
-        return held
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,10 @@ class Screening:
 
     broker: Any
     queue_name: str
-    signatures: dict[str, inspect.Signature]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signatures: dict[str, inspect.Signature] = {}
 
     def _discard(self, data: bytes, handle: object) -> None:
         """Dead-letter the fetched message whose body is `data` (`handle` is the broker's own
@@ -221,10 +224,6 @@ class Screening:
 class _WakingConsumer(Screening, _RedisConsumer):
     """Dramatiq's Redis consumer (dramatiq 2.2, `_RedisConsumer.__next__`), blocking on the
     queue's wake-up list where the original sleeps, and dropping what no actor can run."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.signatures = {}
 
     def _options_valid(self, options: dict[str, Any]) -> bool:
         return isinstance(options.get("redis_message_id"), str)

@@ -46,9 +46,11 @@ QUEUE_TYPES = ("classic", "quorum")
 class NotConfirmed(ConnectionClosed):
     """RabbitMQ did not confirm every message of a batch: publish the batch again."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, returned: frozenset[str] = frozenset()) -> None:
         super().__init__(RuntimeError(reason))
         self.reason = reason
+        # The queues of the messages RabbitMQ returned as unroutable (deleted queues).
+        self.returned = returned
 
     def __str__(self) -> str:
         return self.reason
@@ -62,6 +64,7 @@ class _ConfirmedChannel:
         self.channel = connection.channel()
         self.unconfirmed: dict[int, str] = {}  # delivery tag → queue
         self.refused: list[str] = []  # what RabbitMQ nacked or returned, as "queue (why)"
+        self.returned: set[str] = set()  # the queues of the returned ones
         self.sent = 0
         selected: list[object] = []
         # pika's own channel under the blocking one: it calls back per confirm instead of blocking.
@@ -83,6 +86,7 @@ class _ConfirmedChannel:
     def _returned(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
         # RabbitMQ returns an unroutable message before it confirms it.
         self.refused.append(f"{method.routing_key} (returned: {method.reply_text})")
+        self.returned.add(method.routing_key)
 
     def _wait(self, done: Any, timeout: float) -> None:
         # The blocking channel's own loop (as its basic_publish runs it), until `done` or the deadline.
@@ -92,7 +96,7 @@ class _ConfirmedChannel:
     def publish(self, items: list[tuple[str, bytes, int | None]]) -> None:
         """Send (queue, body, priority) messages; return once RabbitMQ confirmed every one, else raise
         NotConfirmed naming what it refused or left unconfirmed."""
-        self.refused = []
+        self.refused, self.returned = [], set()
         for queue, body, priority in items:
             self.impl.basic_publish(
                 exchange="",
@@ -113,7 +117,10 @@ class _ConfirmedChannel:
             )
         if self.refused:
             refused = ", ".join(self.refused)
-            raise NotConfirmed(f"RabbitMQ refused {len(self.refused)} of {len(items)} messages: {refused}")
+            raise NotConfirmed(
+                f"RabbitMQ refused {len(self.refused)} of {len(items)} messages: {refused}",
+                returned=frozenset(self.returned),
+            )
 
 
 class OutboxRabbitmqBroker(RabbitmqBroker):
@@ -186,11 +193,12 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
                     [(m.queue_name, m.encode(), m.options.get("broker_priority")) for m in messages]
                 )
                 break
-            except NotConfirmed:
-                # An unroutable message's queue was deleted: declare it again before the next try.
+            except NotConfirmed as e:
+                # An unroutable message's queue was deleted: declare it again before the next try
+                # (only that one: a declaration on a connection RabbitMQ blocks would wait too).
                 # The channel stays: closing it would wait on a connection RabbitMQ may be blocking,
                 # and late confirms of this batch are ignored.
-                self.queues_pending.update(q_name(m.queue_name) for m in messages)
+                self.queues_pending.update(q_name(queue) for queue in e.returned)
                 raise
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, ConnectionClosed) as e:
                 self._forget_publishing()
@@ -212,10 +220,6 @@ class OutboxRabbitmqBroker(RabbitmqBroker):
 class _ScreeningConsumer(Screening, _RabbitmqConsumer):
     """Dramatiq's RabbitMQ consumer (dramatiq 2.2, `_RabbitmqConsumer.__next__`), rejecting what no
     actor can run into the queue's dead-letter queue."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.signatures = {}
 
     def _discard(self, data: bytes, handle: object) -> None:
         assert isinstance(handle, int)

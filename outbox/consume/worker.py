@@ -56,14 +56,17 @@ class WorkerHeartbeat(dramatiq.Middleware):
         key = f"{broker.namespace}:__heartbeats__"
 
         def beat() -> None:
-            while not self.stopping.wait(every):
-                try:
-                    broker.client.zadd(key, {broker.broker_id: current_millis()})
-                except redis.RedisError as e:  # the consumers report the outage; beat again next time
-                    logger.debug("Worker heartbeat not recorded: %s", e)
+            try:
+                broker.client.zadd(key, {broker.broker_id: current_millis()})
+            except redis.RedisError as e:  # the consumers report the outage; beat again next time
+                logger.debug("Worker heartbeat not recorded: %s", e)
 
-        broker.client.zadd(key, {broker.broker_id: current_millis()})
-        threading.Thread(target=beat, name="outbox-worker-heartbeat", daemon=True).start()
+        def beating() -> None:
+            while not self.stopping.wait(every):
+                beat()
+
+        beat()  # at boot, before any consumer fetches
+        threading.Thread(target=beating, name="outbox-worker-heartbeat", daemon=True).start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         self.stopping.set()
